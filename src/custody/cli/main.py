@@ -1,0 +1,310 @@
+"""The `custody` command line: parse, call one service function, print. Nothing else."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from custody.cli import output
+from custody.cli.common import Ctx, command, emit, progress_bar
+from custody.control.services import assets, audit, keys, principals, replicas, setup, sweep as sweeper, zones
+from custody.domain.errors import InvalidInput
+
+app = typer.Typer(help="custody: governed, sealed, ledgered copies of model weights.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+zone_app = typer.Typer(help="Registered places where copies may live.", no_args_is_help=True)
+principal_app = typer.Typer(help="People and service accounts.", no_args_is_help=True)
+asset_app = typer.Typer(help="Registered models and their versions.", no_args_is_help=True)
+replica_app = typer.Typer(help="Copies of asset versions in zones.", no_args_is_help=True)
+keys_app = typer.Typer(help="Key-encryption keys, rotation, public keys.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
+for sub, name in ((zone_app, "zone"), (principal_app, "principal"), (asset_app, "asset"), (replica_app, "replica"),
+                  (keys_app, "keys"), (audit_app, "audit")):
+    app.add_typer(sub, name=name)
+
+
+# -- workspace ------------------------------------------------------------------------------
+
+
+@command(app, "init")
+def init(ctx: Ctx,
+         demo: Annotated[bool, typer.Option("--demo", help="Generate a throwaway passphrase (demos only).")] = False,
+         jurisdiction: Annotated[str, typer.Option(help="Jurisdiction of the default zones.")] = "US") -> None:
+    """Create a workspace: database, sealed keyring, keys, default zones, an admin token."""
+    log_n = int(os.environ.get("CUSTODY_SCRYPT_LOG_N", "17"))
+    result = setup.init_workspace(ctx.home, passphrase=os.environ.get("CUSTODY_PASSPHRASE"), demo=demo,
+                                  jurisdiction=jurisdiction, scrypt_log_n=log_n)
+
+    def human() -> None:
+        output.out.print(f"Workspace created at {result.home}")
+        if result.demo:
+            output.err.print("[bold yellow]DEMO WORKSPACE: its passphrase is stored in clear inside it. "
+                             "Never keep real weights here.[/bold yellow]")
+        output.out.print("Admin token (shown once, store it now):")
+        output.out.print(result.admin_token)
+
+    emit(ctx, {"home": str(result.home), "admin_token": result.admin_token, "demo": result.demo}, human)
+
+
+@command(app, "demo")
+def demo(ctx: Ctx,
+         keep: Annotated[Optional[Path], typer.Option(help="Keep the demo workspace in this folder.")] = None) -> None:
+    """Tell the story of one model: register, seal, sign, read, rotate, shred, verify."""
+    from custody.cli.demo import run_demo
+
+    run_demo(ctx, keep)
+
+
+@command(app, "sweep")
+def sweep(ctx: Ctx) -> None:
+    """Shred expired replicas and remove what interrupted writes left behind."""
+    result = sweeper.sweep(ctx.ws, ctx.token)
+    emit(ctx, result, lambda: output.out.print(
+        f"failed {len(result['failed'])} stale writes, shredded {len(result['expired'])} expired replicas, "
+        f"removed {len(result['removed'])} leftover folders"))
+
+
+# -- zones ----------------------------------------------------------------------------------
+
+
+@command(zone_app, "add")
+def zone_add(ctx: Ctx, name: str,
+             url: Annotated[str, typer.Option(help="fsspec URL, e.g. file:///data/zone or s3://bucket/prefix")],
+             kind: Annotated[str, typer.Option(help="production|backup|dr|research|quarantine|archive")],
+             region: Annotated[str, typer.Option()],
+             jurisdiction: Annotated[str, typer.Option(help="Two-letter code: US, EU, DE, ...")],
+             security_level: Annotated[int, typer.Option(help="1-5 (RAND SL)")]) -> None:
+    """Register a zone."""
+    z = zones.add_zone(ctx.ws, ctx.token, name=name, url=url, kind=kind, region=region, jurisdiction=jurisdiction,
+                       security_level=security_level)
+    emit(ctx, z, lambda: output.out.print(f"zone {z['name']} added ({z['kind']}, {z['jurisdiction']}, SL{z['security_level']})"))
+
+
+@command(zone_app, "list")
+def zone_list(ctx: Ctx) -> None:
+    """List zones."""
+    rows = zones.list_zones(ctx.ws, ctx.token)
+    emit(ctx, rows, lambda: output.table(rows, ["name", "kind", "region", "jurisdiction", "security_level", "url"], "zones"))
+
+
+@command(zone_app, "show")
+def zone_show(ctx: Ctx, name: str) -> None:
+    """Show one zone and what it holds."""
+    z = zones.show_zone(ctx.ws, ctx.token, name)
+    emit(ctx, z, lambda: output.fields(z))
+
+
+# -- principals -----------------------------------------------------------------------------
+
+
+@command(principal_app, "add")
+def principal_add(ctx: Ctx, name: str,
+                  role: Annotated[list[str], typer.Option("--role", help="Repeatable.")],
+                  team: Annotated[Optional[str], typer.Option()] = None,
+                  attr: Annotated[Optional[list[str]], typer.Option("--attr", help="k=v, repeatable.")] = None) -> None:
+    """Add a principal; its token is printed once."""
+    attributes = {}
+    for item in attr or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k:
+            raise InvalidInput(f"bad --attr {item!r}: use key=value")
+        attributes[k] = v
+    p, token = principals.add_principal(ctx.ws, ctx.token, name=name, roles=role, team=team, attributes=attributes)
+
+    def human() -> None:
+        output.out.print(f"principal {p['name']} added ({', '.join(p['roles'])}). Token (shown once):")
+        output.out.print(token)
+
+    emit(ctx, {**p, "token": token}, human)
+
+
+@command(principal_app, "list")
+def principal_list(ctx: Ctx) -> None:
+    """List principals."""
+    rows = principals.list_principals(ctx.ws, ctx.token)
+    emit(ctx, rows, lambda: output.table(rows, ["name", "roles", "team", "suspended"], "principals"))
+
+
+@command(principal_app, "suspend")
+def principal_suspend(ctx: Ctx, name: str) -> None:
+    """Suspend a principal: its token stops working at once."""
+    p = principals.suspend_principal(ctx.ws, ctx.token, name)
+    emit(ctx, p, lambda: output.out.print(f"principal {name} suspended"))
+
+
+# -- assets ---------------------------------------------------------------------------------
+
+
+@command(asset_app, "register")
+def asset_register(ctx: Ctx, name: str, path: Path,
+                   sensitivity: Annotated[Optional[str], typer.Option(help="public|internal|confidential|restricted|critical")] = None,
+                   jurisdiction: Annotated[Optional[list[str]], typer.Option("--jurisdiction", help="Where copies may live; repeatable.")] = None,
+                   min_security_level: Annotated[Optional[int], typer.Option()] = None,
+                   owner: Annotated[Optional[str], typer.Option()] = None,
+                   zone: Annotated[str, typer.Option()] = "prod") -> None:
+    """Register a model file or folder: seal it into a zone and sign its manifest."""
+    opts = assets.RegisterOptions(classification=sensitivity, jurisdictions=tuple(jurisdiction or ()),
+                                  min_security_level=min_security_level, owner=owner, zone=zone)
+    total = _size_of(path)
+    bar = progress_bar(ctx, total, "sealing")
+    if bar is None:
+        result = assets.register(ctx.ws, ctx.token, name, path, opts)
+    else:
+        with bar:
+            task = bar.add_task(f"sealing {name}", total=total)
+            result = assets.register(ctx.ws, ctx.token, name, path, opts, progress=lambda n: bar.advance(task, n))
+    emit(ctx, result, lambda: output.out.print(
+        f"registered {result['asset']}@{result['version']}: {result['files']} files, {result['bytes']:,} bytes, "
+        f"{result['format']}, {result['parameters'] or '?'} parameters{' [UNSAFE: pickle]' if result['unsafe'] else ''}\n"
+        f"  digest  {result['digest']}\n  replica {result['replica']} (zone {zone})\n"
+        f"  sealed at {result['mb_per_s']} MB/s"))
+
+
+def _size_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else 0
+
+
+@command(asset_app, "list")
+def asset_list(ctx: Ctx) -> None:
+    """List assets with their newest version."""
+    rows = assets.list_assets(ctx.ws, ctx.token)
+    emit(ctx, rows, lambda: output.table(rows, ["asset", "version", "classification", "format", "parameters", "bytes", "owner"], "assets"))
+
+
+@command(asset_app, "show")
+def asset_show(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]")]) -> None:
+    """Show a version: manifest, formats, replicas."""
+    v = assets.show_asset(ctx.ws, ctx.token, ref)
+
+    def human() -> None:
+        output.fields(v)
+        output.table(v["manifest"], ["path", "size", "sha256"], "files")
+        output.table(v["replicas"], ["id", "zone", "kind", "state"], "replicas")
+
+    emit(ctx, v, human)
+
+
+@command(asset_app, "bundle")
+def asset_bundle(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]")],
+                 out: Annotated[Path, typer.Option("--out", help="Where to write the Sigstore bundle.")]) -> None:
+    """Write a version's signature bundle (verifiable with `model_signing verify key`)."""
+    data = assets.signature_bundle(ctx.ws, ctx.token, ref)
+    out.write_bytes(data)
+    emit(ctx, {"out": str(out), "bytes": len(data)}, lambda: output.out.print(f"bundle written to {out}"))
+
+
+# -- replicas -------------------------------------------------------------------------------
+
+
+@command(replica_app, "list")
+def replica_list(ctx: Ctx, asset: Annotated[Optional[str], typer.Option()] = None,
+                 zone: Annotated[Optional[str], typer.Option()] = None,
+                 state: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """List replicas."""
+    rows = replicas.list_replicas(ctx.ws, ctx.token, asset=asset, zone=zone, state=state)
+    emit(ctx, rows, lambda: output.table(rows, ["id", "asset", "zone", "kind", "state", "expires_at"], "replicas"))
+
+
+@command(replica_app, "show")
+def replica_show(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Show one replica."""
+    r = replicas.show_replica(ctx.ws, ctx.token, replica_id)
+    emit(ctx, r, lambda: output.fields(r))
+
+
+@command(replica_app, "verify")
+def replica_verify(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Decrypt every chunk and check every file against the signed manifest."""
+    r = replicas.verify_replica(ctx.ws, ctx.token, replica_id)
+    emit(ctx, r, lambda: output.out.print(f"replica {replica_id} verified: {r['files']} files, {r['chunks']} chunks, {r['bytes']:,} bytes"))
+
+
+@command(replica_app, "revoke")
+def replica_revoke(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="ID")],
+                   reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")]) -> None:
+    """Shred a replica: destroy its data key, then delete its sealed files."""
+    r = replicas.revoke_replica(ctx.ws, ctx.token, replica_id, reason)
+    emit(ctx, r, lambda: output.out.print(f"replica {replica_id} shredded: its data key is destroyed"))
+
+
+# -- keys -----------------------------------------------------------------------------------
+
+
+@command(keys_app, "status")
+def keys_status(ctx: Ctx) -> None:
+    """KEK versions per zone, their age, and how many data keys each wraps."""
+    rows = keys.status(ctx.ws, ctx.token)
+    emit(ctx, rows, lambda: output.table(rows, ["zone", "kek_version", "state", "age_days", "data_keys", "custodian"], "key-encryption keys"))
+
+
+@command(keys_app, "rotate")
+def keys_rotate(ctx: Ctx, zone: str) -> None:
+    """New KEK version for a zone; every data key rewrapped; no data re-encrypted."""
+    r = keys.rotate(ctx.ws, ctx.token, zone)
+    emit(ctx, r, lambda: output.out.print(f"zone {zone}: KEK v{r['kek_version']} active, {r['rewrapped']} data keys rewrapped, "
+                                          f"retired v{', v'.join(map(str, r['retired']))}"))
+
+
+@command(keys_app, "public")
+def keys_public(ctx: Ctx, purpose: Annotated[str, typer.Option(help="signing|ledger")] = "signing",
+                out: Annotated[Optional[Path], typer.Option("--out")] = None) -> None:
+    """Write or print a public key (PEM)."""
+    pem = keys.public_key(ctx.ws, purpose)
+    if out:
+        out.write_bytes(pem)
+    emit(ctx, {"purpose": purpose, "pem": pem.decode(), "out": str(out) if out else None},
+         lambda: output.out.print(f"{purpose} public key written to {out}" if out else pem.decode().rstrip()))
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+@command(audit_app, "export")
+def audit_export(ctx: Ctx, out: Annotated[Path, typer.Option("--out")]) -> None:
+    """Write every event as JSON Lines (leaf i = SHA-256(0x00 || line i))."""
+    r = audit.export(ctx.ws, ctx.token, out)
+    emit(ctx, r, lambda: output.out.print(f"{r['events']} events written to {out}; root {r['root']}"))
+
+
+@command(audit_app, "checkpoint")
+def audit_checkpoint(ctx: Ctx) -> None:
+    """Sign and print a checkpoint (C2SP signed note) of the ledger as it is now."""
+    r = audit.make_checkpoint(ctx.ws, ctx.token)
+    emit(ctx, r, lambda: output.out.print(r["note"], end=""))
+
+
+@command(audit_app, "prove")
+def audit_prove(ctx: Ctx, seq: int, size: Annotated[Optional[int], typer.Option("--size")] = None) -> None:
+    """Inclusion proof of one event."""
+    r = audit.prove(ctx.ws, ctx.token, seq, size)
+    emit(ctx, r, lambda: output.emit_json(r))
+
+
+@command(audit_app, "consistency")
+def audit_consistency(ctx: Ctx, old: int, new: int) -> None:
+    """Consistency proof between two tree sizes."""
+    r = audit.consistency(ctx.ws, ctx.token, old, new)
+    emit(ctx, r, lambda: output.emit_json(r))
+
+
+@command(audit_app, "verify")
+def audit_verify(ctx: Ctx,
+                 checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A checkpoint saved earlier.")] = None,
+                 public_key: Annotated[Optional[Path], typer.Option("--public-key", help="Pin the ledger key (PEM).")] = None) -> None:
+    """Recompute the tree from the events and check it against every checkpoint."""
+    r = audit.verify(ctx.ws, ctx.token, checkpoint, public_key)
+    emit(ctx, r, lambda: output.out.print(
+        f"ledger verified: {r['tree_size']} events, root {r['root']}, {r['checkpoints_checked']} checkpoints agree"))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Replicas: list, show, verify, read tensors from, and revoke (crypto-shred).
+
+Revoking destroys the replica's wrapped data key in the same transaction that records the
+revocation, and only then deletes the sealed files: from that commit on, no copy of those files
+(in the zone, in a backup, on a stolen disk) can be decrypted by anyone.
+"""
+
+from __future__ import annotations
+
+from custody.control import views
+from custody.control.door import Act, act, data_step, record_after
+from custody.control.store import repositories as repo
+from custody.control.workspace import Workspace
+from custody.data import replica_files, tensors
+from custody.domain.errors import InvalidInput, InvalidState, NotFound
+from custody.domain.manifest import Manifest
+from custody.domain.model import Replica, ReplicaState
+
+
+def list_replicas(ws: Workspace, token: str | None, *, asset: str | None = None, zone: str | None = None,
+                  state: str | None = None) -> list[dict]:
+    if state is not None and state not in {s.value for s in ReplicaState}:
+        raise InvalidInput(f"unknown replica state {state!r}: one of {', '.join(s.value for s in ReplicaState)}")
+    with act(ws, token, "replica.read") as a:
+        return [views.replica(r, n) for r, n in repo.list_replicas(a.uow, asset=asset, zone=zone, state=state)]
+
+
+def show_replica(ws: Workspace, token: str | None, replica_id: str) -> dict:
+    with act(ws, token, "replica.read", subject=replica_id) as a:
+        replica = repo.replica_by_id(a.uow, replica_id)
+        out = views.replica(replica, repo.replica_asset_name(a.uow, replica_id))
+        if replica.version_id:
+            version = repo.version_by_id(a.uow, replica.version_id)
+            out["version"] = version.number
+            out["digest"] = version.digest
+        key = repo.data_key(a.uow, replica.key_id)
+        out["data_key"] = "shredded" if key is None else f"wrapped under {key.zone} KEK v{key.kek_version}"
+        return out
+
+
+def _readable(ws: Workspace, a: Act, replica_id: str) -> tuple[Replica, Manifest, bytes]:
+    """What the data plane needs to read an active replica: its manifest and its unwrapped key."""
+    replica = repo.replica_by_id(a.uow, replica_id)
+    if not replica.readable:
+        raise InvalidState(f"replica {replica_id} is {replica.state.value}; only active replicas can be read")
+    wrapped = repo.data_key(a.uow, replica.key_id)
+    if wrapped is None:
+        raise InvalidState(f"replica {replica_id}: its data key was shredded")
+    version = repo.version_by_id(a.uow, replica.version_id)
+    return replica, Manifest.from_json(version.manifest_json), ws.custodian().unwrap(wrapped)
+
+
+def verify_replica(ws: Workspace, token: str | None, replica_id: str) -> dict:
+    with act(ws, token, "replica.verify", subject=replica_id) as a:
+        replica, manifest, dek = _readable(ws, a, replica_id)
+        zone = repo.zone_by_name(a.uow, replica.zone)
+        a.record(outcome="started")
+    with data_step(ws, a):
+        report = replica_files.verify_replica(ws.zone_storage(zone), replica.id, replica.key_id, manifest, dek)
+    record_after(ws, a, details={"files": report.files, "bytes": report.bytes, "chunks": report.chunks})
+    return {"replica": replica_id, "verified": True, "files": report.files, "bytes": report.bytes,
+            "chunks": report.chunks}
+
+
+def revoke_replica(ws: Workspace, token: str | None, replica_id: str, reason: str) -> dict:
+    if not reason or not reason.strip():
+        raise InvalidInput("a revocation needs a reason")
+    with act(ws, token, "replica.revoke", subject=replica_id, rationale=reason) as a:
+        replica = repo.replica_by_id(a.uow, replica_id)
+        zone = repo.zone_by_name(a.uow, replica.zone)
+        _shred(a, replica)
+        a.record(details={"zone": replica.zone, "kind": replica.kind.value})
+    with data_step(ws, a):
+        replica_files.delete_replica_files(ws.zone_storage(zone), replica_id)
+    return {"replica": replica_id, "state": ReplicaState.SHREDDED.value, "reason": reason}
+
+
+def _shred(a: Act, replica: Replica) -> None:
+    replica.check_move(ReplicaState.SHREDDED)
+    repo.shred_data_key(a.uow, replica.key_id)
+    repo.set_replica_state(a.uow, replica, ReplicaState.SHREDDED, writer=None)
+
+
+def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpose: str,
+                     names: list[str] | None = None) -> dict:
+    """Tensors of an active replica, decrypted in memory; ledgered as a read with its purpose."""
+    if not purpose or not purpose.strip():
+        raise InvalidInput("reading tensors needs a purpose")
+    with act(ws, token, "replica.open", subject=replica_id, rationale=purpose,
+             details={"tensors": names[:50] if names else "all"}) as a:
+        replica, manifest, dek = _readable(ws, a, replica_id)
+        zone = repo.zone_by_name(a.uow, replica.zone)
+        files = [f["path"] for f in repo.version_formats(a.uow, replica.version_id) if f["kind"] == "safetensors"]
+        if not files:
+            raise InvalidInput(f"replica {replica_id} holds no safetensors file")
+    storage = ws.zone_storage(zone)
+    wanted = set(names) if names is not None else None
+    out: dict = {}
+    with data_step(ws, a):
+        for path in files:
+            with replica_files.open_sealed(storage, replica.id, replica.key_id, path, dek) as reader:
+                available = tensors.tensor_names(reader)
+                take = available if wanted is None else [n for n in available if n in wanted]
+                if take:
+                    out.update(tensors.read_tensors(reader, take))
+        missing = sorted(wanted - out.keys()) if wanted is not None else []
+        if missing:
+            raise NotFound(f"replica {replica_id} has no tensor {missing[0]!r}")
+    return out

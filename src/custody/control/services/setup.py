@@ -1,0 +1,114 @@
+"""Creating a workspace: keyring, keys, database, default zones and the first admin."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from custody.control import tokens
+from custody.control.ledger import store as ledger
+from custody.control.store import db
+from custody.control.store import repositories as repo
+from custody.control.workspace import CONFIG, DEMO_PASSPHRASE, KEYRING, Workspace, db_url_for
+from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput
+from custody.domain.model import Principal, Zone, ZoneKind, new_id
+from custody.keys.local import DEFAULT_LOG_N, LocalCustodian
+
+DEFAULT_ZONES: tuple[tuple[str, ZoneKind, int], ...] = (
+    ("prod", ZoneKind.PRODUCTION, 4),
+    ("backup", ZoneKind.BACKUP, 4),
+    ("dr", ZoneKind.DR, 4),
+    ("research", ZoneKind.RESEARCH, 3),
+    ("quarantine", ZoneKind.QUARANTINE, 3),
+)
+
+
+@dataclass(frozen=True)
+class InitResult:
+    home: Path
+    admin_token: str
+    demo: bool
+
+
+def init_workspace(
+    home: Path,
+    *,
+    passphrase: str | None,
+    demo: bool = False,
+    jurisdiction: str = "US",
+    region: str = "local",
+    scrypt_log_n: int = DEFAULT_LOG_N,
+) -> InitResult:
+    home = home.resolve()
+    if (home / CONFIG).exists():
+        raise InvalidInput(f"{home} already holds a custody workspace")
+    if not passphrase:
+        if not demo:
+            raise AuthenticationError("set CUSTODY_PASSPHRASE to seal the keyring (or use --demo for a throwaway workspace)")
+        passphrase = secrets.token_urlsafe(24)
+    created_home = not home.exists()
+    try:
+        return _init(home, passphrase, demo, jurisdiction, region, scrypt_log_n)
+    except BaseException:
+        # Leave nothing half-made: everything below was created by this call.
+        if created_home:
+            shutil.rmtree(home, ignore_errors=True)
+        else:
+            for name in (CONFIG, "keys", "zones", "custody.db", "custody.db-wal", "custody.db-shm"):
+                target = home / name
+                if target.is_dir():
+                    shutil.rmtree(target, ignore_errors=True)
+                elif target.exists():
+                    target.unlink()
+        raise
+
+
+def _init(home: Path, passphrase: str, demo: bool, jurisdiction: str, region: str, log_n: int) -> InitResult:
+    home.mkdir(parents=True, exist_ok=True)
+    ws_id = new_id()
+    url = db_url_for(home)
+    engine = db.make_engine(url)
+    db.migrate(engine)
+    with db.transaction(engine) as uow:
+        if repo.get_meta(uow, "workspace_id") is not None:
+            raise CustodyError(f"database {url.split('@')[-1]} already holds a workspace")
+    engine.dispose()
+
+    custodian = LocalCustodian.create(home / KEYRING, passphrase, log_n=log_n)
+    (home / "keys" / "signing.pub.pem").write_bytes(custodian.public_key_pem("signing"))
+    (home / "keys" / "ledger.pub.pem").write_bytes(custodian.public_key_pem("ledger"))
+    if demo:
+        demo_file = home / DEMO_PASSPHRASE
+        demo_file.write_text(passphrase + "\n")
+        demo_file.chmod(0o600)
+    zones = []
+    for name, kind, level in DEFAULT_ZONES:
+        folder = home / "zones" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        zones.append(Zone(name, folder.as_uri(), kind, region, jurisdiction, level))
+        custodian.ensure_zone(name)
+    config = f'[workspace]\nid = "{ws_id}"\n'
+    if os.environ.get("CUSTODY_DB_URL"):
+        config += f'db_url = "{url}"\n'
+    config += '\n[custodian]\nkind = "local"\n'
+    (home / CONFIG).write_text(config)
+
+    token, token_id, token_hash = tokens.mint()
+    admin = Principal(id=new_id(), name="admin", roles=("admin",), team="platform")
+    ws = Workspace(home=home, id=ws_id, db_url=url, engine=db.make_engine(url), _custodian=custodian)
+    with ws.uow() as uow:
+        repo.set_meta(uow, "workspace_id", ws_id)
+        ledger.append(uow, actor="system", action="workspace.init", outcome="ok", subject=ws_id,
+                      details={"demo": demo, "origin": ws.origin})
+        for z in zones:
+            repo.add_zone(uow, z)
+            ledger.append(uow, actor="system", action="zone.add", outcome="ok", subject=z.name,
+                          details={"kind": z.kind.value, "jurisdiction": z.jurisdiction})
+        repo.add_principal(uow, admin, token_id, token_hash)
+        ledger.append(uow, actor="system", action="principal.add", outcome="ok", subject="admin",
+                      details={"roles": ["admin"]})
+    ws.close()
+    return InitResult(home=home, admin_token=token, demo=demo)

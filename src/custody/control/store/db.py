@@ -1,0 +1,105 @@
+"""Engines, migrations and the unit of work.
+
+SQLite (WAL) is the embedded default; PostgreSQL when the URL names one. Every write
+transaction takes the database's write lock up front (SQLite `BEGIN IMMEDIATE`), so two
+processes never deadlock upgrading a read lock, and ledger appends are serialised.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.exc import OperationalError
+
+from custody.domain.errors import CustodyError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"timeout": 30, "isolation_level": None})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn) -> None:  # noqa: ANN001
+            readonly = conn.get_execution_options().get("custody_readonly", False)
+            conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
+
+        return engine
+    if url.startswith("postgresql://"):
+        url = "postgresql+psycopg://" + url[len("postgresql://") :]
+    return create_engine(url, pool_pre_ping=True)
+
+
+def _alembic_config(conn: Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def head_revision() -> str:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
+    assert head is not None
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision (a no-op when it is there already)."""
+    try:
+        with engine.begin() as conn:
+            command.upgrade(_alembic_config(conn), "head")
+    except OperationalError as exc:
+        raise CustodyError(f"cannot migrate the database: {exc.orig}") from None
+
+
+class UnitOfWork:
+    """One database transaction: state changes and their ledger events commit together."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    @property
+    def dialect(self) -> str:
+        return self.conn.dialect.name
+
+    def lock_ledger_head(self) -> int:
+        """Serialise ledger appends across processes; returns the current tree size."""
+        sql = "SELECT size FROM ledger_head WHERE id = 1"
+        if self.dialect == "postgresql":
+            sql += " FOR UPDATE"
+        return int(self.conn.execute(text(sql)).scalar_one())
+
+
+@contextmanager
+def transaction(engine: Engine, readonly: bool = False) -> Iterator[UnitOfWork]:
+    """A transaction; a read-only one takes no write lock (long audits must not block writers)."""
+    try:
+        with engine.connect() as conn:
+            conn.execution_options(custody_readonly=readonly)
+            with conn.begin():
+                yield UnitOfWork(conn)
+    except OperationalError as exc:
+        raise CustodyError(f"database error: {str(exc.orig).splitlines()[0]}") from None

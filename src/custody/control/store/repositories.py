@@ -1,0 +1,320 @@
+"""Reading and writing domain objects in the store, one function per need.
+
+Rows become frozen domain objects here and nowhere else, so the rest of the code never sees SQL.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import func, insert, select, update
+
+from custody.control.store import schema as t
+from custody.control.store.db import UnitOfWork
+from custody.domain.errors import InvalidInput, NotFound
+from custody.domain.model import (
+    Asset,
+    AssetVersion,
+    Classification,
+    Principal,
+    Replica,
+    ReplicaKind,
+    ReplicaState,
+    Zone,
+    ZoneKind,
+)
+from custody.keys.custodian import WrappedKey
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
+
+# -- meta ---------------------------------------------------------------------------------
+
+
+def get_meta(uow: UnitOfWork, key: str) -> str | None:
+    return uow.conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar_one_or_none()
+
+
+def set_meta(uow: UnitOfWork, key: str, value: str) -> None:
+    if get_meta(uow, key) is None:
+        uow.conn.execute(insert(t.meta).values(key=key, value=value))
+    else:
+        uow.conn.execute(update(t.meta).where(t.meta.c.key == key).values(value=value))
+
+
+# -- principals ---------------------------------------------------------------------------
+
+
+def _principal(row) -> Principal:  # noqa: ANN001
+    return Principal(
+        id=row.id,
+        name=row.name,
+        roles=tuple(row.roles),
+        team=row.team,
+        attributes=dict(row.attributes),
+        suspended=bool(row.suspended),
+        created_at=_utc(row.created_at),
+    )
+
+
+def add_principal(uow: UnitOfWork, p: Principal, token_id: str, token_hash: str) -> None:
+    if principal_by_name(uow, p.name, missing_ok=True):
+        raise InvalidInput(f"principal {p.name} already exists")
+    uow.conn.execute(
+        insert(t.principals).values(
+            id=p.id, name=p.name, roles=list(p.roles), team=p.team, attributes=p.attributes,
+            token_id=token_id, token_hash=token_hash, suspended=False, created_at=now(),
+        )
+    )
+
+
+def principal_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Principal | None:
+    row = uow.conn.execute(select(t.principals).where(t.principals.c.name == name)).first()
+    if row is None:
+        if missing_ok:
+            return None
+        raise NotFound(f"no principal named {name}")
+    return _principal(row)
+
+
+def principal_by_token_id(uow: UnitOfWork, token_id: str) -> tuple[Principal, str] | None:
+    row = uow.conn.execute(select(t.principals).where(t.principals.c.token_id == token_id)).first()
+    return None if row is None else (_principal(row), row.token_hash)
+
+
+def list_principals(uow: UnitOfWork) -> list[Principal]:
+    return [_principal(r) for r in uow.conn.execute(select(t.principals).order_by(t.principals.c.name))]
+
+
+def suspend_principal(uow: UnitOfWork, name: str) -> None:
+    uow.conn.execute(update(t.principals).where(t.principals.c.name == name).values(suspended=True))
+
+
+# -- zones --------------------------------------------------------------------------------
+
+
+def _zone(row) -> Zone:  # noqa: ANN001
+    return Zone(
+        name=row.name, url=row.url, kind=ZoneKind(row.kind), region=row.region, jurisdiction=row.jurisdiction,
+        security_level=row.security_level, custodian=row.custodian, created_at=_utc(row.created_at),
+    )
+
+
+def add_zone(uow: UnitOfWork, z: Zone) -> None:
+    if zone_by_name(uow, z.name, missing_ok=True):
+        raise InvalidInput(f"zone {z.name} already exists")
+    uow.conn.execute(
+        insert(t.zones).values(
+            name=z.name, url=z.url, kind=z.kind.value, region=z.region, jurisdiction=z.jurisdiction,
+            security_level=z.security_level, custodian=z.custodian, created_at=now(),
+        )
+    )
+
+
+def zone_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Zone | None:
+    row = uow.conn.execute(select(t.zones).where(t.zones.c.name == name)).first()
+    if row is None:
+        if missing_ok:
+            return None
+        raise NotFound(f"no zone named {name}")
+    return _zone(row)
+
+
+def list_zones(uow: UnitOfWork) -> list[Zone]:
+    return [_zone(r) for r in uow.conn.execute(select(t.zones).order_by(t.zones.c.name))]
+
+
+# -- assets and versions ------------------------------------------------------------------
+
+
+def asset_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Asset | None:
+    row = uow.conn.execute(select(t.assets).where(t.assets.c.name == name)).first()
+    if row is None:
+        if missing_ok:
+            return None
+        raise NotFound(f"no asset named {name}")
+    return Asset(id=row.id, name=row.name, owner=row.owner, created_at=_utc(row.created_at))
+
+
+def add_asset(uow: UnitOfWork, a: Asset) -> None:
+    uow.conn.execute(insert(t.assets).values(id=a.id, name=a.name, owner=a.owner, created_at=now()))
+
+
+def list_assets(uow: UnitOfWork) -> list[Asset]:
+    return [
+        Asset(id=r.id, name=r.name, owner=r.owner, created_at=_utc(r.created_at))
+        for r in uow.conn.execute(select(t.assets).order_by(t.assets.c.name))
+    ]
+
+
+def _version(row) -> AssetVersion:  # noqa: ANN001
+    return AssetVersion(
+        id=row.id, asset_id=row.asset_id, number=row.number, digest=row.digest, manifest_json=row.manifest_json,
+        total_size=row.total_size, file_count=row.file_count, format=row.format, parameters=row.parameters,
+        unsafe=bool(row.unsafe), classification=Classification(row.classification),
+        jurisdictions=tuple(row.jurisdictions), min_security_level=row.min_security_level, labels=dict(row.labels),
+        previous_id=row.previous_id, bundle_json=row.bundle_json, created_at=_utc(row.created_at),
+    )
+
+
+def add_version(uow: UnitOfWork, v: AssetVersion, formats: list[dict]) -> None:
+    uow.conn.execute(
+        insert(t.asset_versions).values(
+            id=v.id, asset_id=v.asset_id, number=v.number, digest=v.digest, manifest_json=v.manifest_json,
+            total_size=v.total_size, file_count=v.file_count, format=v.format, parameters=v.parameters,
+            unsafe=v.unsafe, classification=v.classification.value, jurisdictions=list(v.jurisdictions),
+            min_security_level=v.min_security_level, labels=v.labels, formats=formats,
+            previous_id=v.previous_id, bundle_json=v.bundle_json, created_at=now(),
+        )
+    )
+
+
+def version_formats(uow: UnitOfWork, version_id: str) -> list[dict]:
+    return list(
+        uow.conn.execute(select(t.asset_versions.c.formats).where(t.asset_versions.c.id == version_id)).scalar_one()
+    )
+
+
+def latest_version(uow: UnitOfWork, asset_id: str) -> AssetVersion | None:
+    row = uow.conn.execute(
+        select(t.asset_versions).where(t.asset_versions.c.asset_id == asset_id).order_by(t.asset_versions.c.number.desc())
+    ).first()
+    return None if row is None else _version(row)
+
+
+def version_by_number(uow: UnitOfWork, asset: Asset, number: int) -> AssetVersion:
+    row = uow.conn.execute(
+        select(t.asset_versions).where(t.asset_versions.c.asset_id == asset.id, t.asset_versions.c.number == number)
+    ).first()
+    if row is None:
+        raise NotFound(f"asset {asset.name} has no version {number}")
+    return _version(row)
+
+
+def version_by_id(uow: UnitOfWork, version_id: str) -> AssetVersion:
+    row = uow.conn.execute(select(t.asset_versions).where(t.asset_versions.c.id == version_id)).first()
+    if row is None:
+        raise NotFound(f"no asset version {version_id}")
+    return _version(row)
+
+
+def versions_of(uow: UnitOfWork, asset_id: str) -> list[AssetVersion]:
+    rows = uow.conn.execute(
+        select(t.asset_versions).where(t.asset_versions.c.asset_id == asset_id).order_by(t.asset_versions.c.number)
+    )
+    return [_version(r) for r in rows]
+
+
+# -- data keys ----------------------------------------------------------------------------
+
+
+def add_data_key(uow: UnitOfWork, w: WrappedKey) -> None:
+    uow.conn.execute(
+        insert(t.data_keys).values(id=w.key_id, zone=w.zone, kek_version=w.kek_version, wrapped=w.blob, created_at=now())
+    )
+
+
+def data_key(uow: UnitOfWork, key_id: str) -> WrappedKey | None:
+    """The wrapped key, or None once it has been shredded."""
+    row = uow.conn.execute(select(t.data_keys).where(t.data_keys.c.id == key_id)).first()
+    if row is None:
+        raise NotFound(f"no data key {key_id}")
+    if row.wrapped is None:
+        return None
+    return WrappedKey(key_id=row.id, zone=row.zone, kek_version=row.kek_version, blob=bytes(row.wrapped))
+
+
+def live_data_keys(uow: UnitOfWork, zone: str) -> list[WrappedKey]:
+    rows = uow.conn.execute(
+        select(t.data_keys).where(t.data_keys.c.zone == zone, t.data_keys.c.wrapped.is_not(None)).order_by(t.data_keys.c.id)
+    )
+    return [WrappedKey(key_id=r.id, zone=r.zone, kek_version=r.kek_version, blob=bytes(r.wrapped)) for r in rows]
+
+
+def replace_data_key(uow: UnitOfWork, w: WrappedKey) -> None:
+    uow.conn.execute(
+        update(t.data_keys).where(t.data_keys.c.id == w.key_id).values(kek_version=w.kek_version, wrapped=w.blob)
+    )
+
+
+def shred_data_key(uow: UnitOfWork, key_id: str) -> None:
+    uow.conn.execute(update(t.data_keys).where(t.data_keys.c.id == key_id).values(wrapped=None, shredded_at=now()))
+
+
+def data_keys_by_kek(uow: UnitOfWork) -> dict[tuple[str, int], int]:
+    k = t.data_keys.c
+    rows = uow.conn.execute(
+        select(k.zone, k.kek_version, func.count()).where(k.wrapped.is_not(None)).group_by(k.zone, k.kek_version)
+    )
+    return {(r[0], int(r[1])): int(r[2]) for r in rows}
+
+
+# -- replicas -----------------------------------------------------------------------------
+
+
+def _replica(row) -> Replica:  # noqa: ANN001
+    return Replica(
+        id=row.id, version_id=row.version_id, zone=row.zone, kind=ReplicaKind(row.kind), state=ReplicaState(row.state),
+        key_id=row.key_id, created_by=row.created_by, request_id=row.request_id, expires_at=_utc(row.expires_at),
+        created_at=_utc(row.created_at), bytes_sealed=row.bytes_sealed, writer=row.writer,
+    )
+
+
+def add_replica(uow: UnitOfWork, r: Replica, asset_name: str) -> None:
+    uow.conn.execute(
+        insert(t.replicas).values(
+            id=r.id, version_id=r.version_id, asset_name=asset_name, zone=r.zone, kind=r.kind.value,
+            state=r.state.value, key_id=r.key_id, created_by=r.created_by, request_id=r.request_id,
+            expires_at=r.expires_at, created_at=now(), updated_at=now(), writer=r.writer,
+        )
+    )
+
+
+def replica_by_id(uow: UnitOfWork, replica_id: str) -> Replica:
+    row = uow.conn.execute(select(t.replicas).where(t.replicas.c.id == replica_id)).first()
+    if row is None:
+        raise NotFound(f"no replica {replica_id}")
+    return _replica(row)
+
+
+def replica_asset_name(uow: UnitOfWork, replica_id: str) -> str:
+    return uow.conn.execute(select(t.replicas.c.asset_name).where(t.replicas.c.id == replica_id)).scalar_one()
+
+
+def replica_bundle(uow: UnitOfWork, replica_id: str) -> str | None:
+    return uow.conn.execute(select(t.replicas.c.bundle_json).where(t.replicas.c.id == replica_id)).scalar_one()
+
+
+def set_replica_state(uow: UnitOfWork, replica: Replica, state: ReplicaState, **values) -> None:  # noqa: ANN003
+    replica.check_move(state)
+    uow.conn.execute(
+        update(t.replicas).where(t.replicas.c.id == replica.id).values(state=state.value, updated_at=now(), **values)
+    )
+
+
+def list_replicas(
+    uow: UnitOfWork, *, asset: str | None = None, zone: str | None = None, state: str | None = None
+) -> list[tuple[Replica, str]]:
+    q = select(t.replicas).order_by(t.replicas.c.created_at, t.replicas.c.id)
+    if asset:
+        q = q.where(t.replicas.c.asset_name == asset)
+    if zone:
+        q = q.where(t.replicas.c.zone == zone)
+    if state:
+        q = q.where(t.replicas.c.state == state)
+    return [(_replica(r), r.asset_name) for r in uow.conn.execute(q)]
+
+
+def live_replica_ids(uow: UnitOfWork, zone: str) -> set[str]:
+    """Replicas of a zone whose files must stay: active ones and writes under way."""
+    live = (ReplicaState.ACTIVE.value, ReplicaState.PENDING.value)
+    q = select(t.replicas.c.id).where(t.replicas.c.zone == zone, t.replicas.c.state.in_(live))
+    return set(uow.conn.execute(q).scalars())

@@ -1,0 +1,34 @@
+"""Principal tokens: `cst_<id>_<secret>`, stored as the SHA-256 of the whole token.
+
+The id locates the row; the secret is compared through its hash in constant time. Tokens carry
+256 bits of randomness, so a fast hash is enough (no password stretching needed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import secrets
+
+TOKEN_RE = re.compile(r"^cst_([a-z0-9]{16})_([A-Za-z0-9_-]{43})$")
+
+
+def mint() -> tuple[str, str, str]:
+    """A new token: (token, token_id, token_hash). Only the id and hash are stored."""
+    token_id = secrets.token_hex(8)
+    token = f"cst_{token_id}_{secrets.token_urlsafe(32)}"
+    return token, token_id, digest(token)
+
+
+def digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def parse_id(token: str) -> str | None:
+    m = TOKEN_RE.match(token or "")
+    return m.group(1) if m else None
+
+
+def matches(token: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(digest(token), stored_hash)

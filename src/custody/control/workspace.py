@@ -1,0 +1,108 @@
+"""A custody workspace: its folder, configuration, database and key custodian.
+
+Layout of a workspace folder:
+    custody.toml        id, ledger origin, database URL, custodian kind
+    custody.db          the SQLite store (unless the database is PostgreSQL)
+    keys/keyring.sealed the local custodian's sealed keyring
+    keys/*.pub.pem      public keys, readable without the passphrase
+    zones/<name>/       the default local zones
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import Engine
+
+from custody.control.store import db
+from custody.control.store import repositories as repo
+from custody.data.zones import ZoneStorage
+from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, NotFound
+from custody.domain.model import Zone
+from custody.keys.custodian import KeyCustodian, Purpose
+
+CONFIG = "custody.toml"
+KEYRING = "keys/keyring.sealed"
+DEMO_PASSPHRASE = "keys/DEMO-PASSPHRASE-NOT-FOR-PRODUCTION"
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("CUSTODY_HOME") or ".custody")
+
+
+def db_url_for(home: Path, configured: str | None = None) -> str:
+    return os.environ.get("CUSTODY_DB_URL") or configured or f"sqlite:///{(home / 'custody.db').resolve()}"
+
+
+@dataclass
+class Workspace:
+    home: Path
+    id: str
+    db_url: str
+    engine: Engine
+    _custodian: KeyCustodian | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, home: Path | None = None) -> "Workspace":
+        home = (home or default_home()).resolve()
+        try:
+            config = tomllib.loads((home / CONFIG).read_text())
+        except FileNotFoundError:
+            raise NotFound(f"no custody workspace at {home}: run `custody init` first") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise CustodyError(f"{home / CONFIG} is malformed: {exc}") from None
+        ws_id = config["workspace"]["id"]
+        url = db_url_for(home, config["workspace"].get("db_url"))
+        engine = db.make_engine(url)
+        if db.current_revision(engine) != db.head_revision():
+            db.migrate(engine)
+        ws = cls(home=home, id=ws_id, db_url=url, engine=engine)
+        with ws.uow() as uow:
+            stored = repo.get_meta(uow, "workspace_id")
+        if stored != ws_id:
+            raise IntegrityError(f"database at {url.split('@')[-1]} belongs to another workspace")
+        return ws
+
+    @property
+    def origin(self) -> str:
+        """The ledger's checkpoint origin line and signer name."""
+        return f"custody/{self.id}"
+
+    @contextmanager
+    def uow(self, readonly: bool = False) -> Iterator[db.UnitOfWork]:
+        with db.transaction(self.engine, readonly) as uow:
+            yield uow
+
+    def passphrase(self) -> str:
+        value = os.environ.get("CUSTODY_PASSPHRASE")
+        if value:
+            return value
+        demo = self.home / DEMO_PASSPHRASE
+        if demo.exists():
+            return demo.read_text().strip()
+        raise AuthenticationError("CUSTODY_PASSPHRASE is not set: the keyring stays sealed")
+
+    def custodian(self) -> KeyCustodian:
+        if self._custodian is None:
+            from custody.keys.local import LocalCustodian
+
+            self._custodian = LocalCustodian(self.home / KEYRING, self.passphrase())
+        return self._custodian
+
+    def public_key_pem(self, purpose: Purpose) -> bytes:
+        path = self.home / "keys" / f"{purpose}.pub.pem"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no {purpose} public key in the workspace") from None
+
+    def zone_storage(self, zone: Zone) -> ZoneStorage:
+        return ZoneStorage(zone.url)
+
+    def close(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,243 @@
+"""The local custodian: a keyring file sealed by a master key derived from a passphrase.
+
+The keyring holds each zone's KEK versions, the manifest-signing key (ECDSA P-256) and the
+ledger key (Ed25519). On disk it is one AES-256-GCM ciphertext under a key derived with scrypt;
+the KDF parameters are bound as associated data, so a wrong passphrase or any edit fails to
+unseal and nothing is written. Changes are written to a temporary file and renamed into place
+under an exclusive lock, so a crash leaves either the old or the new keyring.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import json
+import os
+import secrets
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+
+from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, NotFound
+from custody.keys.custodian import DEK_BYTES, KekVersion, Purpose, WrappedKey, dek_aad
+
+FORMAT = "custody-keyring"
+DEFAULT_LOG_N = 17  # scrypt N = 2^17, r = 8, p = 1: the OWASP floor for interactive use
+MIN_LOG_N = 14
+MAX_KEYRING_BYTES = 16 * 1024 * 1024
+
+
+def _b64(b: bytes) -> str:
+    return base64.b64encode(b).decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.b64decode(s.encode(), validate=True)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def _master_key(passphrase: str, kdf: dict) -> bytes:
+    return Scrypt(salt=_unb64(kdf["salt"]), length=32, n=2 ** kdf["log_n"], r=kdf["r"], p=kdf["p"]).derive(
+        passphrase.encode("utf-8")
+    )
+
+
+def _aad(envelope: dict) -> bytes:
+    bound = {"format": envelope["format"], "version": envelope["version"], "kdf": envelope["kdf"]}
+    return json.dumps(bound, sort_keys=True, separators=(",", ":")).encode()
+
+
+class LocalCustodian:
+    name = "local"
+
+    def __init__(self, path: Path, passphrase: str) -> None:
+        self.path = path
+        self._passphrase = passphrase
+        self._master: bytes | None = None  # derived once: scrypt is deliberately slow
+        self._envelope, self._ring = self._unseal()
+
+    # -- creation and sealing ------------------------------------------------------------
+
+    @classmethod
+    def create(cls, path: Path, passphrase: str, log_n: int = DEFAULT_LOG_N) -> "LocalCustodian":
+        if not passphrase:
+            raise AuthenticationError("an empty passphrase cannot seal a keyring")
+        if log_n < MIN_LOG_N:
+            raise CustodyError(f"scrypt cost 2^{log_n} is below the floor 2^{MIN_LOG_N}")
+        signing = ec.generate_private_key(ec.SECP256R1())
+        ledger = ed25519.Ed25519PrivateKey.generate()
+        ring = {
+            "keks": {},
+            "signing": signing.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            ).decode(),
+            "ledger": _b64(ledger.private_bytes_raw()),
+        }
+        envelope = {
+            "format": FORMAT,
+            "version": 1,
+            "kdf": {"name": "scrypt", "salt": _b64(secrets.token_bytes(16)), "log_n": log_n, "r": 8, "p": 1},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            raise CustodyError(f"a keyring already exists at {path}")
+        _write_sealed(path, envelope, ring, _master_key(passphrase, envelope["kdf"]))
+        return cls(path, passphrase)
+
+    def _unseal(self) -> tuple[dict, dict]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            raise NotFound(f"no keyring at {self.path}") from None
+        if len(raw) > MAX_KEYRING_BYTES:
+            raise IntegrityError("keyring file is larger than any keyring custody writes")
+        try:
+            envelope = json.loads(raw)
+            if envelope.get("format") != FORMAT or envelope.get("version") != 1:
+                raise ValueError("unknown keyring format")
+            kdf = envelope["kdf"]
+            if kdf.get("name") != "scrypt" or not MIN_LOG_N <= int(kdf["log_n"]) <= 22:
+                raise ValueError("unsupported key derivation")
+            nonce, ciphertext = _unb64(envelope["nonce"]), _unb64(envelope["ciphertext"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise IntegrityError(f"keyring file is malformed: {exc}") from None
+        if self._master is None:
+            self._master = _master_key(self._passphrase, kdf)
+        try:
+            plain = AESGCM(self._master).decrypt(nonce, ciphertext, _aad(envelope))
+        except InvalidTag:
+            raise AuthenticationError("wrong passphrase: the keyring did not unseal") from None
+        return envelope, json.loads(plain)
+
+    @contextmanager
+    def _changing(self) -> Iterator[dict]:
+        """Re-read under an exclusive lock, let the caller change the ring, write it back atomically."""
+        lock = self.path.with_suffix(".lock")
+        with open(lock, "a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            self._envelope, self._ring = self._unseal()
+            yield self._ring
+            assert self._master is not None
+            _write_sealed(self.path, self._envelope, self._ring, self._master)
+
+    # -- KEKs and data keys --------------------------------------------------------------
+
+    def _versions(self, zone: str) -> list[dict]:
+        try:
+            return self._ring["keks"][zone]
+        except KeyError:
+            raise NotFound(f"custodian holds no key for zone {zone}") from None
+
+    def _active(self, zone: str) -> dict:
+        return next(v for v in reversed(self._versions(zone)) if v["state"] == "active")
+
+    def ensure_zone(self, zone: str) -> None:
+        if zone in self._ring["keks"]:
+            return
+        with self._changing() as ring:
+            ring["keks"].setdefault(zone, [_new_kek(1)])
+
+    def new_data_key(self, zone: str, key_id: str) -> tuple[bytes, WrappedKey]:
+        dek = secrets.token_bytes(DEK_BYTES)
+        return dek, self._wrap(zone, key_id, dek)
+
+    def _wrap(self, zone: str, key_id: str, dek: bytes) -> WrappedKey:
+        kek = self._active(zone)
+        nonce = secrets.token_bytes(12)
+        blob = nonce + AESGCM(_unb64(kek["key"])).encrypt(nonce, dek, dek_aad(key_id, zone, kek["version"]))
+        return WrappedKey(key_id=key_id, zone=zone, kek_version=kek["version"], blob=blob)
+
+    def unwrap(self, wrapped: WrappedKey) -> bytes:
+        kek = next((v for v in self._versions(wrapped.zone) if v["version"] == wrapped.kek_version), None)
+        if kek is None:
+            raise IntegrityError(
+                f"data key {wrapped.key_id}: KEK version {wrapped.kek_version} of zone {wrapped.zone} was destroyed"
+            )
+        try:
+            return AESGCM(_unb64(kek["key"])).decrypt(
+                wrapped.blob[:12], wrapped.blob[12:], dek_aad(wrapped.key_id, wrapped.zone, wrapped.kek_version)
+            )
+        except InvalidTag:
+            raise IntegrityError(f"data key {wrapped.key_id} does not unwrap: altered or misplaced") from None
+
+    def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
+        return self._wrap(wrapped.zone, wrapped.key_id, self.unwrap(wrapped))
+
+    def begin_rotation(self, zone: str) -> int:
+        with self._changing() as ring:
+            versions = ring["keks"].get(zone)
+            if not versions:
+                raise NotFound(f"custodian holds no key for zone {zone}")
+            new = _new_kek(max(v["version"] for v in versions) + 1)
+            versions.append(new)
+            return new["version"]
+
+    def retire(self, zone: str, version: int) -> None:
+        with self._changing() as ring:
+            versions = ring["keks"].get(zone, [])
+            if version == max(v["version"] for v in versions):
+                raise CustodyError(f"zone {zone}: the newest KEK version cannot be retired")
+            ring["keks"][zone] = [v for v in versions if v["version"] != version]
+
+    def kek_versions(self, zone: str) -> list[KekVersion]:
+        versions = self._versions(zone)
+        newest = max(v["version"] for v in versions)
+        return [
+            KekVersion(
+                zone=zone,
+                version=v["version"],
+                created_at=datetime.fromisoformat(v["created_at"]),
+                state="active" if v["version"] == newest else "retired",
+            )
+            for v in versions
+        ]
+
+    # -- signing -------------------------------------------------------------------------
+
+    def _signing_key(self) -> ec.EllipticCurvePrivateKey:
+        key = serialization.load_pem_private_key(self._ring["signing"].encode(), password=None)
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        return key
+
+    def _ledger_key(self) -> ed25519.Ed25519PrivateKey:
+        return ed25519.Ed25519PrivateKey.from_private_bytes(_unb64(self._ring["ledger"]))
+
+    def sign(self, purpose: Purpose, message: bytes) -> bytes:
+        if purpose == "signing":
+            return self._signing_key().sign(message, ec.ECDSA(hashes.SHA256()))
+        return self._ledger_key().sign(message)
+
+    def public_key_pem(self, purpose: Purpose) -> bytes:
+        key = self._signing_key() if purpose == "signing" else self._ledger_key()
+        return key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def _new_kek(version: int) -> dict:
+    return {"version": version, "key": _b64(AESGCM.generate_key(256)), "created_at": _now(), "state": "active"}
+
+
+def _write_sealed(path: Path, envelope: dict, ring: dict, master: bytes) -> None:
+    nonce = secrets.token_bytes(12)
+    plain = json.dumps(ring, sort_keys=True).encode()
+    sealed = dict(envelope)
+    sealed["nonce"] = _b64(nonce)
+    sealed["ciphertext"] = _b64(AESGCM(master).encrypt(nonce, plain, _aad(envelope)))
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(json.dumps(sealed, indent=1).encode())
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
