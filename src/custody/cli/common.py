@@ -6,6 +6,7 @@ import functools
 import inspect
 import os
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable
@@ -46,7 +47,9 @@ def command(group: typer.Typer, name: str, **kwargs: Any) -> Callable:
 
     def wrap(fn: Callable) -> Callable:
         sig = inspect.signature(fn)
-        params = [p for p in sig.parameters.values() if p.name != "ctx"]
+        hints = typing.get_type_hints(fn, include_extras=True)  # resolve postponed annotations for Typer
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+                  if p.name != "ctx"]
 
         @functools.wraps(fn)
         def run(*args: Any, json_: bool = False, home: Path | None = None, token: str | None = None, **kw: Any) -> None:
@@ -65,7 +68,8 @@ def command(group: typer.Typer, name: str, **kwargs: Any) -> Callable:
                 if ctx._ws is not None:
                     ctx._ws.close()
 
-        run.__signature__ = sig.replace(parameters=params + _COMMON)  # type: ignore[attr-defined]
+        run.__signature__ = sig.replace(parameters=params + _COMMON, return_annotation=None)  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in params + _COMMON}
         return group.command(name, **kwargs)(run)
 
     return wrap
