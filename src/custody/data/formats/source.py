@@ -20,7 +20,9 @@ ReadAt = Callable[[int, int], bytes]
 """``read_at(offset, length)`` returns up to ``length`` bytes starting at ``offset``."""
 
 WINDOW_BYTES = 1 << 20
-"""Read-ahead for sequential walks: large enough to amortise calls, small enough to bound memory."""
+"""Largest read-ahead, reached by sequential walks: amortises calls, bounds memory."""
+MIN_WINDOW_BYTES = 4096
+"""Read-ahead after a jump, so skipping over large payloads does not read them."""
 
 _MAX_LABEL_CHARS = 200
 
@@ -52,6 +54,7 @@ class ByteSource:
         self.name = name
         self._window_start = 0
         self._window = b""
+        self._window_size = MIN_WINDOW_BYTES
 
     def fail(self, problem: str) -> FormatError:
         return malformed(self.name, problem)
@@ -81,7 +84,11 @@ class ByteSource:
             return self.read(offset, length, what)
         if offset < 0 or offset + length > self.size:
             return self.read(offset, length, what)  # raises with the right message
-        chunk = min(WINDOW_BYTES, self.size - offset)
+        if self._window_start <= offset <= window_end:
+            self._window_size = min(WINDOW_BYTES, self._window_size * 2)
+        else:
+            self._window_size = MIN_WINDOW_BYTES
+        chunk = min(max(self._window_size, length), self.size - offset)
         self._window = self.read(offset, chunk, what)
         self._window_start = offset
         return self._window[:length]

@@ -1,0 +1,198 @@
+"""Shared fixtures: real workspaces on real SQLite and PostgreSQL, real model folders."""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
+
+from custody.cli.main import app
+from custody.control.services import setup
+from custody.control.workspace import Workspace
+
+PASSPHRASE = "correct horse battery staple"
+PG_URL = os.environ.get("CUSTODY_TEST_PG_URL")
+CUSTODY_BIN = str(Path(sys.executable).with_name("custody"))
+
+
+def reset_postgres(url: str) -> None:
+    engine = create_engine(url.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("CUSTODY_HOME", "CUSTODY_TOKEN", "CUSTODY_DB_URL", "CUSTODY_PASSPHRASE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("CUSTODY_SCRYPT_LOG_N", "14")  # the floor, to keep tests quick
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    if request.param == "postgresql":
+        if not PG_URL:
+            pytest.skip("CUSTODY_TEST_PG_URL is not set (make test sets it)")
+        reset_postgres(PG_URL)
+        monkeypatch.setenv("CUSTODY_DB_URL", PG_URL)
+    return request.param
+
+
+@dataclass
+class Env:
+    """A live workspace and what a test needs to act in it."""
+
+    home: Path
+    token: str
+    backend: str
+
+    def open(self) -> Workspace:
+        return Workspace.open(self.home)
+
+    def environ(self, **extra: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update({"CUSTODY_HOME": str(self.home), "CUSTODY_TOKEN": self.token, "CUSTODY_PASSPHRASE": PASSPHRASE})
+        env.update(extra)
+        return env
+
+
+def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Env:
+    home = tmp_path / "ws"
+    result = setup.init_workspace(home, passphrase=PASSPHRASE, scrypt_log_n=14)
+    monkeypatch.setenv("CUSTODY_PASSPHRASE", PASSPHRASE)
+    monkeypatch.setenv("CUSTODY_HOME", str(home))
+    return Env(home=home, token=result.admin_token, backend=backend)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """A workspace on SQLite."""
+    return make_env(tmp_path, monkeypatch, "sqlite")
+
+
+@pytest.fixture
+def any_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_backend: str) -> Env:
+    """The same workspace on SQLite and on PostgreSQL."""
+    return make_env(tmp_path, monkeypatch, db_backend)
+
+
+# -- running the CLI --------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self):  # noqa: ANN201
+        return json.loads(self.stdout)
+
+
+def cli(*args: str, token: str | None = None, env: dict[str, str] | None = None) -> Result:
+    """Run the CLI in-process (same code path as the console script, much faster)."""
+    runner = CliRunner()
+    full_env = dict(env or {})
+    if token is not None:
+        full_env["CUSTODY_TOKEN"] = token
+    r = runner.invoke(app, list(args), env=full_env, catch_exceptions=False)
+    return Result(r.exit_code, r.stdout, r.stderr)
+
+
+def run_custody(*args: str, env: dict[str, str], timeout: float = 120) -> Result:
+    """Run the installed `custody` console script in a real process."""
+    p = subprocess.run([CUSTODY_BIN, *args], env=env, capture_output=True, text=True, timeout=timeout)
+    return Result(p.returncode, p.stdout, p.stderr)
+
+
+# -- model files ------------------------------------------------------------------------------
+
+ST_DTYPES = {"float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "uint8": "U8"}
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
+    header: dict = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, arr in tensors.items():
+        size = arr.nbytes
+        header[name] = {"dtype": ST_DTYPES[str(arr.dtype)], "shape": list(arr.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    raw = json.dumps(header).encode()
+    raw += b" " * ((8 - len(raw) % 8) % 8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as fh:
+        fh.write(struct.pack("<Q", len(raw)))
+        fh.write(raw)
+        for arr in tensors.values():
+            fh.write(np.ascontiguousarray(arr).tobytes())
+
+
+def hf_model(root: Path, seed: int = 0, big: int = 0) -> dict[str, np.ndarray]:
+    """A folder laid out like a Hugging Face model; returns every tensor written."""
+    rng = np.random.default_rng(seed)
+    shard1 = {
+        "model.embed.weight": rng.standard_normal((256, 64)).astype(np.float32),
+        "model.layers.0.attn.weight": rng.standard_normal((64, 64)).astype(np.float16),
+    }
+    shard2 = {
+        "model.layers.1.mlp.weight": rng.standard_normal((128, 64)).astype(np.float32),
+        "model.norm.bias": rng.standard_normal(64).astype(np.float32),
+        "lm_head.ids": rng.integers(0, 1000, size=(32,), dtype=np.int64),
+    }
+    if big:
+        shard2["model.big"] = rng.integers(0, 255, size=(big,), dtype=np.uint8)
+    write_safetensors(root / "model-00001-of-00002.safetensors", shard1, {"format": "pt"})
+    write_safetensors(root / "model-00002-of-00002.safetensors", shard2)
+    (root / "config.json").write_text(json.dumps({"model_type": "tiny", "hidden_size": 64}))
+    (root / "tokenizer").mkdir(parents=True, exist_ok=True)
+    (root / "tokenizer" / "tokenizer.json").write_text(json.dumps({"version": "1.0", "vocab": {"a": 0}}))
+    (root / ".gitattributes").write_text("*.safetensors filter=lfs\n")
+    return {**shard1, **shard2}
+
+
+@pytest.fixture
+def model_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "tiny-model"
+    hf_model(root)
+    return root
+
+
+def register(env: Env, path: Path, name: str = "tiny", *extra: str) -> dict:
+    r = cli("asset", "register", name, str(path), "--json", *extra, token=env.token)
+    assert r.code == 0, r.stdout + r.stderr
+    return r.json
+
+
+def last_event(env: Env) -> dict:
+    from custody.control.ledger import store as ledger
+
+    ws = env.open()
+    try:
+        with ws.uow(readonly=True) as uow:
+            n = ledger.size(uow)
+            return json.loads(ledger.event_line(uow, n - 1))
+    finally:
+        ws.close()
+
+
+def events(env: Env) -> list[dict]:
+    from custody.control.ledger import store as ledger
+
+    ws = env.open()
+    try:
+        with ws.uow(readonly=True) as uow:
+            return [json.loads(line) for _, line in ledger.events(uow)]
+    finally:
+        ws.close()
