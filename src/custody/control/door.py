@@ -60,7 +60,10 @@ class Act:
 
 
 @contextmanager
-def act(ws: Workspace, token: str | None, action: str, *, subject: str | None = None, **fields) -> Iterator[Act]:  # noqa: ANN003
+def act(ws: Workspace, token: str | None, action: str, *, subject: str | None = None, deferred: bool = False,
+        **fields) -> Iterator[Act]:  # noqa: ANN003
+    """`deferred`: the action records its event later with `record_after` (audits of a ledger
+    that may be broken must not depend on appending to it first)."""
     actor = _actor_for(token)
     current: Act | None = None
     try:
@@ -70,7 +73,7 @@ def act(ws: Workspace, token: str | None, action: str, *, subject: str | None = 
             permissions.check(principal, action)
             current = Act(uow, principal, action, subject, dict(fields))
             yield current
-            if current.event is None:
+            if current.event is None and not deferred:
                 current.record()
     except CustodyError as exc:
         _record_failure(ws, actor, action, current, subject, fields, exc.outcome, exc.message)

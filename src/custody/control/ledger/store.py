@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import Iterator, Mapping, Sequence
 
 from sqlalchemy import and_, insert, or_, select
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from custody.control.ledger import merkle
 from custody.control.store import schema as t
@@ -76,12 +77,16 @@ def append(
     )
     line = event.line()
     conn = uow.conn
-    conn.execute(
-        insert(t.ledger_events).values(
-            seq=size, time=event.time, actor=actor, action=action, subject=subject, outcome=outcome,
-            line=line.decode("utf-8"),
+    try:
+        conn.execute(
+            insert(t.ledger_events).values(
+                seq=size, time=event.time, actor=actor, action=action, subject=subject, outcome=outcome,
+                line=line.decode("utf-8"),
+            )
         )
-    )
+    except DBIntegrityError:
+        raise IntegrityError(f"ledger head says {size} events but event {size} already exists: "
+                             "the ledger was tampered with (run custody audit verify)") from None
     nodes = merkle.nodes_to_store_on_append(size, merkle.leaf_hash(line), StoredNodes(uow))
     conn.execute(insert(t.ledger_nodes), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
     conn.execute(t.ledger_head.update().where(t.ledger_head.c.id == 1).values(size=size + 1))

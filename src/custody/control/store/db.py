@@ -99,6 +99,8 @@ def transaction(engine: Engine, readonly: bool = False) -> Iterator[UnitOfWork]:
     try:
         with engine.connect() as conn:
             conn.execution_options(custody_readonly=readonly)
+            if readonly and conn.dialect.name == "postgresql":
+                conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for the whole read
             with conn.begin():
                 yield UnitOfWork(conn)
     except OperationalError as exc:
