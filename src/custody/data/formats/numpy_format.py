@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import math
 import struct
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,7 +161,10 @@ def _decode(preamble: bytes, raw: bytes, data_offset: int, source: ByteSource, l
     except UnicodeDecodeError:
         raise source.fail(f"npy header in {label} is not valid UTF-8") from None
     try:
-        value = ast.literal_eval(text)
+        with warnings.catch_warnings():
+            # Odd escapes in a hostile header warn; they must not escalate into other errors.
+            warnings.simplefilter("ignore")
+            value = ast.literal_eval(text)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise source.fail(f"npy header in {label} is not a Python literal") from None
     if not isinstance(value, dict) or set(value) != _HEADER_KEYS:

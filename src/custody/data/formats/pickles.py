@@ -11,6 +11,7 @@ from __future__ import annotations
 import pickletools
 import re
 import struct
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,6 +199,13 @@ def inspect_torch_zip(source: ByteSource, names: list[str]) -> dict[str, Any]:
 
 
 def _scan_one(stream: _PrefixStream, tracker: _ImportTracker, scan: PickleScan, record_ops: bool) -> None:
+    with warnings.catch_warnings():
+        # Decoding text opcodes warns on odd escapes; hostile input must not turn that into an error.
+        warnings.simplefilter("ignore")
+        _scan_opcodes(stream, tracker, scan, record_ops)
+
+
+def _scan_opcodes(stream: _PrefixStream, tracker: _ImportTracker, scan: PickleScan, record_ops: bool) -> None:
     for opcode, arg, _pos in pickletools.genops(stream):
         scan.opcodes += 1
         if scan.opcodes > MAX_SCAN_OPS:
