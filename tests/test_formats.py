@@ -58,14 +58,20 @@ def safetensors_file(header: Any, data: bytes = b"", raw_header: bytes | None = 
     return struct.pack("<Q", len(body)) + body + data
 
 
-def safetensors_from_arrays(arrays: dict[str, np.ndarray], dtypes: dict[str, str], metadata: dict[str, str] | None = None) -> bytes:
+def safetensors_from_arrays(
+    arrays: dict[str, np.ndarray], dtypes: dict[str, str], metadata: dict[str, str] | None = None
+) -> bytes:
     header: dict[str, Any] = {}
     if metadata is not None:
         header["__metadata__"] = metadata
     data = bytearray()
     for name, array in arrays.items():
         raw = np.ascontiguousarray(array).tobytes()
-        header[name] = {"dtype": dtypes[name], "shape": list(array.shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        header[name] = {
+            "dtype": dtypes[name],
+            "shape": list(array.shape),
+            "data_offsets": [len(data), len(data) + len(raw)],
+        }
         data += raw
     body = json.dumps(header).encode()
     body += b" " * ((8 - len(body) % 8) % 8)
@@ -88,7 +94,13 @@ def test_safetensors_written_by_hand_round_trips_values() -> None:
         "ids": np.arange(7, dtype=np.int64),
         "mask": np.array([True, False, True]),
     }
-    dtypes = {"embed.weight": "F32", "norm.bias": "BF16", "scale": "F8_E4M3", "ids": "I64", "mask": "BOOL"}
+    dtypes = {
+        "embed.weight": "F32",
+        "norm.bias": "BF16",
+        "scale": "F8_E4M3",
+        "ids": "I64",
+        "mask": "BOOL",
+    }
     data = safetensors_from_arrays(arrays, dtypes, metadata={"format": "pt"})
     header = parse_st(data)
     assert header.parameter_count == 12 + 5 + 2 + 7 + 3
@@ -100,7 +112,9 @@ def test_safetensors_written_by_hand_round_trips_values() -> None:
         assert info.shape == array.shape and info.dtype == dtypes[name]
         begin, end = header.absolute_range(name)
         assert (begin, end) == (header.data_start + info.begin, header.data_start + info.end)
-        restored = np.frombuffer(data[begin:end], dtype=safetensors.numpy_dtype(info.dtype)).reshape(info.shape)
+        restored = np.frombuffer(
+            data[begin:end], dtype=safetensors.numpy_dtype(info.dtype)
+        ).reshape(info.shape)
         assert np.array_equal(restored.astype(np.float64), array.astype(np.float64))
     info = inspect_bytes(data, "model.bin")
     assert info.kind == "safetensors" and info.parameters == 29 and not info.unsafe
@@ -112,7 +126,11 @@ def test_safetensors_written_by_hand_round_trips_values() -> None:
 def test_safetensors_cross_check_with_reference_writer(tmp_path: Path) -> None:
     st_numpy = pytest.importorskip("safetensors.numpy")
     path = tmp_path / "ref.safetensors"
-    st_numpy.save_file({"a": np.zeros((3, 5), np.float16), "b": np.ones(7, np.int32)}, str(path), metadata={"k": "v"})
+    st_numpy.save_file(
+        {"a": np.zeros((3, 5), np.float16), "b": np.ones(7, np.int32)},
+        str(path),
+        metadata={"k": "v"},
+    )
     info = inspect_path(path)
     assert info.kind == "safetensors" and info.parameters == 22
     assert info.details["metadata"] == {"k": "v"}
@@ -157,44 +175,119 @@ GOOD_ENTRY = {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
         ("header length past end", struct.pack("<Q", 500) + b'{"a": 1}'),
         ("oversized header length", struct.pack("<Q", 100_000_001) + b"{}"),
         ("huge header length", b"\xff" * 8 + b"{}"),
-        ("offsets past the end", safetensors_file({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8))),
+        (
+            "offsets past the end",
+            safetensors_file(
+                {"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}, bytes(8)
+            ),
+        ),
         (
             "overlapping tensors",
             safetensors_file(
-                {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]}},
+                {
+                    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [2], "data_offsets": [4, 12]},
+                },
                 bytes(12),
             ),
         ),
         (
             "gap",
             safetensors_file(
-                {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}, "b": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]}},
+                {
+                    "a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                    "b": {"dtype": "F32", "shape": [1], "data_offsets": [12, 16]},
+                },
                 bytes(16),
             ),
         ),
-        ("gap at start", safetensors_file({"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8))),
+        (
+            "gap at start",
+            safetensors_file(
+                {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}}, bytes(8)
+            ),
+        ),
         ("trailing bytes", safetensors_file({"a": GOOD_ENTRY}, bytes(12))),
-        ("shape/size mismatch", safetensors_file({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8))),
-        ("unknown dtype", safetensors_file({"a": {"dtype": "F128", "shape": [2], "data_offsets": [0, 8]}}, bytes(8))),
+        (
+            "shape/size mismatch",
+            safetensors_file(
+                {"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}}, bytes(8)
+            ),
+        ),
+        (
+            "unknown dtype",
+            safetensors_file(
+                {"a": {"dtype": "F128", "shape": [2], "data_offsets": [0, 8]}}, bytes(8)
+            ),
+        ),
         ("non-object JSON", safetensors_file([1, 2, 3])),
         ("JSON string", safetensors_file("hello")),
-        ("duplicate keys", safetensors_file(None, bytes(8), raw_header=b'{"a": %s, "a": %s}' % (json.dumps(GOOD_ENTRY).encode(), json.dumps(GOOD_ENTRY).encode()))),
+        (
+            "duplicate keys",
+            safetensors_file(
+                None,
+                bytes(8),
+                raw_header=b'{"a": %s, "a": %s}'
+                % (json.dumps(GOOD_ENTRY).encode(), json.dumps(GOOD_ENTRY).encode()),
+            ),
+        ),
         ("invalid UTF-8", safetensors_file(None, raw_header=b'{"\xff\xfe": 1}')),
         ("invalid JSON", safetensors_file(None, raw_header=b'{"a": ')),
         ("NaN constant", safetensors_file(None, raw_header=b'{"a": NaN}')),
-        ("deep nesting", safetensors_file(None, raw_header=b"{" + b'"a":[' * 5000 + b"]" * 5000 + b"}")),
-        ("begin after end", safetensors_file({"a": {"dtype": "U8", "shape": [0], "data_offsets": [4, 0]}}, bytes(4))),
-        ("negative dimension", safetensors_file({"a": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}})),
-        ("bool dimension", safetensors_file({"a": {"dtype": "U8", "shape": [True], "data_offsets": [0, 1]}}, bytes(1))),
-        ("float offsets", safetensors_file({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0.0, 1.0]}}, bytes(1))),
-        ("three offsets", safetensors_file({"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1, 2]}}, bytes(1))),
-        ("rank above limit", safetensors_file({"a": {"dtype": "U8", "shape": [1] * 65, "data_offsets": [0, 1]}}, bytes(1))),
-        ("packed dtype not filling bytes", safetensors_file({"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}}, bytes(1))),
+        (
+            "deep nesting",
+            safetensors_file(None, raw_header=b"{" + b'"a":[' * 5000 + b"]" * 5000 + b"}"),
+        ),
+        (
+            "begin after end",
+            safetensors_file(
+                {"a": {"dtype": "U8", "shape": [0], "data_offsets": [4, 0]}}, bytes(4)
+            ),
+        ),
+        (
+            "negative dimension",
+            safetensors_file({"a": {"dtype": "U8", "shape": [-1], "data_offsets": [0, 0]}}),
+        ),
+        (
+            "bool dimension",
+            safetensors_file(
+                {"a": {"dtype": "U8", "shape": [True], "data_offsets": [0, 1]}}, bytes(1)
+            ),
+        ),
+        (
+            "float offsets",
+            safetensors_file(
+                {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0.0, 1.0]}}, bytes(1)
+            ),
+        ),
+        (
+            "three offsets",
+            safetensors_file(
+                {"a": {"dtype": "U8", "shape": [1], "data_offsets": [0, 1, 2]}}, bytes(1)
+            ),
+        ),
+        (
+            "rank above limit",
+            safetensors_file(
+                {"a": {"dtype": "U8", "shape": [1] * 65, "data_offsets": [0, 1]}}, bytes(1)
+            ),
+        ),
+        (
+            "packed dtype not filling bytes",
+            safetensors_file(
+                {"a": {"dtype": "F4", "shape": [3], "data_offsets": [0, 1]}}, bytes(1)
+            ),
+        ),
         ("empty tensor name", safetensors_file({"": GOOD_ENTRY}, bytes(8))),
         ("tensor entry not an object", safetensors_file({"a": [1, 2]})),
         ("metadata not string to string", safetensors_file({"__metadata__": {"k": 1}})),
         ("metadata not an object", safetensors_file({"__metadata__": ["k"]})),
-        ("dimension product overflows usize", safetensors_file({"a": {"dtype": "U8", "shape": [2**40, 2**40], "data_offsets": [0, 2**80]}})),
+        (
+            "dimension product overflows usize",
+            safetensors_file(
+                {"a": {"dtype": "U8", "shape": [2**40, 2**40], "data_offsets": [0, 2**80]}}
+            ),
+        ),
     ],
 )
 def test_safetensors_rejects(case: str, data: bytes) -> None:
@@ -204,7 +297,9 @@ def test_safetensors_rejects(case: str, data: bytes) -> None:
 
 
 def test_safetensors_metadata_null_is_accepted() -> None:
-    assert parse_st(safetensors_file({"__metadata__": None, "a": GOOD_ENTRY}, bytes(8))).metadata == {}
+    assert (
+        parse_st(safetensors_file({"__metadata__": None, "a": GOOD_ENTRY}, bytes(8))).metadata == {}
+    )
 
 
 # --------------------------------------------------------------------------- GGUF
@@ -225,7 +320,9 @@ def write_gguf(path: Path) -> int:
     writer.add_tensor("norm.weight", np.ones(16, np.float16))
     writer.add_tensor("bias", np.zeros(3, np.int32))
     # A quantised tensor: 2 rows of 64 elements in Q8_0 (34 bytes per 32 elements).
-    writer.add_tensor("q.weight", np.zeros((2, 68), np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+    writer.add_tensor(
+        "q.weight", np.zeros((2, 68), np.uint8), raw_dtype=gguf.GGMLQuantizationType.Q8_0
+    )
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
@@ -288,36 +385,89 @@ def gguf_string(text: str) -> bytes:
         ("version 1", gguf_raw(version=1)),
         ("unknown version", gguf_raw(version=77)),
         ("absurd key length", gguf_raw(kvs=1, body=struct.pack("<Q", 2**62) + bytes(16))),
-        ("absurd string value", gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<IQ", 8, 2**60))),
-        ("absurd array count", gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<IIQ", 9, 8, 2**60))),
-        ("array past end", gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<IIQ", 9, 4, 1000) + bytes(8))),
-        ("unknown value type", gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<I", 13) + bytes(8))),
-        ("unknown array type", gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<IIQ", 9, 99, 1) + bytes(8))),
+        (
+            "absurd string value",
+            gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<IQ", 8, 2**60)),
+        ),
+        (
+            "absurd array count",
+            gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<IIQ", 9, 8, 2**60)),
+        ),
+        (
+            "array past end",
+            gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<IIQ", 9, 4, 1000) + bytes(8)),
+        ),
+        (
+            "unknown value type",
+            gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<I", 13) + bytes(8)),
+        ),
+        (
+            "unknown array type",
+            gguf_raw(kvs=1, body=gguf_string("k") + struct.pack("<IIQ", 9, 99, 1) + bytes(8)),
+        ),
         ("duplicate key", gguf_raw(kvs=2, body=(gguf_string("k") + struct.pack("<IB", 0, 1)) * 2)),
-        ("bad alignment", gguf_raw(kvs=1, body=gguf_string("general.alignment") + struct.pack("<II", 4, 3))),
+        (
+            "bad alignment",
+            gguf_raw(kvs=1, body=gguf_string("general.alignment") + struct.pack("<II", 4, 3)),
+        ),
         (
             "too many dimensions",
-            gguf_raw(tensors=1, body=gguf_string("t") + struct.pack("<I", 9) + struct.pack("<9Q", *[1] * 9) + struct.pack("<IQ", 0, 0) + bytes(64)),
+            gguf_raw(
+                tensors=1,
+                body=gguf_string("t")
+                + struct.pack("<I", 9)
+                + struct.pack("<9Q", *[1] * 9)
+                + struct.pack("<IQ", 0, 0)
+                + bytes(64),
+            ),
         ),
         (
             "unknown ggml type",
-            gguf_raw(tensors=1, body=gguf_string("t") + struct.pack("<IQ", 1, 4) + struct.pack("<IQ", 4, 0) + bytes(64)),
+            gguf_raw(
+                tensors=1,
+                body=gguf_string("t")
+                + struct.pack("<IQ", 1, 4)
+                + struct.pack("<IQ", 4, 0)
+                + bytes(64),
+            ),
         ),
         (
             "tensor data past end",
-            gguf_raw(tensors=1, body=gguf_string("t") + struct.pack("<IQ", 1, 1000) + struct.pack("<IQ", 0, 0) + bytes(40)),
+            gguf_raw(
+                tensors=1,
+                body=gguf_string("t")
+                + struct.pack("<IQ", 1, 1000)
+                + struct.pack("<IQ", 0, 0)
+                + bytes(40),
+            ),
         ),
         (
             "misplaced offset",
-            gguf_raw(tensors=1, body=gguf_string("t") + struct.pack("<IQ", 1, 1) + struct.pack("<IQ", 0, 32) + bytes(96)),
+            gguf_raw(
+                tensors=1,
+                body=gguf_string("t")
+                + struct.pack("<IQ", 1, 1)
+                + struct.pack("<IQ", 0, 32)
+                + bytes(96),
+            ),
         ),
         (
             "duplicate tensor",
-            gguf_raw(tensors=2, body=(gguf_string("t") + struct.pack("<IQ", 1, 1) + struct.pack("<IQ", 0, 0)) * 2 + bytes(96)),
+            gguf_raw(
+                tensors=2,
+                body=(gguf_string("t") + struct.pack("<IQ", 1, 1) + struct.pack("<IQ", 0, 0)) * 2
+                + bytes(96),
+            ),
         ),
         (
             "quantised row not a whole block",
-            gguf_raw(tensors=1, body=gguf_string("t") + struct.pack("<IQ", 1, 16) + struct.pack("<IQ", 8, 0) + bytes(96)),
+            gguf_raw(
+                tensors=1,
+                body=gguf_string("t")
+                + struct.pack("<IQ", 1, 16)
+                + struct.pack("<IQ", 8, 0)
+                + bytes(96),
+            ),
         ),
     ],
 )
@@ -328,10 +478,14 @@ def test_gguf_rejects(case: str, data: bytes) -> None:
 
 
 def test_gguf_big_endian_header_is_read() -> None:
-    body = gguf_string("k").replace(struct.pack("<Q", 1), struct.pack(">Q", 1)) + struct.pack(">IB", 0, 7)
+    body = gguf_string("k").replace(struct.pack("<Q", 1), struct.pack(">Q", 1)) + struct.pack(
+        ">IB", 0, 7
+    )
     data = b"GGUF" + struct.pack(">IQQ", 3, 0, 1) + body
     header = gguf_format.parse_header(*reader(data))
-    assert header.byte_order == "big" and header.metadata == {"k": 7} and header.parameter_count == 0
+    assert (
+        header.byte_order == "big" and header.metadata == {"k": 7} and header.parameter_count == 0
+    )
 
 
 # --------------------------------------------------------------------------- ONNX
@@ -348,7 +502,10 @@ def make_onnx_model(**save_kwargs: Any) -> Any:
         numpy_helper.from_array(np.array([0, 7], np.int64), name="si"),
         [3, 4],
     )
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"]), helper.make_node("Add", ["h", "b"], ["y"])]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Add", ["h", "b"], ["y"]),
+    ]
     graph = helper.make_graph(
         nodes,
         "g",
@@ -357,7 +514,9 @@ def make_onnx_model(**save_kwargs: Any) -> Any:
         initializer=[weight, bias, table],
         sparse_initializer=[sparse],
     )
-    return helper.make_model(graph, producer_name="custody-tests", opset_imports=[helper.make_opsetid("", 17)])
+    return helper.make_model(
+        graph, producer_name="custody-tests", opset_imports=[helper.make_opsetid("", 17)]
+    )
 
 
 def test_onnx_from_reference_writer(tmp_path: Path) -> None:
@@ -388,7 +547,14 @@ def test_onnx_with_external_data_counts_parameters(tmp_path: Path) -> None:
     graph = helper.make_graph([], "g", [], [], initializer=[big])
     model = helper.make_model(graph)
     path = tmp_path / "ext.onnx"
-    onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="ext.data", size_threshold=0)
+    onnx.save_model(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="ext.data",
+        size_threshold=0,
+    )
     info = inspect_path(path)
     assert info.kind == "onnx" and info.parameters == 4096
     assert info.details["external_initializer_count"] == 1
@@ -460,7 +626,9 @@ class _Sentinel:
 
 @pytest.mark.parametrize("protocol", [0, 1, 2, 3, 4, 5])
 def test_pickles_of_every_protocol_are_unsafe(tmp_path: Path, protocol: int) -> None:
-    payload = collections.OrderedDict(weight=[1.0, 2.0], name="x", trap=_Sentinel(str(tmp_path / "pwned")))
+    payload = collections.OrderedDict(
+        weight=[1.0, 2.0], name="x", trap=_Sentinel(str(tmp_path / "pwned"))
+    )
     path = tmp_path / "model.bin"
     path.write_bytes(pickle.dumps(payload, protocol=protocol))
     info = inspect_path(path)
@@ -528,7 +696,9 @@ def test_malformed_pickle_is_a_format_error(data: bytes) -> None:
 
 
 def test_large_pickle_is_scanned_within_bounds() -> None:
-    data = pickle.dumps({"blob": bytes(6 * 1024 * 1024), "od": collections.OrderedDict()}, protocol=4)
+    data = pickle.dumps(
+        {"blob": bytes(6 * 1024 * 1024), "od": collections.OrderedDict()}, protocol=4
+    )
     info = inspect_bytes(data)
     assert info.kind == "pickle" and info.unsafe
     assert info.details["pickle_scan_complete"] is False
@@ -537,7 +707,14 @@ def test_large_pickle_is_scanned_within_bounds() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    [b"(define (f x) x)\n", b"]]]]", b'{"vocab": {"a": 1}}', b"hello world\n", b"clear\n", b"# README\n"],
+    [
+        b"(define (f x) x)\n",
+        b"]]]]",
+        b'{"vocab": {"a": 1}}',
+        b"hello world\n",
+        b"clear\n",
+        b"# README\n",
+    ],
 )
 def test_text_files_are_opaque(text: bytes) -> None:
     info = inspect_bytes(text, "tokenizer.bin")
@@ -604,7 +781,10 @@ def test_npz_archives(tmp_path: Path) -> None:
     np.savez(plain, a=np.zeros((2, 3)), b=np.ones(5, np.int8))
     info = inspect_path(plain)
     assert info.kind == "numpy-zip" and info.parameters == 11 and not info.unsafe
-    assert info.details["members"] == {"a": {"dtype": "<f8", "shape": [2, 3]}, "b": {"dtype": "|i1", "shape": [5]}}
+    assert info.details["members"] == {
+        "a": {"dtype": "<f8", "shape": [2, 3]},
+        "b": {"dtype": "|i1", "shape": [5]},
+    }
     packed = tmp_path / "packed.npz"
     np.savez_compressed(packed, w=np.zeros((30, 40), np.float32))
     assert inspect_path(packed).parameters == 1200
@@ -665,8 +845,12 @@ def test_decrypting_reader_and_bounded_reads(gguf_bytes: bytes) -> None:
 def test_onnx_reads_stay_bounded() -> None:
     from onnx import helper, numpy_helper
 
-    tensors = [numpy_helper.from_array(np.zeros((512, 1024), np.float32), name=f"t{i}") for i in range(8)]
-    data = helper.make_model(helper.make_graph([], "g", [], [], initializer=tensors)).SerializeToString()
+    tensors = [
+        numpy_helper.from_array(np.zeros((512, 1024), np.float32), name=f"t{i}") for i in range(8)
+    ]
+    data = helper.make_model(
+        helper.make_graph([], "g", [], [], initializer=tensors)
+    ).SerializeToString()
     requested = 0
 
     def read_at(offset: int, length: int) -> bytes:
@@ -680,7 +864,16 @@ def test_onnx_reads_stay_bounded() -> None:
 
 
 def test_kinds_are_the_documented_set() -> None:
-    assert set(KINDS) == {"safetensors", "gguf", "onnx", "pytorch", "pickle", "numpy", "numpy-zip", "opaque"}
+    assert set(KINDS) == {
+        "safetensors",
+        "gguf",
+        "onnx",
+        "pytorch",
+        "pickle",
+        "numpy",
+        "numpy-zip",
+        "opaque",
+    }
 
 
 # --------------------------------------------------------------------------- fuzzing
@@ -702,7 +895,9 @@ def corpus(gguf_bytes: bytes) -> dict[str, bytes]:
 
     with io.BytesIO() as buffer:
         with zipfile.ZipFile(buffer, "w") as archive:
-            archive.writestr("archive/data.pkl", pickle.dumps(collections.OrderedDict(w=1), protocol=2))
+            archive.writestr(
+                "archive/data.pkl", pickle.dumps(collections.OrderedDict(w=1), protocol=2)
+            )
             archive.writestr("archive/data/0", bytes(16))
         torch_zip = buffer.getvalue()
     with io.BytesIO() as buffer:
@@ -710,7 +905,9 @@ def corpus(gguf_bytes: bytes) -> dict[str, bytes]:
         npz = buffer.getvalue()
     return {
         "safetensors": safetensors_from_arrays(
-            {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.int16)}, {"a": "F32", "b": "I16"}, {"format": "pt"}
+            {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(4, np.int16)},
+            {"a": "F32", "b": "I16"},
+            {"format": "pt"},
         ),
         "gguf": gguf_bytes,
         "npy": npy_bytes(np.zeros((4, 5), np.float32)),
@@ -736,13 +933,30 @@ def test_fuzz_random_bytes(data: bytes, name: str) -> None:
 
 
 @FUZZ
-@given(prefix=st.sampled_from([b"GGUF", b"\x93NUMPY", b"PK\x03\x04", b"\x80\x04", b"\x08\x07", b"(", struct.pack("<Q", 40) + b"{"]), tail=st.binary(max_size=300))
+@given(
+    prefix=st.sampled_from(
+        [
+            b"GGUF",
+            b"\x93NUMPY",
+            b"PK\x03\x04",
+            b"\x80\x04",
+            b"\x08\x07",
+            b"(",
+            struct.pack("<Q", 40) + b"{",
+        ]
+    ),
+    tail=st.binary(max_size=300),
+)
 def test_fuzz_random_bytes_after_magic(prefix: bytes, tail: bytes) -> None:
     assert_only_format_errors(prefix + tail)
 
 
 mutation = st.lists(
-    st.tuples(st.sampled_from(["flip", "set", "cut", "insert", "delete"]), st.integers(0, 1 << 20), st.integers(0, 255)),
+    st.tuples(
+        st.sampled_from(["flip", "set", "cut", "insert", "delete"]),
+        st.integers(0, 1 << 20),
+        st.integers(0, 255),
+    ),
     min_size=1,
     max_size=6,
 )
@@ -768,14 +982,23 @@ def mutate(data: bytes, operations: list[tuple[str, int, int]]) -> bytes:
 
 
 @FUZZ
-@given(kind=st.sampled_from(["safetensors", "gguf", "npy", "npz", "onnx", "pickle", "pickle0", "torch_zip"]), operations=mutation)
-def test_fuzz_mutated_valid_files(corpus: dict[str, bytes], kind: str, operations: list[tuple[str, int, int]]) -> None:
+@given(
+    kind=st.sampled_from(
+        ["safetensors", "gguf", "npy", "npz", "onnx", "pickle", "pickle0", "torch_zip"]
+    ),
+    operations=mutation,
+)
+def test_fuzz_mutated_valid_files(
+    corpus: dict[str, bytes], kind: str, operations: list[tuple[str, int, int]]
+) -> None:
     assert_only_format_errors(mutate(corpus[kind], operations), f"m.{kind}")
 
 
 @FUZZ
 @given(operations=mutation)
-def test_fuzz_mutated_header_region(corpus: dict[str, bytes], operations: list[tuple[str, int, int]]) -> None:
+def test_fuzz_mutated_header_region(
+    corpus: dict[str, bytes], operations: list[tuple[str, int, int]]
+) -> None:
     """Mutations aimed at the first bytes, where the lengths and counts live."""
     for kind in ("safetensors", "gguf", "npy"):
         data = corpus[kind]
@@ -784,7 +1007,20 @@ def test_fuzz_mutated_header_region(corpus: dict[str, bytes], operations: list[t
 
 
 @FUZZ
-@given(header=st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8), lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=20), data_len=st.integers(0, 64))
+@given(
+    header=st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers()
+        | st.floats(allow_nan=False)
+        | st.text(max_size=8),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=20,
+    ),
+    data_len=st.integers(0, 64),
+)
 def test_fuzz_safetensors_json_headers(header: Any, data_len: int) -> None:
     data = safetensors_file(header, bytes(data_len))
     try:

@@ -13,6 +13,7 @@ from custody.control.ledger import store as ledger
 from custody.control.store import db
 from custody.control.store import repositories as repo
 from custody.control.workspace import CONFIG, DEMO_PASSPHRASE, KEYRING, Workspace, db_url_for
+from custody.data.zones import ZoneStorage
 from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput
 from custody.domain.model import Principal, Zone, ZoneKind, new_id
 from custody.keys.local import DEFAULT_LOG_N, LocalCustodian
@@ -88,7 +89,9 @@ def _init(home: Path, passphrase: str, demo: bool, jurisdiction: str, region: st
     for name, kind, level in DEFAULT_ZONES:
         folder = home / "zones" / name
         folder.mkdir(parents=True, exist_ok=True)
-        zones.append(Zone(name, folder.as_uri(), kind, region, jurisdiction, level))
+        zone = Zone(name, folder.as_uri(), kind, region, jurisdiction, level)
+        ZoneStorage(zone.url).ensure_root()
+        zones.append(zone)
         custodian.ensure_zone(name)
     config = f'[workspace]\nid = "{ws_id}"\n'
     if os.environ.get("CUSTODY_DB_URL"):

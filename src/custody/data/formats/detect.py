@@ -43,7 +43,10 @@ class FormatInfo:
 
 
 def inspect(read_at: ReadAt, size: int, name: str = "") -> FormatInfo:
-    """Recognise and summarise the ``size``-byte file behind ``read_at``; ``name`` is for messages."""
+    """Recognise and summarise the ``size``-byte file behind ``read_at``.
+
+    ``name`` only labels error messages; it never decides the kind.
+    """
     return inspect_source(ByteSource(read_at, size, name))
 
 

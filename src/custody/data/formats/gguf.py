@@ -273,7 +273,9 @@ class _Reader:
         else:
             minimum = 8 if item_type == _STRING else 12
             if count * minimum > self.cursor.remaining:
-                raise source.fail(f"truncated: array {key[:80]!r} of {count} items runs past the end")
+                raise source.fail(
+                    f"truncated: array {key[:80]!r} of {count} items runs past the end"
+                )
             for _ in range(count):
                 if item_type == _STRING:
                     self.strings_walked += 1
@@ -327,15 +329,21 @@ def _place_tensors(
         type_name, block, block_bytes = GGML_TYPES[raw.type_id]
         elements = math.prod(raw.shape)
         if raw.shape and raw.shape[0] % block:
-            raise source.fail(f"{label} row of {raw.shape[0]} is not a multiple of the {type_name} block")
+            raise source.fail(
+                f"{label} row of {raw.shape[0]} is not a multiple of the {type_name} block"
+            )
         if elements % block:
-            raise source.fail(f"{label} has {elements} elements, not a multiple of the {type_name} block")
+            raise source.fail(
+                f"{label} has {elements} elements, not a multiple of the {type_name} block"
+            )
         byte_length = elements // block * block_bytes
         if raw.offset != expected:
             raise source.fail(f"{label} has offset {raw.offset}, expected {expected}")
         end = raw.offset + byte_length
         if end > data_length:
-            raise source.fail(f"{label} data ends at {end}, past the data section ({data_length} bytes)")
+            raise source.fail(
+                f"{label} data ends at {end}, past the data section ({data_length} bytes)"
+            )
         tensors[raw.name] = GgufTensorInfo(
             name=raw.name,
             shape=raw.shape,

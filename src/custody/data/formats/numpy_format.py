@@ -13,7 +13,9 @@ import math
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+import numpy
 
 from custody.data.formats.pickles import PickleScanError, scan_bytes, scan_source
 from custody.data.formats.source import ByteSource, ReadAt
@@ -117,8 +119,13 @@ def read_npz(source: ByteSource) -> NpzSummary:
             raw = read_member_prefix(source, archive, info, header_start + header_length)
             if len(raw) < header_start + header_length:
                 raise source.fail(f"truncated npy header in {label}")
-            header = _decode(preamble, raw[header_start:], header_start + header_length, source, label)
-            if header.data_bytes is not None and header.data_offset + header.data_bytes > info.file_size:
+            header = _decode(
+                preamble, raw[header_start:], header_start + header_length, source, label
+            )
+            if (
+                header.data_bytes is not None
+                and header.data_offset + header.data_bytes > info.file_size
+            ):
                 raise source.fail(f"truncated array data in {label}")
             if header.has_object:
                 _check_object_member(source, archive, info, header, label)
@@ -126,7 +133,9 @@ def read_npz(source: ByteSource) -> NpzSummary:
     return NpzSummary(members=members)
 
 
-def _check_object_member(source: ByteSource, archive: Any, info: Any, header: NpyHeader, label: str) -> None:
+def _check_object_member(
+    source: ByteSource, archive: Any, info: Any, header: NpyHeader, label: str
+) -> None:
     limit = header.data_offset + 4 * 1024 * 1024
     data = read_member_prefix(source, archive, info, limit + 1)
     try:
@@ -154,7 +163,9 @@ def _preamble(preamble: bytes, source: ByteSource, label: str = "file") -> tuple
     return start, length
 
 
-def _decode(preamble: bytes, raw: bytes, data_offset: int, source: ByteSource, label: str = "file") -> NpyHeader:
+def _decode(
+    preamble: bytes, raw: bytes, data_offset: int, source: ByteSource, label: str = "file"
+) -> NpyHeader:
     major = preamble[6]
     try:
         text = raw.decode("utf-8" if major >= 3 else "latin1")
@@ -168,7 +179,9 @@ def _decode(preamble: bytes, raw: bytes, data_offset: int, source: ByteSource, l
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         raise source.fail(f"npy header in {label} is not a Python literal") from None
     if not isinstance(value, dict) or set(value) != _HEADER_KEYS:
-        raise source.fail(f"npy header in {label} must be a dict with descr, fortran_order and shape")
+        raise source.fail(
+            f"npy header in {label} must be a dict with descr, fortran_order and shape"
+        )
     shape, fortran_order = value["shape"], value["fortran_order"]
     if not isinstance(fortran_order, bool):
         raise source.fail(f"npy fortran_order in {label} is not a bool")
@@ -193,29 +206,30 @@ def _decode(preamble: bytes, raw: bytes, data_offset: int, source: ByteSource, l
     )
 
 
-def _dtype(descr: Any, source: ByteSource, label: str) -> Any:
+def _dtype(descr: Any, source: ByteSource, label: str) -> numpy.dtype[Any]:
     """The dtype a descr denotes, via numpy's own (non-executing) descr parser."""
-    import numpy
     from numpy.lib import format as npy_format
 
     if not isinstance(descr, (str, list, tuple)):
         raise source.fail(f"npy descr in {label} is not a dtype description")
     try:
-        dtype = npy_format.descr_to_dtype(descr)
+        dtype = npy_format.descr_to_dtype(cast(Any, descr))
     except Exception as exc:  # numpy raises assorted types for nonsense descriptions
-        raise source.fail(f"npy descr in {label} is not a valid dtype ({type(exc).__name__})") from None
+        raise source.fail(
+            f"npy descr in {label} is not a valid dtype ({type(exc).__name__})"
+        ) from None
     if not isinstance(dtype, numpy.dtype):
         raise source.fail(f"npy descr in {label} is not a valid dtype")
     return dtype
 
 
-def _scalars_per_item(dtype: Any, depth: int) -> int:
+def _scalars_per_item(dtype: numpy.dtype[Any], depth: int) -> int:
     """Scalars in one array item: 1 for plain dtypes, summed over fields and sub-arrays."""
     if depth > MAX_DTYPE_DEPTH:
         return 1
     if dtype.subdtype is not None:
         base, subshape = dtype.subdtype
-        return math.prod(subshape) * _scalars_per_item(base, depth + 1)
+        return int(math.prod(subshape)) * _scalars_per_item(base, depth + 1)
     if dtype.fields:
         return sum(_scalars_per_item(dtype.fields[key][0], depth + 1) for key in dtype.names)
     return 1

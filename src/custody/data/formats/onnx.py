@@ -112,7 +112,7 @@ class _TopLevel:
 
 
 def parse_model(read_at: ReadAt, size: int, name: str = "") -> OnnxModel:
-    """Read an ONNX model's summary; ``FormatError`` if the bytes are not a well-formed ModelProto."""
+    """An ONNX model's summary; ``FormatError`` unless the bytes are a well-formed ModelProto."""
     source = ByteSource(read_at, size, name)
     model = recognise(source)
     if model is None:
@@ -122,7 +122,7 @@ def parse_model(read_at: ReadAt, size: int, name: str = "") -> OnnxModel:
 
 def looks_like_onnx(start: bytes) -> bool:
     """Cheap pre-test: every serialised ModelProto begins with the ``ir_version`` tag."""
-    return len(start) >= 2 and start[0] == 0x08 and 0 < start[1]
+    return len(start) >= 2 and start[0] == 0x08 and start[1] > 0
 
 
 def recognise(source: ByteSource) -> OnnxModel | None:
@@ -250,7 +250,9 @@ def _sparse_dims(source: ByteSource, start: int, length: int, budget: FieldBudge
     return dims
 
 
-def _collect_dims(source: ByteSource, wire_type: int, value: int, length: int, dims: list[int]) -> None:
+def _collect_dims(
+    source: ByteSource, wire_type: int, value: int, length: int, dims: list[int]
+) -> None:
     """Append one ``repeated int64`` entry, written either unpacked (varint) or packed."""
     if wire_type == VARINT:
         values = [value]

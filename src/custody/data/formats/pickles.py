@@ -13,7 +13,7 @@ import re
 import struct
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import IO, Any, cast
 
 from custody.data.formats.source import ByteSource
 from custody.data.formats.zip_archive import open_zip, read_member_prefix
@@ -179,7 +179,9 @@ def inspect_torch_zip(source: ByteSource, names: list[str]) -> dict[str, Any]:
             try:
                 scan = scan_bytes(data[:MAX_SCAN_BYTES], more_follows=more)
             except PickleScanError as exc:
-                raise source.fail(f"malformed pickle in zip member {member[:80]!r} ({exc})") from None
+                raise source.fail(
+                    f"malformed pickle in zip member {member[:80]!r} ({exc})"
+                ) from None
             if member.endswith("/data.pkl"):
                 protocol = scan.protocol
             imports.update(scan.imports)
@@ -198,22 +200,26 @@ def inspect_torch_zip(source: ByteSource, names: list[str]) -> dict[str, Any]:
     }
 
 
-def _scan_one(stream: _PrefixStream, tracker: _ImportTracker, scan: PickleScan, record_ops: bool) -> None:
+def _scan_one(
+    stream: _PrefixStream, tracker: _ImportTracker, scan: PickleScan, record_ops: bool
+) -> None:
     with warnings.catch_warnings():
-        # Decoding text opcodes warns on odd escapes; hostile input must not turn that into an error.
+        # Text opcodes with odd escapes warn; hostile input must not turn that into an error.
         warnings.simplefilter("ignore")
         _scan_opcodes(stream, tracker, scan, record_ops)
 
 
-def _scan_opcodes(stream: _PrefixStream, tracker: _ImportTracker, scan: PickleScan, record_ops: bool) -> None:
-    for opcode, arg, _pos in pickletools.genops(stream):
+def _scan_opcodes(
+    stream: _PrefixStream, tracker: _ImportTracker, scan: PickleScan, record_ops: bool
+) -> None:
+    for opcode, arg, _pos in pickletools.genops(cast(IO[bytes], stream)):
         scan.opcodes += 1
         if scan.opcodes > MAX_SCAN_OPS:
             raise _ScanLimitReached
         if record_ops and len(scan.first_pickle_ops) < 4:
             scan.first_pickle_ops.append((opcode.name, arg))
         if opcode.name == "PROTO" and scan.protocol is None:
-            scan.protocol = int(arg)
+            scan.protocol = arg if isinstance(arg, int) else None
         tracker.observe(opcode, arg)
 
 
@@ -244,7 +250,10 @@ class _ImportTracker:
             self._add(f"{module}.{attribute}")
             self._push(None)
         elif name == "STACK_GLOBAL":
-            module, attribute = self._recent[-2:] if len(self._recent) == 2 else (None, None)
+            module: str | None = None
+            attribute: str | None = None
+            if len(self._recent) == 2:
+                module, attribute = self._recent
             if isinstance(module, str) and isinstance(attribute, str):
                 self._add(f"{module}.{attribute}")
             else:
@@ -289,7 +298,11 @@ class _ScanLimitReached(Exception):
 
 
 class _PrefixStream:
-    """The scanned prefix as a file for ``genops``; reading past it while more follows stops the scan."""
+    """The scanned prefix as a file for ``genops``.
+
+    Reading past the prefix while the real stream goes on ends the scan (a limit, not a
+    malformation); reading past the real end returns short, so ``genops`` reports truncation.
+    """
 
     def __init__(self, data: bytes, more_follows: bool) -> None:
         self._data = data

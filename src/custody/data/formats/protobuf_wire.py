@@ -60,7 +60,7 @@ def iter_fields(source: ByteSource, start: int, end: int, budget: FieldBudget) -
         if wire_type == VARINT:
             value, pos = read_varint(source, pos, end)
             yield Field(number, wire_type, value)
-        elif wire_type == FIXED64 or wire_type == FIXED32:
+        elif wire_type in (FIXED64, FIXED32):
             width = 8 if wire_type == FIXED64 else 4
             if pos + width > end:
                 raise WireError("fixed-width field runs past its message")
@@ -78,7 +78,7 @@ def iter_fields(source: ByteSource, start: int, end: int, budget: FieldBudget) -
 
 
 def read_varint(source: ByteSource, pos: int, end: int) -> tuple[int, int]:
-    """Decode one varint at ``pos`` (at most 10 bytes, value below 2**64); return it and the next offset."""
+    """The varint at ``pos`` (at most 10 bytes, below 2**64) and the offset after it."""
     available = min(MAX_VARINT_BYTES, end - pos)
     if available <= 0:
         raise WireError("varint runs past its message")
@@ -87,7 +87,7 @@ def read_varint(source: ByteSource, pos: int, end: int) -> tuple[int, int]:
 
 
 def decode_varint(raw: bytes, index: int, base: int = 0) -> tuple[int, int]:
-    """Decode a varint from ``raw[index:]``; the returned offset is ``base`` + bytes consumed + index."""
+    """The varint at ``raw[index]`` and ``base`` plus the index just after it."""
     value = 0
     for shift_index in range(MAX_VARINT_BYTES):
         if index + shift_index >= len(raw):

@@ -133,7 +133,9 @@ def read_header(source: ByteSource) -> SafetensorsHeader:
     if length > MAX_HEADER_BYTES:
         raise source.fail(f"header length {length} is oversized (limit {MAX_HEADER_BYTES} bytes)")
     if 8 + length > source.size:
-        raise source.fail(f"header length {length} runs past the end of the file ({source.size} bytes)")
+        raise source.fail(
+            f"header length {length} runs past the end of the file ({source.size} bytes)"
+        )
     raw = source.read(8, length, "header")
     document = _decode_json(raw, source.name)
     data_start = 8 + length
@@ -182,7 +184,8 @@ def numpy_dtype(dtype: str) -> numpy.dtype[Any]:
         scalar = getattr(ml_dtypes, extended[dtype], None)
         if scalar is None:
             raise malformed("", f"dtype {dtype} needs a newer ml_dtypes ({extended[dtype]})")
-        return numpy.dtype(scalar)
+        result: numpy.dtype[Any] = numpy.dtype(scalar)
+        return result
     if dtype in DTYPE_BITS:
         raise malformed("", f"dtype {dtype} is bit-packed; no numpy dtype holds it byte for byte")
     raise malformed("", f"unknown safetensors dtype {dtype!r}")
@@ -193,11 +196,13 @@ class _DuplicateKey(ValueError):
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
     return result
 
 
@@ -262,7 +267,7 @@ def _validate(
     if expected != data_length:
         raise malformed(
             name,
-            f"tensors cover {expected} of {data_length} data bytes; the rest is not covered by any tensor",
+            f"tensors cover {expected} of {data_length} data bytes; the rest belongs to no tensor",
         )
     return {info.name: info for info in infos}, metadata
 
@@ -279,34 +284,44 @@ def _metadata(value: Any, name: str) -> dict[str, str]:
 
 
 def _tensor_info(key: str, value: Any, name: str) -> TensorInfo:
-    label = _short(key)
     if not key:
         raise malformed(name, "tensor with an empty name")
     if len(key) > MAX_NAME_CHARS:
         raise malformed(name, f"tensor name longer than {MAX_NAME_CHARS} characters")
     if not isinstance(value, dict):
-        raise malformed(name, f"tensor {label} entry is not an object")
+        raise malformed(name, f"tensor {_short(key)} entry is not an object")
     dtype = value.get("dtype")
     if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
-        raise malformed(name, f"tensor {label} has unknown dtype {_short(repr(dtype))}")
+        raise malformed(name, f"tensor {_short(key)} has unknown dtype {_short(repr(dtype))}")
     shape = value.get("shape")
     if not isinstance(shape, list):
-        raise malformed(name, f"tensor {label} shape is not a list")
+        raise malformed(name, f"tensor {_short(key)} shape is not a list")
     if len(shape) > MAX_RANK:
-        raise malformed(name, f"tensor {label} has rank {len(shape)} (limit {MAX_RANK})")
-    if not all(_is_size(dim) for dim in shape):
-        raise malformed(name, f"tensor {label} shape has an entry that is not a non-negative integer")
+        raise malformed(name, f"tensor {_short(key)} has rank {len(shape)} (limit {MAX_RANK})")
+    for dim in shape:
+        if not _is_size(dim):
+            raise malformed(
+                name, f"tensor {_short(key)} shape has an entry that is not a non-negative integer"
+            )
     offsets = value.get("data_offsets")
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_size(o) for o in offsets):
-        raise malformed(name, f"tensor {label} data_offsets is not a pair of non-negative integers")
+    if not (
+        isinstance(offsets, list)
+        and len(offsets) == 2
+        and _is_size(offsets[0])
+        and _is_size(offsets[1])
+    ):
+        raise malformed(
+            name, f"tensor {_short(key)} data_offsets is not a pair of non-negative integers"
+        )
     begin, end = offsets
     if begin > end:
-        raise malformed(name, f"tensor {label} data_offsets begin {begin} is after end {end}")
+        raise malformed(name, f"tensor {_short(key)} data_offsets begin {begin} is after end {end}")
     return TensorInfo(name=key, dtype=dtype, shape=tuple(shape), begin=begin, end=end)
 
 
 def _is_size(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DIM
+    """A JSON integer that fits ``usize`` (``type(...) is int`` also rules out booleans)."""
+    return type(value) is int and 0 <= value <= MAX_DIM
 
 
 def _short(text: str, limit: int = 80) -> str:

@@ -65,7 +65,7 @@ class ByteSource:
             raise self.fail(f"negative offset or length while reading {what}")
         if offset + length > self.size:
             raise self.fail(
-                f"truncated: {what} needs bytes {offset}..{offset + length} but the file has {self.size}"
+                f"truncated: {what} needs bytes {offset}..{offset + length}, the file has {self.size}"
             )
         if length == 0:
             return b""
@@ -117,7 +117,7 @@ class Cursor:
     def skip(self, length: int, what: str) -> None:
         if length < 0 or length > self.remaining:
             raise self.source.fail(
-                f"truncated: {what} needs {length} bytes at offset {self.pos}, {self.remaining} remain"
+                f"truncated: {what} needs {length} bytes at {self.pos}, {self.remaining} remain"
             )
         self.pos += length
 

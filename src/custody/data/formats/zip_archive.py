@@ -71,7 +71,9 @@ def read_member_prefix(
         with archive.open(info, "r") as member:
             return member.read(limit)
     except ZIP_ERRORS as exc:
-        raise source.fail(f"cannot read zip member {info.filename[:80]!r} ({_describe(exc)})") from None
+        raise source.fail(
+            f"cannot read zip member {info.filename[:80]!r} ({_describe(exc)})"
+        ) from None
 
 
 def _check_directory(source: ByteSource) -> None:
