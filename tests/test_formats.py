@@ -7,6 +7,7 @@ back by the static scanner.
 from __future__ import annotations
 
 import collections
+import contextlib
 import io
 import json
 import os
@@ -24,7 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from custody.data.formats import gguf as gguf_format
-from custody.data.formats import numpy_format, onnx as onnx_format, pickles, safetensors
+from custody.data.formats import numpy_format, pickles, safetensors
+from custody.data.formats import onnx as onnx_format
 from custody.data.formats.detect import KINDS, FormatInfo, inspect, inspect_path
 from custody.domain.errors import FormatError
 
@@ -361,8 +363,9 @@ def test_gguf_from_reference_writer(tmp_path: Path) -> None:
 def test_gguf_every_truncation_is_a_format_error(gguf_bytes: bytes) -> None:
     header = gguf_format.parse_header(*reader(gguf_bytes))
     data_end = header.data_start + max(t.offset + t.byte_length for t in header.tensors.values())
-    for cut in list(range(4, header.data_start + 1, 3)) + [data_end - 1]:
-        assert_format_error(lambda: inspect_bytes(gguf_bytes[:cut], "cut.gguf"), "cut.gguf")
+    for cut in [*range(4, header.data_start + 1, 3), data_end - 1]:
+        truncated = gguf_bytes[:cut]
+        assert_format_error(lambda: inspect_bytes(truncated, "cut.gguf"), "cut.gguf")  # noqa: B023
     # Only the alignment padding after the last tensor may be missing.
     assert inspect_bytes(gguf_bytes[:data_end]).kind == "gguf"
 
@@ -825,7 +828,7 @@ def test_empty_and_tiny_files_are_opaque() -> None:
 
 
 def test_decrypting_reader_and_bounded_reads(gguf_bytes: bytes) -> None:
-    """Parsers only use read_at: an XOR 'decrypting' reader works, and reads stay near the header."""
+    """Parsers only use read_at: an XOR 'decrypting' reader works; reads stay near the header."""
     key = 0x5A
     big = np.zeros((1024, 1024), np.float32)
     plain = safetensors_from_arrays({"w": big, "v": big}, {"w": "F32", "v": "F32"})
@@ -891,8 +894,6 @@ def assert_only_format_errors(data: bytes, name: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def corpus(gguf_bytes: bytes) -> dict[str, bytes]:
-    import onnx
-
     with io.BytesIO() as buffer:
         with zipfile.ZipFile(buffer, "w") as archive:
             archive.writestr(
@@ -921,7 +922,7 @@ def corpus(gguf_bytes: bytes) -> dict[str, bytes]:
 
 FUZZ = settings(
     max_examples=int(os.environ.get("CUSTODY_FUZZ_EXAMPLES", "300")),
-    deadline=2000,
+    deadline=5000,  # a guard against hangs, not a performance assertion
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
@@ -1023,7 +1024,5 @@ def test_fuzz_mutated_header_region(
 )
 def test_fuzz_safetensors_json_headers(header: Any, data_len: int) -> None:
     data = safetensors_file(header, bytes(data_len))
-    try:
+    with contextlib.suppress(FormatError):
         parse_st(data)
-    except FormatError:
-        pass

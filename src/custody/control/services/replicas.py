@@ -10,6 +10,7 @@ from __future__ import annotations
 from custody.control import views
 from custody.control.door import Act, act, data_step, record_after
 from custody.control.store import repositories as repo
+from custody.control.store.db import purge_freed
 from custody.control.workspace import Workspace
 from custody.data import replica_files, tensors
 from custody.domain.errors import InvalidInput, InvalidState, NotFound
@@ -70,6 +71,7 @@ def revoke_replica(ws: Workspace, token: str | None, replica_id: str, reason: st
         zone = repo.zone_by_name(a.uow, replica.zone)
         _shred(a, replica)
         a.record(details={"zone": replica.zone, "kind": replica.kind.value})
+    purge_freed(ws.engine)
     with data_step(ws, a):
         replica_files.delete_replica_files(ws.zone_storage(zone), replica_id)
     return {"replica": replica_id, "state": ReplicaState.SHREDDED.value, "reason": reason}

@@ -33,6 +33,7 @@ def make_engine(url: str) -> Engine:
             cur.execute("PRAGMA journal_mode=WAL")
             cur.execute("PRAGMA synchronous=NORMAL")
             cur.execute("PRAGMA foreign_keys=ON")
+            cur.execute("PRAGMA secure_delete=ON")  # freed cells (shredded data keys) are zeroed
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -73,6 +74,19 @@ def migrate(engine: Engine) -> None:
             command.upgrade(_alembic_config(conn), "head")
     except OperationalError as exc:
         raise CustodyError(f"cannot migrate the database: {exc.orig}") from None
+
+
+def purge_freed(engine: Engine) -> None:
+    """Push zeroed pages into the SQLite file so an old wrapped key survives in no WAL frame.
+
+    PostgreSQL keeps dead row versions until VACUUM reuses them; shredding there relies on
+    the KEK rotation that follows (see keys rotate)."""
+    if engine.dialect.name == "sqlite":
+        raw = engine.raw_connection()  # outside any transaction: a checkpoint cannot run inside one
+        try:
+            raw.cursor().execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+        finally:
+            raw.close()
 
 
 class UnitOfWork:

@@ -31,7 +31,7 @@ MAX_STRING_ITEMS_TOTAL = 16 * 1024 * 1024
 MAX_TENSOR_NAME_BYTES = 4096
 MAX_DIMS = 8
 MAX_ALIGNMENT = 1 << 24
-MAX_KEPT_STRING_CHARS = 1024
+MAX_KEPT_STRING_BYTES = 1024
 """Metadata strings longer than this are summarised rather than kept in the result."""
 
 # GGUF value types (gguf.constants.GGUFValueType).
@@ -139,6 +139,14 @@ class GgufHeader:
     tensors: dict[str, GgufTensorInfo] = field(default_factory=dict)
 
     @property
+    def tensor_count(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def kv_count(self) -> int:
+        return len(self.metadata)
+
+    @property
     def parameter_count(self) -> int:
         return sum(info.element_count for info in self.tensors.values())
 
@@ -157,18 +165,17 @@ def parse_header(read_at: ReadAt, size: int, name: str = "") -> GgufHeader:
 def read_header(source: ByteSource) -> GgufHeader:
     if source.prefix(4) != MAGIC:
         raise source.fail("not a GGUF file (bad magic)")
-    reader = _Reader(Cursor(source, 4), "<")
     raw_version = source.read(4, 4, "version")
     little, big = struct.unpack("<I", raw_version)[0], struct.unpack(">I", raw_version)[0]
     if little in SUPPORTED_VERSIONS:
-        version = little
+        version, order = little, "<"
     elif big in SUPPORTED_VERSIONS:
-        version, reader.order = big, ">"
+        version, order = big, ">"  # v3 allows big-endian files; the version says which
     elif little == 1:
         raise source.fail("GGUF version 1 is not supported")
     else:
         raise source.fail(f"unsupported GGUF version {little}")
-    reader.cursor.pos = 8
+    reader = _Reader(Cursor(source, 8), order)
     tensor_count = reader.u64("tensor count")
     kv_count = reader.u64("metadata count")
     # Every tensor info needs at least 8 (name length) + 4 + 4 + 8 bytes, every key/value
@@ -248,11 +255,14 @@ class _Reader:
         if fmt is not None:
             return self._unpack(fmt, f"value of {key[:80]!r}")
         if value_type == _STRING:
-            raw = self.string_bytes(f"string value of {key[:80]!r}", MAX_STRING_BYTES)
-            text = raw.decode("utf-8", errors="replace")
-            if len(text) > MAX_KEPT_STRING_CHARS:
-                return f"<string of {len(raw)} bytes>"
-            return text
+            what = f"string value of {key[:80]!r}"
+            length = self.u64(f"{what} length")
+            if length > MAX_STRING_BYTES:
+                raise self.cursor.source.fail(f"{what} length {length} exceeds the limit")
+            if length > MAX_KEPT_STRING_BYTES:
+                self.cursor.skip(length, what)  # long values (chat templates) are not kept
+                return f"<string of {length} bytes>"
+            return self.cursor.take(length, what).decode("utf-8", errors="replace")
         if value_type == _ARRAY:
             return self.array(key, depth)
         raise self.cursor.source.fail(f"metadata {key[:80]!r} has unknown value type {value_type}")

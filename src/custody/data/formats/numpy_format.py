@@ -12,6 +12,7 @@ import ast
 import math
 import struct
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -134,7 +135,11 @@ def read_npz(source: ByteSource) -> NpzSummary:
 
 
 def _check_object_member(
-    source: ByteSource, archive: Any, info: Any, header: NpyHeader, label: str
+    source: ByteSource,
+    archive: zipfile.ZipFile,
+    info: zipfile.ZipInfo,
+    header: NpyHeader,
+    label: str,
 ) -> None:
     limit = header.data_offset + 4 * 1024 * 1024
     data = read_member_prefix(source, archive, info, limit + 1)
@@ -230,6 +235,10 @@ def _scalars_per_item(dtype: numpy.dtype[Any], depth: int) -> int:
     if dtype.subdtype is not None:
         base, subshape = dtype.subdtype
         return int(math.prod(subshape)) * _scalars_per_item(base, depth + 1)
-    if dtype.fields:
-        return sum(_scalars_per_item(dtype.fields[key][0], depth + 1) for key in dtype.names)
+    fields = dtype.fields
+    if fields:
+        total = 0
+        for key in dtype.names or ():  # not fields.values(): titles alias their field
+            total += _scalars_per_item(fields[key][0], depth + 1)
+        return total
     return 1

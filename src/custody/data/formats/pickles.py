@@ -246,8 +246,8 @@ class _ImportTracker:
     def observe(self, opcode: pickletools.OpcodeInfo, arg: Any) -> None:
         name = opcode.name
         if name in ("GLOBAL", "INST"):
-            module, _, attribute = str(arg).partition(" ")
-            self._add(f"{module}.{attribute}")
+            module_name, _, attribute_name = str(arg).partition(" ")
+            self._add(f"{module_name}.{attribute_name}")
             self._push(None)
         elif name == "STACK_GLOBAL":
             module: str | None = None

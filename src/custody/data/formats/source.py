@@ -65,7 +65,7 @@ class ByteSource:
             raise self.fail(f"negative offset or length while reading {what}")
         if offset + length > self.size:
             raise self.fail(
-                f"truncated: {what} needs bytes {offset}..{offset + length}, the file has {self.size}"
+                f"truncated: {what} needs bytes {offset}..{offset + length} of {self.size}"
             )
         if length == 0:
             return b""
