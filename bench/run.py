@@ -1,0 +1,210 @@
+"""`make bench`: registration against cp, and the ledger at 100k and 1M events.
+
+Writes bench/results/<name>.json and prints a table. Every figure is a median over rounds that
+alternate custody and its baseline on the same files and the same disk, because write speed on
+these machines swings with the host's memory state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+os.environ.setdefault("CUSTODY_SCRYPT_LOG_N", "14")
+
+from conftest import write_safetensors  # noqa: E402
+from custody.control.ledger import merkle  # noqa: E402
+from custody.control.ledger import store as ledger  # noqa: E402
+from custody.control.services import assets, audit, setup, zones  # noqa: E402
+from custody.control.store import schema as t  # noqa: E402
+from custody.control.workspace import Workspace  # noqa: E402
+
+MiB = 2**20
+PASS = "bench passphrase"
+
+
+def drop_caches_of(path: Path) -> None:
+    """Evict one file's pages so reads come from the disk for custody and cp alike."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def make_model(folder: Path, shards: int, shard_bytes: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(7)
+    for i in range(shards):
+        name = "model.safetensors" if shards == 1 else f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        path = folder / name
+        if not path.exists():
+            write_safetensors(path, {f"layer.{i}.weight": rng.integers(0, 255, size=shard_bytes, dtype=np.uint8)})
+    return folder if shards > 1 else folder / "model.safetensors"
+
+
+def fresh_workspace(root: Path) -> tuple[Workspace, str]:
+    if root.exists():
+        shutil.rmtree(root)
+    os.environ["CUSTODY_PASSPHRASE"] = PASS
+    res = setup.init_workspace(root, passphrase=PASS, scrypt_log_n=14)
+    return Workspace.open(root), res.admin_token
+
+
+def bench_register(work: Path, label: str, shards: int, shard_bytes: int, rounds: int) -> dict:
+    src = make_model(work / f"src-{label}", shards, shard_bytes)
+    files = [src] if src.is_file() else sorted(src.iterdir())
+    total = sum(f.stat().st_size for f in files)
+    ws, token = fresh_workspace(work / f"ws-{label}")
+    cp_dir = work / f"cp-{label}"
+    ours, theirs, theirs_sync = [], [], []
+    for r in range(rounds):
+        for f in files:
+            drop_caches_of(f)
+        t0 = time.perf_counter()
+        reg = assets.register(ws, token, f"{label}-{r}", src, assets.RegisterOptions())
+        ours.append(time.perf_counter() - t0)
+        shutil.rmtree(work / f"ws-{label}" / "zones" / "prod" / "replicas" / reg["replica"])
+
+        for f in files:
+            drop_caches_of(f)
+        shutil.rmtree(cp_dir, ignore_errors=True)
+        cp_dir.mkdir()
+        t0 = time.perf_counter()
+        subprocess.run(["cp", "-r", *map(str, files), str(cp_dir)], check=True)
+        theirs.append(time.perf_counter() - t0)
+        subprocess.run(["sync", "-f", str(cp_dir)], check=True)
+        theirs_sync.append(time.perf_counter() - t0)
+        shutil.rmtree(cp_dir)
+    ws.close()
+    mbs = lambda secs: total / 1e6 / statistics.median(secs)  # noqa: E731
+    return {
+        "bytes": total, "files": len(files), "rounds": rounds,
+        "custody_mb_s": round(mbs(ours), 1), "cp_mb_s": round(mbs(theirs), 1), "cp_sync_mb_s": round(mbs(theirs_sync), 1),
+        "ratio_vs_cp": round(statistics.median(theirs) / statistics.median(ours), 3),
+        "ratio_vs_cp_sync": round(statistics.median(theirs_sync) / statistics.median(ours), 3),
+        "custody_seconds": [round(x, 3) for x in ours], "cp_seconds": [round(x, 3) for x in theirs],
+        "note": "custody reads, hashes, seals, writes, fsyncs and re-reads every chunk to check it; "
+                "cp only copies (cp_sync adds a sync of the copy)",
+    }
+
+
+def bench_appends(work: Path, count: int) -> dict:
+    ws, _ = fresh_workspace(work / "ws-appends")
+    t0 = time.perf_counter()
+    for i in range(count):
+        with ws.uow() as uow:  # one event per transaction, as every action does
+            ledger.append(uow, actor="bench", action="bench.append", outcome="ok", subject=str(i))
+    secs = time.perf_counter() - t0
+    ws.close()
+    return {"events": count, "appends_per_s": round(count / secs, 1), "store": "sqlite"}
+
+
+def build_ledger(ws: Workspace, n: int) -> None:
+    """Fill a ledger to n events quickly (bulk inserts of the same rows append() writes)."""
+    with ws.uow() as uow:
+        start = ledger.size(uow)
+    builder = merkle.TreeBuilder()
+    with ws.uow(readonly=True) as uow:
+        for _, line in ledger.events(uow):
+            builder.push(merkle.leaf_hash(line.encode()))
+    batch_events, batch_nodes = [], []
+    for seq in range(start, n):
+        line = json.dumps({"action": "bench.fill", "actor": "bench", "destination": None, "details": {"i": seq},
+                           "outcome": "ok", "policy_ids": [], "rationale": None, "request_id": None, "seq": seq,
+                           "source": None, "subject": f"s{seq}", "time": "2026-11-25T00:00:00.000000Z"},
+                          sort_keys=True, separators=(",", ":"))
+        batch_events.append({"seq": seq, "time": "2026-11-25T00:00:00.000000Z", "actor": "bench",
+                             "action": "bench.fill", "subject": f"s{seq}", "outcome": "ok", "line": line})
+        for level, idx, h in builder.push(merkle.leaf_hash(line.encode())):
+            batch_nodes.append({"level": level, "idx": idx, "hash": h})
+        if len(batch_events) >= 20000 or seq == n - 1:
+            with ws.uow() as uow:
+                uow.conn.execute(t.ledger_events.insert(), batch_events)
+                uow.conn.execute(t.ledger_nodes.insert(), batch_nodes)
+                uow.conn.execute(t.ledger_head.update().values(size=seq + 1))
+            batch_events, batch_nodes = [], []
+
+
+def bench_ledger_at(work: Path, sizes: list[int]) -> list[dict]:
+    ws, token = fresh_workspace(work / "ws-ledger")
+    out = []
+    for n in sizes:
+        build_ledger(ws, n)
+        rng = random.Random(n)
+        times = []
+        for _ in range(200):
+            seq = rng.randrange(n)
+            t0 = time.perf_counter()
+            with ws.uow(readonly=True) as uow:
+                ledger.prove_inclusion(uow, seq)
+            times.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        result = audit.verify(ws, token)
+        verify_s = time.perf_counter() - t0
+        assert result["verified"]
+        out.append({"events": result["tree_size"], "inclusion_proof_ms_median": round(statistics.median(times) * 1e3, 3),
+                    "inclusion_proof_ms_p99": round(sorted(times)[int(len(times) * 0.99) - 1] * 1e3, 3),
+                    "audit_verify_s": round(verify_s, 2)})
+    ws.close()
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--only", choices=["register", "ledger"], default=None)
+    args = ap.parse_args()
+    work = HERE / "work"
+    work.mkdir(exist_ok=True)
+    results: dict = {"when": datetime.now(timezone.utc).isoformat(), "machine": platform.machine(),
+                     "cpus": os.cpu_count(), "python": platform.python_version()}
+    scale = 16 if args.quick else 1
+    try:
+        if args.only in (None, "register"):
+            results["register_2GiB_single"] = bench_register(work, "single", 1, 2048 * MiB // scale, args.rounds)
+            results["register_8x256MiB"] = bench_register(work, "sharded", 8, 256 * MiB // scale, args.rounds)
+        if args.only in (None, "ledger"):
+            results["ledger_appends"] = bench_appends(work, 2000 if args.quick else 10000)
+            results["ledger_at_size"] = bench_ledger_at(work, [10_000, 50_000] if args.quick else [100_000, 1_000_000])
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    out_dir = HERE / "results"
+    out_dir.mkdir(exist_ok=True)
+    name = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ") + ("-quick" if args.quick else "")
+    (out_dir / f"{name}.json").write_text(json.dumps(results, indent=2))
+    print_table(results)
+    print(f"\nresults: bench/results/{name}.json")
+
+
+def print_table(r: dict) -> None:
+    print(f"\n{'benchmark':<34} {'custody':>14} {'baseline':>16} {'ratio':>8}")
+    for key in ("register_2GiB_single", "register_8x256MiB"):
+        if key in r:
+            x = r[key]
+            print(f"{key:<34} {x['custody_mb_s']:>9.1f} MB/s {x['cp_mb_s']:>8.1f} MB/s cp {x['ratio_vs_cp']:>7.2f}x")
+            print(f"{'':<34} {'':>14} {x['cp_sync_mb_s']:>6.1f} MB/s cp+sync {x['ratio_vs_cp_sync']:>5.2f}x")
+    if "ledger_appends" in r:
+        print(f"{'ledger appends (1 per txn, sqlite)':<34} {r['ledger_appends']['appends_per_s']:>9.0f} /s   {'target 2000/s':>16}")
+    for row in r.get("ledger_at_size", []):
+        print(f"{'inclusion proof @ ' + format(row['events'], ','):<34} {row['inclusion_proof_ms_median']:>11.3f} ms {'target < 5 ms':>16}")
+        print(f"{'audit verify @ ' + format(row['events'], ','):<34} {row['audit_verify_s']:>12.2f} s {'target < 30 s':>16}")
+
+
+if __name__ == "__main__":
+    main()
