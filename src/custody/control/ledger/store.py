@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Mapping, Sequence
 
-from sqlalchemy import and_, insert, or_, select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from custody.control.ledger import merkle
@@ -26,20 +26,28 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+# Statements built once: appends are the hottest path in custody, and building SQLAlchemy
+# expressions per call cost more than the database work itself.
+_NODE = select(t.ledger_nodes.c.hash).where(
+    t.ledger_nodes.c.level == bindparam("level"), t.ledger_nodes.c.idx == bindparam("idx")
+)
+_INSERT_EVENT = insert(t.ledger_events)
+_INSERT_NODES = insert(t.ledger_nodes)
+_SET_HEAD = update(t.ledger_head).where(t.ledger_head.c.id == 1).values(size=bindparam("new_size"))
+
+
 class StoredNodes:
-    """merkle.NodeSource over the ledger_nodes table."""
+    """merkle.NodeSource over the ledger_nodes table: O(log n) keyed look-ups per proof."""
 
     def __init__(self, uow: UnitOfWork) -> None:
         self.conn = uow.conn
 
     def get_nodes(self, keys: Sequence[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
-        if not keys:
-            return {}
-        n = t.ledger_nodes.c
-        rows = self.conn.execute(
-            select(n.level, n.idx, n.hash).where(or_(*(and_(n.level == lv, n.idx == ix) for lv, ix in keys)))
-        )
-        found = {(r.level, r.idx): bytes(r.hash) for r in rows}
+        found = {}
+        for level, idx in keys:
+            h = self.conn.execute(_NODE, {"level": level, "idx": idx}).scalar_one_or_none()
+            if h is not None:
+                found[(level, idx)] = bytes(h)
         missing = [k for k in keys if k not in found]
         if missing:
             raise IntegrityError(f"ledger tree node {missing[0]} is missing")
@@ -79,17 +87,16 @@ def append(
     conn = uow.conn
     try:
         conn.execute(
-            insert(t.ledger_events).values(
-                seq=size, time=event.time, actor=actor, action=action, subject=subject, outcome=outcome,
-                line=line.decode("utf-8"),
-            )
+            _INSERT_EVENT,
+            {"seq": size, "time": event.time, "actor": actor, "action": action, "subject": subject,
+             "outcome": outcome, "line": line.decode("utf-8")},
         )
     except DBIntegrityError:
         raise IntegrityError(f"ledger head says {size} events but event {size} already exists: "
                              "the ledger was tampered with (run custody audit verify)") from None
     nodes = merkle.nodes_to_store_on_append(size, merkle.leaf_hash(line), StoredNodes(uow))
-    conn.execute(insert(t.ledger_nodes), [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
-    conn.execute(t.ledger_head.update().where(t.ledger_head.c.id == 1).values(size=size + 1))
+    conn.execute(_INSERT_NODES, [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
+    conn.execute(_SET_HEAD, {"new_size": size + 1})
     return event
 
 

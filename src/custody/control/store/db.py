@@ -89,6 +89,10 @@ def purge_freed(engine: Engine) -> None:
             raw.close()
 
 
+_HEAD = text("SELECT size FROM ledger_head WHERE id = 1")
+_HEAD_FOR_UPDATE = text("SELECT size FROM ledger_head WHERE id = 1 FOR UPDATE")
+
+
 class UnitOfWork:
     """One database transaction: state changes and their ledger events commit together."""
 
@@ -100,11 +104,11 @@ class UnitOfWork:
         return self.conn.dialect.name
 
     def lock_ledger_head(self) -> int:
-        """Serialise ledger appends across processes; returns the current tree size."""
-        sql = "SELECT size FROM ledger_head WHERE id = 1"
-        if self.dialect == "postgresql":
-            sql += " FOR UPDATE"
-        return int(self.conn.execute(text(sql)).scalar_one())
+        """Serialise ledger appends across processes; returns the current tree size.
+
+        SQLite write transactions already hold the database lock (BEGIN IMMEDIATE); PostgreSQL
+        takes the head row's lock until commit."""
+        return int(self.conn.execute(_HEAD_FOR_UPDATE if self.dialect == "postgresql" else _HEAD).scalar_one())
 
 
 @contextmanager
