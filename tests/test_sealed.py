@@ -43,20 +43,22 @@ KAT_PATH = "model/layer.bin"
 KAT_CHUNK = 64
 KAT_PLAINTEXT = bytes((i * 7 + 3) % 256 for i in range(150))
 KAT_SEALED_HEX = (
-    # header: magic, version, chunk_size, replica_id, key_id, salt, prefix, path_len, path
+    # header: magic, version, chunk_size, replica_id, key_id, salt, prefix, path_len, path,
+    # then zero padding to 4096 bytes (85 + 4011)
     "435553545345414c" "01" "00000040"
     "00112233445566778899aabbccddeeff" "ffeeddccbbaa99887766554433221100"
     "101112131415161718191a1b1c1d1e1f" "a0a1a2a3a4a5a6" "000f" "6d6f64656c2f6c617965722e62696e"
+    + "00" * 4011 +
     # chunk 0 (64 + 16)
     "3f9555e1a1e8d68c4cde692351a55b116e5f81fa8cd4fb531b8100d9d3506efd"
     "16203f35498d4c16fd76189ab2ae29aa7ecdab946e2b5e187ab167fdf0baf644"
-    "0646088fba7907f35f1531edee0de0f4"
+    "0197057844528daa48de8b2f946aba27"
     # chunk 1 (64 + 16)
     "be3e320e93a5fafb7496934b9676ab3eca7af8652b5af3c623f94a92a2c4cb84"
     "8a4b7de0710937a53af2c3bf40842ed9256b820e55452fa816980fc9c7ba0ab1"
-    "929685111fea73f47252e127ab122cd1"
+    "954788e6e1c1f9ad65995be5d1757602"
     # chunk 2, final (22 + 16)
-    "a93422fe6d242a9d15b8464935340f04105ca9a2ee9fc76233b0ff81f0ca288872c0bb539fe1"
+    "a93422fe6d242a9d15b8464935340f04105ca9a2ee9fb4c980545e5399fe3c54f0905ac0f9aa"
 )
 
 
@@ -92,6 +94,7 @@ def test_known_answer_vector_with_raw_primitives() -> None:
         + struct.pack(">H", len(path))
         + path
     )
+    header += bytes(4096 - len(header))  # zero padding: chunks start on a 4 KiB boundary
     assert sealed.startswith(header)
     key = HKDF(algorithm=hashes.SHA256(), length=32, salt=KAT_SALT, info=b"custody sealed v1").derive(KAT_DEK)
     aead = AESGCM(key)
@@ -557,7 +560,8 @@ def test_key_material_not_in_errors() -> None:
 def test_header_round_trip_and_size() -> None:
     header = new_header(REPLICA, KEY, "dir/ünïcode.bin", 1000)
     raw = header.to_bytes()
-    assert header.size == len(raw) == 70 + len("dir/ünïcode.bin".encode())
+    assert header.size == len(raw) == 4096  # 70 + 17, zero-padded to the 4 KiB boundary
+    assert raw[70 + 17:] == bytes(4096 - 87)
     assert SealedHeader.parse(reader_at(raw + b"trailing")) == header
 
 

@@ -72,6 +72,10 @@ MAX_CHUNKS = 1 << 32
 
 _FIXED = struct.Struct(">8sBI16s16s16s7sH")
 FIXED_HEADER_SIZE = _FIXED.size  # 70
+# The header is zero-padded to a multiple of this, so every sealed chunk starts on a 4 KiB
+# boundary: writers can use O_DIRECT with aligned buffers, and each 4 MiB record maps onto
+# whole disk blocks. The padding is part of the header, hence of the authenticated data.
+HEADER_ALIGN = 4096
 
 ReadAt = Callable[[int, int], bytes]
 
@@ -135,11 +139,13 @@ class SealedHeader:
                 len(path),
             )
             + path
+            + bytes(self.size - FIXED_HEADER_SIZE - len(path))
         )
 
     @property
     def size(self) -> int:
-        return FIXED_HEADER_SIZE + len(self.path.encode("utf-8"))
+        unpadded = FIXED_HEADER_SIZE + len(self.path.encode("utf-8"))
+        return -(-unpadded // HEADER_ALIGN) * HEADER_ALIGN
 
     @classmethod
     def parse(cls, read_at: ReadAt) -> SealedHeader:
@@ -177,10 +183,11 @@ class SealedHeader:
             )
         except (UnicodeDecodeError, InvalidInput) as exc:
             raise IntegrityError("sealed file header has a malformed path") from exc
-        # Strict UTF-8 has one encoding per string, so this holds; it is checked because
-        # the AAD must be exactly the bytes on disk.
-        if header.to_bytes() != fixed + raw_path:
-            raise IntegrityError("sealed file header is not canonical")
+        padding = read_at(FIXED_HEADER_SIZE + path_len, header.size - FIXED_HEADER_SIZE - path_len)
+        # Strict UTF-8 has one encoding per string and the padding must be zeros, so the
+        # header has one encoding; it is checked because the AAD must be exactly the bytes on disk.
+        if header.to_bytes() != fixed + raw_path + padding:
+            raise IntegrityError("sealed file header is not canonical (truncated or non-zero padding)")
         return header
 
 
