@@ -32,6 +32,14 @@ class ZoneStorage:
     def _abs(self, rel: str) -> str:
         return self.root.rstrip("/") + "/" + rel
 
+    def local_path(self, rel: str) -> str:
+        """The absolute path of `rel` on a local zone (its parent folder created)."""
+        if not self.local:
+            raise CustodyError(f"zone {self.url} is not on a local file system")
+        path = self._abs(rel)
+        os.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+        return path
+
     def replica_dir(self, replica_id: str) -> str:
         return f"{REPLICAS_DIR}/{replica_id}"
 
