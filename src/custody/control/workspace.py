@@ -59,7 +59,7 @@ class Workspace:
         ws_id = config["workspace"]["id"]
         url = db_url_for(home, config["workspace"].get("db_url"))
         engine = db.make_engine(url)
-        if db.current_revision(engine) != db.head_revision():
+        if db.current_revision(engine) != db.HEAD_REVISION:
             db.migrate(engine)
         ws = cls(home=home, id=ws_id, db_url=url, engine=engine)
         with ws.uow() as uow:
