@@ -334,10 +334,10 @@ def test_accepts_any_resource_order_but_not_duplicates(model, key):
     "data, message",
     [
         (b"this is not json", "not valid JSON"),
-        (b"\xff\xfe\x00", "not UTF-8"),
+        (b"\xff\xfe\x00", "not valid UTF-8"),
         (b"[1, 2]", "not a JSON object"),
         (b"{}", "mediaType is missing"),
-        (b"[" * 100_000 + b"]" * 100_000, "not valid JSON"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
     ],
 )
 def test_refuses_malformed_files(data, message, key):

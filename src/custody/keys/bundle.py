@@ -50,6 +50,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from custody.domain.errors import IntegrityError, InvalidInput
+from custody.domain.strict_json import StrictJSONError, loads_object
 from custody.domain.manifest import Manifest, check_relpath
 
 BUNDLE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
@@ -304,32 +305,11 @@ def _refuse(why: str) -> IntegrityError:
     return IntegrityError(f"bad signature bundle: {why}")
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """JSON objects with a repeated key are refused: parsers disagree on which one wins."""
-    obj: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in obj:
-            raise _refuse(f"duplicate JSON key {key[:64]!r}")
-        obj[key] = value
-    return obj
-
-
-def _no_constants(name: str) -> Any:
-    raise _refuse(f"non-standard JSON constant {name}")
-
-
 def _parse_json(data: bytes, what: str) -> dict[str, Any]:
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise _refuse(f"{what} is not UTF-8") from None
-    try:
-        doc = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
-    except (ValueError, RecursionError):
-        raise _refuse(f"{what} is not valid JSON") from None
-    if not isinstance(doc, dict):
-        raise _refuse(f"{what} is not a JSON object")
-    return doc
+        return loads_object(data)
+    except StrictJSONError as exc:
+        raise _refuse(f"{what}: {exc}") from None
 
 
 def _field(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:

@@ -16,6 +16,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from custody.domain.strict_json import StrictJSONError, loads_object
 from custody.data.formats.source import ByteSource, ReadAt, malformed
 
 if TYPE_CHECKING:
@@ -191,43 +192,11 @@ def numpy_dtype(dtype: str) -> numpy.dtype[Any]:
     raise malformed("", f"unknown safetensors dtype {dtype!r}")
 
 
-class _DuplicateKey(ValueError):
-    pass
-
-
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        seen: set[str] = set()
-        for key, _ in pairs:
-            if key in seen:
-                raise _DuplicateKey(key)
-            seen.add(key)
-    return result
-
-
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"non-standard JSON constant {token}")
-
-
 def _decode_json(raw: bytes, name: str) -> dict[str, Any]:
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise malformed(name, f"header is not valid UTF-8 (byte {exc.start})") from None
-    try:
-        document = json.loads(
-            text, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant
-        )
-    except _DuplicateKey as exc:
-        raise malformed(name, f"header has duplicate key {_short(str(exc))}") from None
-    except RecursionError:
-        raise malformed(name, "header JSON is nested too deeply") from None
-    except ValueError as exc:
-        raise malformed(name, f"header is not valid JSON ({_short(str(exc))})") from None
-    if not isinstance(document, dict):
-        raise malformed(name, f"header is JSON {type(document).__name__}, not an object")
-    return document
+        return loads_object(raw)
+    except StrictJSONError as exc:
+        raise malformed(name, f"header: {exc}") from None
 
 
 def _validate(
