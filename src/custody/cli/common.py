@@ -56,6 +56,8 @@ def command(group: typer.Typer, name: str, **kwargs: Any) -> Callable:
             ctx = Ctx(json=json_, home=home or default_home(), token=token or os.environ.get("CUSTODY_TOKEN"))
             try:
                 fn(ctx, *args, **kw)
+            except typer.Exit:
+                raise
             except CustodyError as exc:
                 fail(ctx, exc.message, exc.exit_code)
             except KeyboardInterrupt:
@@ -79,7 +81,7 @@ def fail(ctx: Ctx, message: str, code: int) -> None:
     if ctx.json:
         output.emit_json({"error": message, "exit_code": code})
     else:
-        output.err.print(f"[bold red]error:[/bold red] {message}", markup=True)
+        output.err.print("error: " + message, markup=False, style="bold red")
     raise typer.Exit(code)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from rich.text import Text
 
 from custody.api import open_safetensors
 from custody.cli import output
@@ -55,7 +56,7 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
     def say(line: str) -> None:
         story.append(line)
         if not ctx.json:
-            output.out.print(line)
+            output.out.print(line, markup=True)  # the story's own text: headings in bold
 
     scratch = Path(tempfile.mkdtemp(prefix="custody-demo-"))
     home = keep or scratch / "workspace"
@@ -90,7 +91,7 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
         facts["plaintext_matches"] = whole
 
         signed = bundle.verify_bundle(assets.signature_bundle(ws, admin, "demo-llm"),
-                                      load_pem_public_key(keys.public_key(ws, "signing")))
+                                      load_pem_public_key(keys.public_key(ws, admin, "signing")))
         ok = all(hashlib.sha256((model / r.path).read_bytes()).hexdigest() == r.sha256 for r in signed.resources)
         say(f"\n[bold]4. Signed.[/bold] The manifest is signed as an OpenSSF model-signing bundle; its "
             f"{len(signed.resources)} file digests match the original files: {ok}. Anyone can check with "
@@ -132,4 +133,5 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
             say(f"\nThe workspace stays at {home} (demo passphrase inside it; never keep real weights there).")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    emit(ctx, {"story": story, **facts}, lambda: None)
+    plain = [Text.from_markup(line).plain for line in story]
+    emit(ctx, {"story": plain, **facts}, lambda: None)

@@ -21,7 +21,10 @@ asset_app = typer.Typer(help="Registered models and their versions.", no_args_is
 replica_app = typer.Typer(help="Copies of asset versions in zones.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key-encryption keys, rotation, public keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
-for sub, name in ((zone_app, "zone"), (principal_app, "principal"), (asset_app, "asset"), (replica_app, "replica"),
+from custody.cli.governed import exception_app, mfa_app, policy_app, request_app, review_app  # noqa: E402
+
+for sub, name in ((policy_app, "policy"), (request_app, "request"), (mfa_app, "mfa"), (review_app, "review"),
+                  (exception_app, "exception"), (zone_app, "zone"), (principal_app, "principal"), (asset_app, "asset"), (replica_app, "replica"),
                   (keys_app, "keys"), (audit_app, "audit")):
     app.add_typer(sub, name=name)
 
@@ -41,8 +44,8 @@ def init(ctx: Ctx,
     def human() -> None:
         output.out.print(f"Workspace created at {result.home}")
         if result.demo:
-            output.err.print("[bold yellow]DEMO WORKSPACE: its passphrase is stored in clear inside it. "
-                             "Never keep real weights here.[/bold yellow]")
+            output.err.print("DEMO WORKSPACE: its passphrase is stored in clear inside it. "
+                             "Never keep real weights here.", style="bold yellow")
         output.out.print("Admin token (shown once, store it now):")
         output.out.print(result.admin_token)
 
@@ -59,12 +62,21 @@ def demo(ctx: Ctx,
 
 
 @command(app, "sweep")
-def sweep(ctx: Ctx) -> None:
-    """Shred expired replicas and remove what interrupted writes left behind."""
-    result = sweeper.sweep(ctx.ws, ctx.token)
-    emit(ctx, result, lambda: output.out.print(
-        f"failed {len(result['failed'])} stale writes, shredded {len(result['expired'])} expired replicas, "
-        f"removed {len(result['removed'])} leftover folders"))
+def sweep(ctx: Ctx, every: Annotated[Optional[str], typer.Option("--every", help="Keep sweeping at this interval: 60s, 5m.")] = None) -> None:
+    """Shred expired replicas, lapse stale requests, remove what interrupted writes left behind."""
+    import time
+
+    from custody.control.policy.catalog import parse_duration
+
+    interval = parse_duration(every) if every else None
+    while True:
+        result = sweeper.sweep(ctx.ws, ctx.token)
+        emit(ctx, result, lambda: output.out.print(
+            f"failed {len(result['failed'])} stale writes, shredded {len(result['expired'])} expired replicas, "
+            f"lapsed {len(result['lapsed'])} requests, removed {len(result['removed'])} leftover folders"))
+        if interval is None:
+            return
+        time.sleep(interval)
 
 
 # -- zones ----------------------------------------------------------------------------------
@@ -88,6 +100,14 @@ def zone_list(ctx: Ctx) -> None:
     """List zones."""
     rows = zones.list_zones(ctx.ws, ctx.token)
     emit(ctx, rows, lambda: output.table(rows, ["name", "kind", "region", "jurisdiction", "security_level", "url"], "zones"))
+
+
+@command(zone_app, "budget")
+def zone_budget(ctx: Ctx, name: str,
+                bytes_per_hour: Annotated[Optional[int], typer.Option(help="Egress budget; omit to remove it.")] = None) -> None:
+    """Set how many bytes per hour copies may take out of a zone."""
+    z = zones.set_budget(ctx.ws, ctx.token, name, bytes_per_hour)
+    emit(ctx, z, lambda: output.out.print(f"zone {name}: egress budget {z['egress_bytes_per_hour'] or 'none'} bytes/hour"))
 
 
 @command(zone_app, "show")
@@ -254,7 +274,7 @@ def keys_rotate(ctx: Ctx, zone: str) -> None:
 def keys_public(ctx: Ctx, purpose: Annotated[str, typer.Option(help="signing|ledger")] = "signing",
                 out: Annotated[Optional[Path], typer.Option("--out")] = None) -> None:
     """Write or print a public key (PEM)."""
-    pem = keys.public_key(ctx.ws, purpose)
+    pem = keys.public_key(ctx.ws, ctx.token, purpose)
     if out:
         out.write_bytes(pem)
     emit(ctx, {"purpose": purpose, "pem": pem.decode(), "out": str(out) if out else None},

@@ -9,31 +9,29 @@ data plane decides nothing: it is handed a data key and reports digests, sizes a
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import mmap
 import os
-import queue
 import stat
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 from uuid import UUID
 
 from custody.data import sealed
 from custody.data.formats.detect import inspect as inspect_format
+from custody.data.sealed_io import BUFFERS, FILES_IN_PARALLEL  # noqa: F401 - BUFFERS re-exported
+from custody.data.sealed_io import FileChunks as _Reader
+from custody.data.sealed_io import spot_check as _spot_check
+from custody.data.sealed_io import write_all as _write_all
 from custody.data.zones import ZoneStorage
 from custody.domain.errors import CustodyError, InvalidInput, NotFound
 from custody.domain.manifest import FileEntry, Manifest, check_relpath
 from custody.domain.model import FormatSummary
 
-BUFFERS = 6  # plaintext chunks in memory per file being sealed
-FILES_IN_PARALLEL = 2
-# Version-control files are not model weights; OpenSSF model-signing leaves the top-level git
-# names out of a signature, so they are left out of the manifest too.
-SKIPPED_DIRS = frozenset({".git", ".hg", ".svn", "__pycache__"})
+# OpenSSF model-signing leaves exactly the top-level git names out of a signature, so they are
+# left out of the manifest too; everything else, hidden or nested, is sealed and signed.
 SKIPPED_TOP_LEVEL = frozenset({".git", ".gitattributes", ".github", ".gitignore"})
 
 Progress = Callable[[int], None]
@@ -56,6 +54,13 @@ class IngestReport:
 
 
 def collect_sources(path: Path) -> list[SourceFile]:
+    try:
+        return _collect(path)
+    except (UnicodeError, RuntimeError, OSError) as exc:  # undecodable names, symlink loops, unreadable folders
+        raise InvalidInput(f"{path}: cannot read the model's files: {type(exc).__name__}: {exc}"[:300]) from None
+
+
+def _collect(path: Path) -> list[SourceFile]:
     """The files of a model at PATH (a file or a folder), with names checked.
 
     A symlink is followed only when it stays inside the folder; one that leaves it is refused,
@@ -73,7 +78,7 @@ def collect_sources(path: Path) -> list[SourceFile]:
     found: list[SourceFile] = []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         dirnames[:] = sorted(
-            d for d in dirnames if d not in SKIPPED_DIRS and not (Path(dirpath) == root and d in SKIPPED_TOP_LEVEL)
+            d for d in dirnames if not (Path(dirpath) == root and d in SKIPPED_TOP_LEVEL)
         )
         for d in list(dirnames):
             full = Path(dirpath, d)
@@ -154,96 +159,6 @@ def _inspect(src: SourceFile):  # noqa: ANN202
         os.close(fd)
 
 
-class _Reader:
-    """Reads a file chunk by chunk into a small pool of buffers; a second thread hashes them.
-
-    Reading, hashing (here) and sealing (in the caller) run on three threads over the same
-    buffers; each buffer returns to the pool once both the hasher and the sealer are done with
-    it. hashlib and AESGCM release the GIL, so SHA-256, the one sequential step, gets a core
-    of its own.
-    """
-
-    def __init__(self, src: SourceFile, chunk_size: int) -> None:
-        self.src = src
-        self.chunk_size = chunk_size
-        self.hasher = hashlib.sha256()
-        self.free: queue.Queue[bytearray] = queue.Queue()
-        for _ in range(BUFFERS):
-            self.free.put(bytearray(chunk_size))
-        self.ready: queue.Queue[tuple[int, bytearray, int] | BaseException | None] = queue.Queue()
-        self.to_hash: queue.Queue[tuple[bytearray, int] | None] = queue.Queue()
-        self.stop = threading.Event()
-        self._done: dict[int, int] = {}
-        self._lock = threading.Lock()
-        self._hashed = threading.Event()
-        self._threads = [threading.Thread(target=self._read, name=f"read:{src.relpath}", daemon=True),
-                         threading.Thread(target=self._hash, name=f"hash:{src.relpath}", daemon=True)]
-
-    def start(self) -> None:
-        for t in self._threads:
-            t.start()
-
-    def _read(self) -> None:
-        try:
-            n_chunks = sealed.chunk_count(self.src.size, self.chunk_size)
-            with open(self.src.path, "rb", buffering=0) as fh:
-                for index in range(n_chunks):
-                    expected = min(self.chunk_size, self.src.size - index * self.chunk_size)
-                    buf = self.free.get()
-                    if self.stop.is_set():
-                        return
-                    view = memoryview(buf)[:expected]
-                    got = 0
-                    while got < expected:
-                        n = fh.readinto(view[got:])
-                        if not n:
-                            raise CustodyError(f"{self.src.relpath} shrank while it was being read")
-                        got += n
-                    self.to_hash.put((buf, expected))
-                    self.ready.put((index, buf, expected))
-                if fh.read(1):
-                    raise CustodyError(f"{self.src.relpath} grew while it was being read")
-            self.ready.put(None)
-        except BaseException as exc:  # noqa: BLE001 - handed to the sealing thread, which raises it
-            self.ready.put(exc)
-        finally:
-            self.to_hash.put(None)
-
-    def _hash(self) -> None:
-        while (item := self.to_hash.get()) is not None:
-            buf, n = item
-            self.hasher.update(memoryview(buf)[:n])
-            self.release(buf)
-        self._hashed.set()
-
-    def chunks(self) -> Iterator[tuple[int, memoryview, bytearray]]:
-        while True:
-            item = self.ready.get()
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            index, buf, n = item
-            yield index, memoryview(buf)[:n], buf
-
-    def release(self, buf: bytearray) -> None:
-        """Called by the hasher and by the sealer; the second call frees the buffer."""
-        with self._lock:
-            seen = self._done.pop(id(buf), 0) + 1
-            if seen < 2:
-                self._done[id(buf)] = seen
-                return
-        self.free.put(buf)
-
-    def digest(self) -> str:
-        self._hashed.wait()
-        return self.hasher.hexdigest()
-
-    def cancel(self) -> None:
-        self.stop.set()
-        self.free.put(bytearray(0))
-
-
 def _seal_local(src: SourceFile, path: str, header: sealed.SealedHeader, dek: bytes,
                 progress: Progress | None) -> tuple[str, int]:
     """Seal into a local file with O_DIRECT: aligned 4 MiB records go straight to the disk.
@@ -281,13 +196,6 @@ def _seal_local(src: SourceFile, path: str, header: sealed.SealedHeader, dek: by
     return reader.digest(), written
 
 
-def _write_all(fd: int, data: memoryview) -> int:
-    done = 0
-    while done < len(data):
-        done += os.write(fd, data[done:])
-    return done
-
-
 def _seal_stream(src: SourceFile, zone: ZoneStorage, rel: str, header: sealed.SealedHeader, dek: bytes,
                  progress: Progress | None) -> tuple[str, int]:
     """Seal into any fsspec zone (object stores included) through a file-like writer."""
@@ -311,18 +219,3 @@ def _seal_stream(src: SourceFile, zone: ZoneStorage, rel: str, header: sealed.Se
     finally:
         reader.cancel()
     return reader.digest(), written
-
-
-def _spot_check(zone: ZoneStorage, rel: str, dek: bytes, header: sealed.SealedHeader, written: int) -> None:
-    """Read back the stored size, the header, and the first and last chunks, and authenticate them.
-
-    Every chunk was sealed from bytes hashed in the same pass and the file was fsynced;
-    this proves the stored object is complete, bound to this replica and key, and opens.
-    `custody replica verify` decrypts every chunk.
-    """
-    with zone.reader(rel) as (read_at, size):
-        if size != written:
-            raise CustodyError(f"{header.path}: zone holds {size} sealed bytes, {written} were written")
-        reader = sealed.SealedReader(read_at, size, dek, expect_replica=header.replica_id, expect_key=header.key_id,
-                                     expect_path=header.path)  # authenticates the final chunk
-        reader.read_chunk(0)

@@ -18,7 +18,11 @@ MAX_PATH_BYTES = 1024
 
 def check_relpath(path: str) -> str:
     """Return `path` if it is a safe relative POSIX path; refuse traversal and odd names."""
-    if not path or len(path.encode("utf-8")) > MAX_PATH_BYTES:
+    try:
+        encoded = path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"bad file name {path!r}: not valid UTF-8") from None
+    if not path or len(encoded) > MAX_PATH_BYTES:
         raise InvalidInput(f"bad file name {path[:64]!r}: empty or too long")
     if "\\" in path or "\x00" in path or any(ord(c) < 0x20 for c in path):
         raise InvalidInput(f"bad file name {path!r}: control character or backslash")

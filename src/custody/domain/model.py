@@ -215,4 +215,5 @@ class Event:
     def line(self) -> bytes:
         import json
 
-        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        # ASCII with escapes: any string (even one with lone surrogates from a filename) has one encoding.
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode("ascii")

@@ -65,6 +65,14 @@ class KeyCustodian(Protocol):
 
     def public_key_pem(self, purpose: Purpose) -> bytes: ...
 
+    def grant_root_key(self) -> bytes:
+        """The Ed25519 private key that signs grants (Biscuit root key)."""
+
+    def seal_secret(self, data: bytes, aad: bytes) -> bytes:
+        """Encrypt a small control-plane secret (a TOTP seed) so the database alone cannot use it."""
+
+    def open_secret(self, blob: bytes, aad: bytes) -> bytes: ...
+
 
 class CustodianSigner:
     """The custodian's manifest key in the shape of an EC private key, for bundle signing."""

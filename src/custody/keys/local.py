@@ -96,6 +96,7 @@ class LocalCustodian:
 
     def _unseal(self) -> tuple[dict, dict]:
         try:
+            self._loaded = _file_stamp(self.path)  # what was read, to notice another process's change
             raw = self.path.read_bytes()
         except FileNotFoundError:
             raise NotFound(f"no keyring at {self.path}") from None
@@ -139,7 +140,12 @@ class LocalCustodian:
             raise NotFound(f"custodian holds no key for zone {zone}") from None
 
     def _active(self, zone: str) -> dict:
+        self._refresh()  # another process may have rotated since this one read the keyring
         return next(v for v in reversed(self._versions(zone)) if v["state"] == "active")
+
+    def _refresh(self) -> None:
+        if _file_stamp(self.path) != self._loaded:
+            self._envelope, self._ring = self._unseal()
 
     def ensure_zone(self, zone: str) -> None:
         if zone in self._ring["keks"]:
@@ -202,6 +208,30 @@ class LocalCustodian:
             for v in versions
         ]
 
+    # -- grants and small secrets ---------------------------------------------------------
+
+    def _ensure(self, name: str, make) -> bytes:  # noqa: ANN001
+        """A key created on first use (workspaces made before it existed get it then)."""
+        if name not in self._ring:
+            with self._changing() as ring:
+                ring.setdefault(name, _b64(make()))
+        return _unb64(self._ring[name])
+
+    def grant_root_key(self) -> bytes:
+        return self._ensure("grants", lambda: ed25519.Ed25519PrivateKey.generate().private_bytes_raw())
+
+    def seal_secret(self, data: bytes, aad: bytes) -> bytes:
+        key = self._ensure("secrets", lambda: AESGCM.generate_key(256))
+        nonce = secrets.token_bytes(12)
+        return nonce + AESGCM(key).encrypt(nonce, data, b"custody-secret-v1|" + aad)
+
+    def open_secret(self, blob: bytes, aad: bytes) -> bytes:
+        key = self._ensure("secrets", lambda: AESGCM.generate_key(256))
+        try:
+            return AESGCM(key).decrypt(blob[:12], blob[12:], b"custody-secret-v1|" + aad)
+        except InvalidTag:
+            raise IntegrityError("a sealed secret does not open: altered or moved") from None
+
     # -- signing -------------------------------------------------------------------------
 
     def _signing_key(self) -> ec.EllipticCurvePrivateKey:
@@ -222,6 +252,11 @@ class LocalCustodian:
         return key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
+
+
+def _file_stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_mtime_ns, st.st_size
 
 
 def _new_kek(version: int) -> dict:

@@ -156,13 +156,15 @@ def prove_consistency(uow: UnitOfWork, old: int, new: int) -> list[bytes]:
     return merkle.consistency_proof(old, new, StoredNodes(uow))
 
 
-def events(uow: UnitOfWork, *, after: int = -1, batch: int = 5000) -> Iterator[tuple[int, str]]:
-    """Every (seq, line) in seq order, streamed in batches."""
+def events(uow: UnitOfWork, *, after: int = -1, before: int | None = None, batch: int = 5000
+           ) -> Iterator[tuple[int, str]]:
+    """Every (seq, line) with after < seq < before, in seq order, streamed in batches."""
     e = t.ledger_events.c
     while True:
-        rows = uow.conn.execute(
-            select(e.seq, e.line).where(e.seq > after).order_by(e.seq).limit(batch)
-        ).all()
+        q = select(e.seq, e.line).where(e.seq > after)
+        if before is not None:
+            q = q.where(e.seq < before)
+        rows = uow.conn.execute(q.order_by(e.seq).limit(batch)).all()
         if not rows:
             return
         yield from ((int(r.seq), r.line) for r in rows)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from custody.control import views
 from custody.control.door import act, data_step
+from custody.control.ledger import store as ledger
 from custody.control.store import repositories as repo
 from custody.control.workspace import Workspace
 from custody.data import ingest, replica_files
@@ -50,11 +51,11 @@ def writer_tag() -> str:
 
 def parse_ref(ref: str) -> tuple[str, int | None]:
     """`NAME` or `NAME@VERSION` (VERSION a number)."""
-    name, _, number = ref.partition("@")
-    if not number:
+    name, at, number = ref.partition("@")
+    if not at:
         return name, None
-    if not number.isdigit():
-        raise InvalidInput(f"bad version in {ref!r}: use NAME@N")
+    if not number.isdigit() or int(number) < 1:
+        raise InvalidInput(f"bad version in {ref!r}: use NAME@N with N >= 1")
     return name, int(number)
 
 
@@ -66,6 +67,7 @@ def register(ws: Workspace, token: str | None, name: str, path: Path, opts: Regi
         asset = repo.asset_by_name(a.uow, name, missing_ok=True)
         previous = repo.latest_version(a.uow, asset.id) if asset else None
         attrs = _attributes(opts, previous, zone.jurisdiction)
+        _check_loosening(a, previous, attrs)
         if zone.jurisdiction not in attrs["jurisdictions"]:
             raise Denied(f"zone {zone.name} is in {zone.jurisdiction}, outside the asset's jurisdictions "
                          f"{', '.join(attrs['jurisdictions'])}")
@@ -73,6 +75,7 @@ def register(ws: Workspace, token: str | None, name: str, path: Path, opts: Regi
             raise Denied(f"zone {zone.name} has security level {zone.security_level}, below the asset's minimum "
                          f"{attrs['min_security_level']}")
         replica_id, key_id = new_id(), new_id()
+        repo.lock_zone(a.uow, zone.name)  # no rotation of this zone's KEK between wrap and commit
         dek, wrapped = ws.custodian().new_data_key(zone.name, key_id)
         repo.add_data_key(a.uow, wrapped)
         pending = Replica(id=replica_id, version_id=None, zone=zone.name, kind=ReplicaKind.PRIMARY,
@@ -97,6 +100,28 @@ def register(ws: Workspace, token: str | None, name: str, path: Path, opts: Regi
         _abandon(ws, replica_id, storage)
         raise
     return result
+
+
+LOOSENERS = ("admin", "security")
+
+
+def _check_loosening(a, previous: AssetVersion | None, attrs: dict) -> None:  # noqa: ANN001
+    """A new version may not quietly lower its classification, widen where it may live, or lower
+    its zone floor: that takes a security officer or an admin, and the ledger records old and new."""
+    if previous is None:
+        return
+    looser = (attrs["classification"].rank < previous.classification.rank
+              or not set(attrs["jurisdictions"]) <= set(previous.jurisdictions)
+              or attrs["min_security_level"] < previous.min_security_level)
+    if looser and not a.principal.has_role(*LOOSENERS):
+        raise Denied("only security or an admin may lower an asset's classification, widen its jurisdictions "
+                     "or lower its minimum security level")
+    if looser:
+        a.fields.setdefault("details", {})["loosened"] = {
+            "classification": [previous.classification.value, attrs["classification"].value],
+            "jurisdictions": [list(previous.jurisdictions), list(attrs["jurisdictions"])],
+            "min_security_level": [previous.min_security_level, attrs["min_security_level"]],
+        }
 
 
 def _attributes(opts: RegisterOptions, previous: AssetVersion | None, zone_jurisdiction: str) -> dict:
@@ -128,7 +153,8 @@ def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previ
     if latest is not None and latest.digest == report.manifest.digest:
         raise InvalidState(f"{name}@{latest.number} already holds exactly these bytes (digest {latest.digest[:16]}…)")
     single = len(sources) == 1 and path.is_file()
-    signed = bundle.sign_manifest(report.manifest, path.name, CustodianSigner(ws.custodian()), single_file=single)
+    signed = bundle.sign_manifest(report.manifest, path.resolve().name or name, CustodianSigner(ws.custodian()),
+                                  single_file=single)
     kinds = Counter(f.kind for f in report.formats)
     params = [f.parameters for f in report.formats if f.parameters is not None]
     version = AssetVersion(
@@ -147,7 +173,9 @@ def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previ
                            bytes_sealed=report.bytes_sealed, bundle_json=signed.decode(), writer=None)
     mbps = report.bytes_read / 1e6 / report.seconds if report.seconds > 0 else None
     a.record(details={"version": version.number, "digest": version.digest, "replica": replica_id,
-                      "bytes": report.bytes_read, "unsafe": version.unsafe})
+                      "bytes": report.bytes_read, "unsafe": version.unsafe,
+                      "classification": version.classification.value, "jurisdictions": list(version.jurisdictions),
+                      "min_security_level": version.min_security_level})
     out = views.version(version, name)
     out.update({"version_id": version.id, "replica": replica_id, "seconds": round(report.seconds, 3),
                 "mb_per_s": round(mbps, 1) if mbps else None, "formats": dict(kinds)})
@@ -167,6 +195,9 @@ def _abandon(ws: Workspace, replica_id: str, storage) -> None:  # noqa: ANN001
             if replica.state is ReplicaState.PENDING:
                 repo.set_replica_state(uow, replica, ReplicaState.FAILED, writer=None)
                 repo.shred_data_key(uow, replica.key_id)
+                ledger.append(uow, actor=replica.created_by, action="replica.abandon", outcome="ok",
+                              subject=replica_id, destination=replica.zone,
+                              details={"why": "registration did not finish; key shredded, files removed"})
         replica_files.delete_replica_files(storage, replica_id)
     except Exception:  # noqa: BLE001
         pass  # the sweeper finishes what could not be cleaned here
@@ -186,7 +217,7 @@ def list_assets(ws: Workspace, token: str | None) -> list[dict]:
 def resolve_version(uow, ref: str) -> tuple[Asset, AssetVersion]:  # noqa: ANN001
     name, number = parse_ref(ref)
     asset = repo.asset_by_name(uow, name)
-    version = repo.version_by_number(uow, asset, number) if number else repo.latest_version(uow, asset.id)
+    version = repo.version_by_number(uow, asset, number) if number is not None else repo.latest_version(uow, asset.id)
     if version is None:
         raise NotFound(f"asset {name} has no version")
     return asset, version

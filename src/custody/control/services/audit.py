@@ -8,6 +8,7 @@ checkpoint, and optionally a checkpoint the caller saved earlier (and a pinned p
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,26 +17,31 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy import func, insert, select
 
-from custody.control.door import act, record_after
+from custody.control.door import act, data_step, record_after
 from custody.control.ledger import checkpoint, merkle
 from custody.control.ledger import store as ledger
 from custody.control.store import schema as t
 from custody.control.workspace import Workspace
-from custody.domain.errors import IntegrityError, InvalidInput, NotFound
+from custody.domain.errors import CustodyError, IntegrityError, InvalidInput, NotFound
 
 
 def export(ws: Workspace, token: str | None, out: Path) -> dict:
+    """Write the events as JSON Lines, read from one snapshot (no write lock held), renamed into place."""
     with act(ws, token, "audit.export", details={"out": str(out)}) as a:
-        n = ledger.size(a.uow)
-        count = 0
-        with open(out, "wb") as fh:
-            for seq, line in ledger.events(a.uow):
-                if seq >= n:
-                    break
-                fh.write(line.encode("utf-8") + b"\n")
-                count += 1
-        size, root = ledger.root(a.uow, n)
-    return {"out": str(out), "events": count, "tree_size": size, "root": root.hex()}
+        pass
+    tmp = out.with_name(f".{out.name}.partial")
+    with data_step(ws, a):
+        try:
+            with ws.uow(readonly=True) as uow, open(tmp, "wb") as fh:
+                n = ledger.size(uow)
+                for _, line in ledger.events(uow, before=n):
+                    fh.write(line.encode("utf-8") + b"\n")
+                size, root = ledger.root(uow, n)
+            os.replace(tmp, out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InvalidInput(f"cannot write {out}: {exc.strerror}") from None
+    return {"out": str(out), "events": size, "tree_size": size, "root": root.hex()}
 
 
 def _ledger_key(ws: Workspace, pinned: Path | None = None) -> Ed25519PublicKey:
@@ -99,6 +105,19 @@ class _Expect:
 def verify(ws: Workspace, token: str | None, saved: Path | None = None, public_key: Path | None = None) -> dict:
     with act(ws, token, "audit.verify", deferred=True) as a:
         pass
+    try:
+        result = _verify(ws, saved, public_key)
+    except CustodyError as exc:
+        try:
+            record_after(ws, a, exc.outcome, details={"reason": exc.message})
+        except CustodyError:
+            pass  # a ledger this broken cannot take the event; the caller still learns what is wrong
+        raise
+    record_after(ws, a, details=result)
+    return result
+
+
+def _verify(ws: Workspace, saved: Path | None, public_key: Path | None) -> dict:
     key = _ledger_key(ws, public_key)
     expectations: list[_Expect] = []
     if saved is not None:
@@ -108,37 +127,26 @@ def verify(ws: Workspace, token: str | None, saved: Path | None = None, public_k
             raise InvalidInput(f"cannot read checkpoint {saved}: {exc}") from None
         cp = _verified(note, ws.origin, key, f"checkpoint {saved}")
         expectations.append(_Expect(cp.size, cp.root, f"saved checkpoint {saved.name} (size {cp.size})"))
-    try:
-        with ws.uow(readonly=True) as uow:
-            n = ledger.size(uow)
-            stored_cps = uow.conn.execute(select(t.ledger_checkpoints.c.size, t.ledger_checkpoints.c.note)
-                                          .order_by(t.ledger_checkpoints.c.size)).all()
-            for row in stored_cps:
-                cp = _verified(row.note, ws.origin, key, f"stored checkpoint at size {row.size}")
-                if cp.size != row.size:
-                    raise IntegrityError(f"stored checkpoint at size {row.size} signs size {cp.size}")
-                expectations.append(_Expect(cp.size, cp.root, f"stored checkpoint at size {cp.size}"))
-            for e in expectations:
-                if e.size > n:
-                    raise IntegrityError(f"{e.what} covers {e.size} events but the ledger holds only {n}")
-            root = _recompute(uow, n, expectations)
-            if merkle.root(n, ledger.StoredNodes(uow)) != root:
-                raise IntegrityError("stored tree nodes do not match the events (proofs would not verify)")
-            if saved is not None and expectations[0].size:
-                old = expectations[0]
-                proof = merkle.consistency_proof(old.size, n, ledger.StoredNodes(uow))
-                merkle.verify_consistency(old.size, n, old.root, root, proof)
-    except IntegrityError as exc:
-        try:
-            record_after(ws, a, "integrity_failure", details={"reason": exc.message})
-        except IntegrityError:
-            pass  # a ledger this broken cannot take the event; the caller still learns what is wrong
-        raise
+    with ws.uow(readonly=True) as uow:
+        n = ledger.size(uow)
+        stored_cps = uow.conn.execute(select(t.ledger_checkpoints.c.size, t.ledger_checkpoints.c.note)
+                                      .order_by(t.ledger_checkpoints.c.size)).all()
+        for row in stored_cps:
+            cp = _verified(row.note, ws.origin, key, f"stored checkpoint at size {row.size}")
+            if cp.size != row.size:
+                raise IntegrityError(f"stored checkpoint at size {row.size} signs size {cp.size}")
+            expectations.append(_Expect(cp.size, cp.root, f"stored checkpoint at size {cp.size}"))
+        for e in expectations:
+            if e.size > n:
+                raise IntegrityError(f"{e.what} covers {e.size} events but the ledger holds only {n}")
+        root = _recompute(uow, n, expectations)
+        if saved is not None and expectations[0].size:
+            old = expectations[0]
+            proof = merkle.consistency_proof(old.size, n, ledger.StoredNodes(uow))
+            merkle.verify_consistency(old.size, n, old.root, root, proof)
     latest = stored_cps[-1].size if stored_cps else None
-    result = {"verified": True, "tree_size": n, "root": root.hex(), "checkpoints_checked": len(expectations),
-              "latest_checkpoint": latest}
-    record_after(ws, a, details=result)
-    return result
+    return {"verified": True, "tree_size": n, "root": root.hex(), "checkpoints_checked": len(expectations),
+            "latest_checkpoint": latest}
 
 
 def _verified(note: str, origin: str, key: Ed25519PublicKey, what: str) -> checkpoint.Checkpoint:
@@ -152,42 +160,20 @@ def _verified(note: str, origin: str, key: Ed25519PublicKey, what: str) -> check
 
 
 def _recompute(uow, n: int, expectations: list[_Expect]) -> bytes:  # noqa: ANN001
-    """One pass over the events: order, leaf hashes against stored leaves, roots at checkpoints."""
+    """One pass over the events: order, every stored node against the rebuilt tree, roots at checkpoints."""
     by_size: dict[int, list[_Expect]] = {}
     for e in expectations:
         by_size.setdefault(e.size, []).append(e)
     builder = merkle.TreeBuilder()
     expected_seq = 0
-    nodes = uow.conn
-    for batch in _batches(uow, n):
-        stored_leaves = dict(
-            nodes.execute(
-                select(t.ledger_nodes.c.idx, t.ledger_nodes.c.hash).where(
-                    t.ledger_nodes.c.level == 0, t.ledger_nodes.c.idx >= batch[0][0], t.ledger_nodes.c.idx <= batch[-1][0]
-                )
-            ).all()
-        )
-        for seq, line in batch:
-            if seq != expected_seq:
-                what = "missing" if seq > expected_seq else "out of order"
-                raise IntegrityError(f"ledger event {expected_seq} is {what} (found seq {seq} in its place)")
-            raw = line.encode("utf-8")
-            try:
-                declared = json.loads(raw).get("seq")
-            except ValueError:
-                raise IntegrityError(f"ledger event {seq} is not valid JSON") from None
-            if declared != seq:
-                raise IntegrityError(f"ledger event {seq} says it is event {declared}: moved or inserted")
-            leaf = merkle.leaf_hash(raw)
-            stored = stored_leaves.get(seq)
-            if stored is None or bytes(stored) != leaf:
-                raise IntegrityError(f"ledger event {seq} was altered: its hash does not match the tree")
-            builder.push(leaf)
-            expected_seq += 1
-            for e in by_size.get(expected_seq, ()):
-                if builder.root() != e.root:
-                    raise IntegrityError(f"ledger does not match {e.what}: an event at or before seq "
-                                         f"{e.size - 1} was changed")
+    batch: list[tuple[int, str]] = []
+    for item in ledger.events(uow, before=n, batch=BATCH):
+        batch.append(item)
+        if len(batch) == BATCH:
+            expected_seq = _check_batch(uow, batch, builder, expected_seq, by_size)
+            batch = []
+    if batch:
+        expected_seq = _check_batch(uow, batch, builder, expected_seq, by_size)
     if expected_seq != n:
         raise IntegrityError(f"ledger event {expected_seq} is missing (the ledger head says {n} events)")
     beyond = uow.conn.execute(select(func.min(t.ledger_events.c.seq)).where(t.ledger_events.c.seq >= n)).scalar()
@@ -196,14 +182,49 @@ def _recompute(uow, n: int, expectations: list[_Expect]) -> bytes:  # noqa: ANN0
     return builder.root()
 
 
-def _batches(uow, n: int, size: int = 20000):  # noqa: ANN001, ANN202
-    e = t.ledger_events.c
-    after = -1
-    while True:
-        rows = uow.conn.execute(
-            select(e.seq, e.line).where(e.seq > after, e.seq < n).order_by(e.seq).limit(size)
-        ).all()
-        if not rows:
-            return
-        yield [(int(r.seq), r.line) for r in rows]
-        after = int(rows[-1].seq)
+BATCH = 20000
+
+
+def _check_batch(uow, batch: list[tuple[int, str]], builder: merkle.TreeBuilder, expected_seq: int,  # noqa: ANN001
+                 by_size: dict[int, list[_Expect]]) -> int:
+    first, last = batch[0][0], batch[-1][0]
+    stored = _stored_nodes(uow, first, last)
+    for seq, line in batch:
+        if seq != expected_seq:
+            what = "missing" if seq > expected_seq else "out of order"
+            raise IntegrityError(f"ledger event {expected_seq} is {what} (found seq {seq} in its place)")
+        raw = line.encode("utf-8")
+        leaf = merkle.leaf_hash(raw)
+        if stored.get((0, seq)) != leaf:
+            try:
+                doc = json.loads(raw)
+            except ValueError:
+                doc = None
+            declared = doc.get("seq") if isinstance(doc, dict) else None
+            if declared is not None and declared != seq:
+                raise IntegrityError(f"ledger event {seq} says it is event {declared}: moved or inserted")
+            raise IntegrityError(f"ledger event {seq} was altered: its hash does not match the tree")
+        for level, idx, h in builder.push(leaf):
+            if level and stored.get((level, idx), h) != h:
+                raise IntegrityError(f"stored ledger node ({level}, {idx}) does not match events up to {seq}: "
+                                     "proofs would not verify")
+        expected_seq += 1
+        for e in by_size.get(expected_seq, ()):
+            if builder.root() != e.root:
+                raise IntegrityError(f"ledger does not match {e.what}: an event at or before seq "
+                                     f"{e.size - 1} was changed")
+    return expected_seq
+
+
+def _stored_nodes(uow, first: int, last: int) -> dict[tuple[int, int], bytes]:  # noqa: ANN001
+    """Every stored node whose subtree ends inside leaves [first, last]."""
+    n = t.ledger_nodes.c
+    out: dict[tuple[int, int], bytes] = {}
+    level = 0
+    while (last + 1) >> level:
+        lo, hi = first >> level, ((last + 1) >> level) - 1
+        if hi >= lo:
+            rows = uow.conn.execute(select(n.idx, n.hash).where(n.level == level, n.idx >= lo, n.idx <= hi))
+            out.update({(level, int(r.idx)): bytes(r.hash) for r in rows})
+        level += 1
+    return out

@@ -35,7 +35,7 @@ def rotate(ws: Workspace, token: str | None, zone_name: str) -> dict:
     unused old version behind (reported by `keys status`), never an unreadable replica.
     """
     with act(ws, token, "keys.rotate", subject=zone_name) as a:
-        repo.zone_by_name(a.uow, zone_name)
+        repo.lock_zone(a.uow, zone_name)  # new data keys of this zone wait until the rewrap commits
         custodian = ws.custodian()
         old_versions = [v.version for v in custodian.kek_versions(zone_name)]
         new_version = custodian.begin_rotation(zone_name)
@@ -43,13 +43,19 @@ def rotate(ws: Workspace, token: str | None, zone_name: str) -> dict:
         for wrapped in keys:
             repo.replace_data_key(a.uow, custodian.rewrap(wrapped))
         a.record(details={"new_version": new_version, "retired": old_versions, "rewrapped": len(keys)})
+    retired = []
+    with ws.uow(readonly=True) as uow:
+        still = repo.data_keys_by_kek(uow)
     for version in old_versions:
-        custodian.retire(zone_name, version)
-    return {"zone": zone_name, "kek_version": new_version, "rewrapped": len(keys), "retired": old_versions}
+        if still.get((zone_name, version), 0) == 0:  # never destroy a KEK a live data key still needs
+            custodian.retire(zone_name, version)
+            retired.append(version)
+    return {"zone": zone_name, "kek_version": new_version, "rewrapped": len(keys), "retired": retired}
 
 
-def public_key(ws: Workspace, purpose: str) -> bytes:
-    if purpose not in ("signing", "ledger"):
-        raise InvalidInput("purpose must be signing or ledger")
-    p: Purpose = "signing" if purpose == "signing" else "ledger"
-    return ws.public_key_pem(p)
+def public_key(ws: Workspace, token: str | None, purpose: str) -> bytes:
+    with act(ws, token, "keys.public", subject=purpose):
+        if purpose not in ("signing", "ledger"):
+            raise InvalidInput("purpose must be signing or ledger")
+        p: Purpose = "signing" if purpose == "signing" else "ledger"
+        return ws.public_key_pem(p)

@@ -7,22 +7,31 @@ revocation, and only then deletes the sealed files: from that commit on, no copy
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
 from custody.control import views
 from custody.control.door import Act, act, data_step, record_after
 from custody.control.store import repositories as repo
 from custody.control.store.db import purge_freed
 from custody.control.workspace import Workspace
 from custody.data import replica_files, tensors
-from custody.domain.errors import InvalidInput, InvalidState, NotFound
+from custody.domain.errors import Denied, IntegrityError, InvalidInput, InvalidState, NotFound
 from custody.domain.manifest import Manifest
+from custody.keys import bundle
 from custody.domain.model import Replica, ReplicaState
 
 
 def list_replicas(ws: Workspace, token: str | None, *, asset: str | None = None, zone: str | None = None,
                   state: str | None = None) -> list[dict]:
-    if state is not None and state not in {s.value for s in ReplicaState}:
-        raise InvalidInput(f"unknown replica state {state!r}: one of {', '.join(s.value for s in ReplicaState)}")
     with act(ws, token, "replica.read") as a:
+        if state is not None and state not in {s.value for s in ReplicaState}:
+            raise InvalidInput(f"unknown replica state {state!r}: one of {', '.join(s.value for s in ReplicaState)}")
+        if asset:
+            repo.asset_by_name(a.uow, asset)
+        if zone:
+            repo.zone_by_name(a.uow, zone)
         return [views.replica(r, n) for r, n in repo.list_replicas(a.uow, asset=asset, zone=zone, state=state)]
 
 
@@ -40,15 +49,27 @@ def show_replica(ws: Workspace, token: str | None, replica_id: str) -> dict:
 
 
 def _readable(ws: Workspace, a: Act, replica_id: str) -> tuple[Replica, Manifest, bytes]:
-    """What the data plane needs to read an active replica: its manifest and its unwrapped key."""
+    """What the data plane needs to read an active replica: its signed manifest and its unwrapped key."""
     replica = repo.replica_by_id(a.uow, replica_id)
     if not replica.readable:
         raise InvalidState(f"replica {replica_id} is {replica.state.value}; only active replicas can be read")
+    if replica.expires_at is not None and replica.expires_at <= datetime.now(timezone.utc):
+        raise InvalidState(f"replica {replica_id} expired at {views.ts(replica.expires_at)}")
     wrapped = repo.data_key(a.uow, replica.key_id)
     if wrapped is None:
         raise InvalidState(f"replica {replica_id}: its data key was shredded")
     version = repo.version_by_id(a.uow, replica.version_id)
-    return replica, Manifest.from_json(version.manifest_json), ws.custodian().unwrap(wrapped)
+    manifest = Manifest.from_json(version.manifest_json)
+    check_signed(ws, repo.replica_bundle(a.uow, replica_id) or version.bundle_json, manifest, replica_id)
+    return replica, manifest, ws.custodian().unwrap(wrapped)
+
+
+def check_signed(ws: Workspace, bundle_json: str | None, manifest: Manifest, what: str) -> None:
+    """The manifest the store hands over must be the one that was signed (T7)."""
+    if not bundle_json:
+        raise IntegrityError(f"{what} has no signed manifest")
+    signed = bundle.verify_bundle(bundle_json.encode(), load_pem_public_key(ws.public_key_pem("signing")))
+    signed.check_against(manifest)
 
 
 def verify_replica(ws: Workspace, token: str | None, replica_id: str) -> dict:
@@ -64,12 +85,12 @@ def verify_replica(ws: Workspace, token: str | None, replica_id: str) -> dict:
 
 
 def revoke_replica(ws: Workspace, token: str | None, replica_id: str, reason: str) -> dict:
-    if not reason or not reason.strip():
-        raise InvalidInput("a revocation needs a reason")
     with act(ws, token, "replica.revoke", subject=replica_id, rationale=reason) as a:
+        if not reason or not reason.strip():
+            raise InvalidInput("a revocation needs a reason")
         replica = repo.replica_by_id(a.uow, replica_id)
         zone = repo.zone_by_name(a.uow, replica.zone)
-        _shred(a, replica)
+        shred(a, replica)
         a.record(details={"zone": replica.zone, "kind": replica.kind.value})
     purge_freed(ws.engine)
     with data_step(ws, a):
@@ -77,20 +98,33 @@ def revoke_replica(ws: Workspace, token: str | None, replica_id: str, reason: st
     return {"replica": replica_id, "state": ReplicaState.SHREDDED.value, "reason": reason}
 
 
-def _shred(a: Act, replica: Replica) -> None:
+def shred(a: Act, replica: Replica) -> None:
+    """Destroy a replica's data key and mark it shredded, in the caller's transaction."""
     replica.check_move(ReplicaState.SHREDDED)
     repo.shred_data_key(a.uow, replica.key_id)
     repo.set_replica_state(a.uow, replica, ReplicaState.SHREDDED, writer=None)
 
 
+READ_ANY = ("admin", "ml-lead")  # others read only the copies made for them
+
+
+def _check_own_copy(a: Act, replica: Replica) -> None:
+    from custody.control.store import requests_repo as rq
+
+    if replica.request_id is None or rq.request_by_id(a.uow, replica.request_id).requester != a.principal.name:
+        raise Denied(f"{a.principal.name} may read only copies made for their own requests")
+
+
 def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpose: str,
                      names: list[str] | None = None) -> dict:
     """Tensors of an active replica, decrypted in memory; ledgered as a read with its purpose."""
-    if not purpose or not purpose.strip():
-        raise InvalidInput("reading tensors needs a purpose")
     with act(ws, token, "replica.open", subject=replica_id, rationale=purpose,
              details={"tensors": names[:50] if names else "all"}) as a:
+        if not purpose or not purpose.strip():
+            raise InvalidInput("reading tensors needs a purpose")
         replica, manifest, dek = _readable(ws, a, replica_id)
+        if not a.principal.has_role(*READ_ANY):
+            _check_own_copy(a, replica)
         zone = repo.zone_by_name(a.uow, replica.zone)
         files = [f["path"] for f in repo.version_formats(a.uow, replica.version_id) if f["kind"] == "safetensors"]
         if not files:

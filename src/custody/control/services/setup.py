@@ -10,6 +10,7 @@ from pathlib import Path
 
 from custody.control import tokens
 from custody.control.ledger import store as ledger
+from custody.control.services.policy import install_default
 from custody.control.store import db
 from custody.control.store import repositories as repo
 from custody.control.workspace import CONFIG, DEMO_PASSPHRASE, KEYRING, Workspace, db_url_for
@@ -51,14 +52,18 @@ def init_workspace(
             raise AuthenticationError("set CUSTODY_PASSPHRASE to seal the keyring (or use --demo for a throwaway workspace)")
         passphrase = secrets.token_urlsafe(24)
     created_home = not home.exists()
+    ours = (CONFIG, "keys", "zones", "policies", "custody.db", "custody.db-wal", "custody.db-shm")
+    present = [name for name in ours if (home / name).exists()]
+    if present:
+        raise InvalidInput(f"{home} already holds {present[0]}: refusing to create a workspace over it")
     try:
         return _init(home, passphrase, demo, jurisdiction, region, scrypt_log_n)
     except BaseException:
-        # Leave nothing half-made: everything below was created by this call.
+        # Leave nothing half-made, and remove only what this call created (checked above).
         if created_home:
             shutil.rmtree(home, ignore_errors=True)
         else:
-            for name in (CONFIG, "keys", "zones", "custody.db", "custody.db-wal", "custody.db-shm"):
+            for name in ours:
                 target = home / name
                 if target.is_dir():
                     shutil.rmtree(target, ignore_errors=True)
@@ -97,8 +102,11 @@ def _init(home: Path, passphrase: str, demo: bool, jurisdiction: str, region: st
     if os.environ.get("CUSTODY_DB_URL"):
         config += f'db_url = "{url}"\n'
     config += '\n[custodian]\nkind = "local"\n'
-    (home / CONFIG).write_text(config)
+    fd = os.open(home / CONFIG, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # may hold a database password
+    with os.fdopen(fd, "w") as fh:
+        fh.write(config)
 
+    catalog = install_default(home)
     token, token_id, token_hash = tokens.mint()
     admin = Principal(id=new_id(), name="admin", roles=("admin",), team="platform")
     ws = Workspace(home=home, id=ws_id, db_url=url, engine=db.make_engine(url), _custodian=custodian)
@@ -110,6 +118,9 @@ def _init(home: Path, passphrase: str, demo: bool, jurisdiction: str, region: st
             repo.add_zone(uow, z)
             ledger.append(uow, actor="system", action="zone.add", outcome="ok", subject=z.name,
                           details={"kind": z.kind.value, "jurisdiction": z.jurisdiction})
+        repo.set_meta(uow, "policy_hash", catalog.hash)
+        ledger.append(uow, actor="system", action="policy.install", outcome="ok", subject=catalog.hash,
+                      details={"new_hash": catalog.hash, "source": "default catalog"})
         repo.add_principal(uow, admin, token_id, token_hash)
         ledger.append(uow, actor="system", action="principal.add", outcome="ok", subject="admin",
                       details={"roles": ["admin"]})

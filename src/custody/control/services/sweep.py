@@ -11,7 +11,9 @@ import os
 import socket
 from datetime import datetime, timedelta, timezone
 
-from custody.control.door import act, data_step
+from custody.control.door import act, data_step, record_after
+from custody.control.services.replicas import shred
+from custody.control.store.db import purge_freed
 from custody.control.store import repositories as repo
 from custody.control.workspace import Workspace
 from custody.data import replica_files
@@ -20,7 +22,7 @@ from custody.domain.model import ReplicaState
 STALE_PENDING = timedelta(hours=24)
 
 
-def _writer_alive(writer: str | None) -> bool:
+def writer_alive(writer: str | None) -> bool:
     if not writer:
         return False
     host, _, pid = writer.rpartition(":")
@@ -41,17 +43,17 @@ def sweep(ws: Workspace, token: str | None) -> dict:
     with act(ws, token, "sweep") as a:
         for replica, _ in repo.list_replicas(a.uow, state=ReplicaState.PENDING.value):
             age = now - (replica.created_at or now)
-            if not _writer_alive(replica.writer) or age > STALE_PENDING:
+            if not writer_alive(replica.writer) or age > STALE_PENDING:
                 repo.set_replica_state(a.uow, replica, ReplicaState.FAILED, writer=None)
                 repo.shred_data_key(a.uow, replica.key_id)
                 failed.append(replica.id)
         for replica, _ in repo.list_replicas(a.uow, state=ReplicaState.ACTIVE.value):
             if replica.expires_at is not None and replica.expires_at <= now:
-                repo.shred_data_key(a.uow, replica.key_id)
-                repo.set_replica_state(a.uow, replica, ReplicaState.SHREDDED, writer=None)
+                shred(a, replica)
                 expired.append(replica.id)
+        lapsed = _lapse_requests(a.uow, now)
         zones = repo.list_zones(a.uow)
-        a.record(details={"failed": failed, "expired": expired})
+        a.record(details={"failed": failed, "expired": expired, "lapsed": lapsed})
     removed = []
     with data_step(ws, a):
         for zone in zones:
@@ -59,10 +61,30 @@ def sweep(ws: Workspace, token: str | None) -> dict:
             on_disk = storage.replica_ids()
             # Decided after listing: a replica row is committed before its first file is written,
             # so a folder whose row is missing here was not made by a write still under way.
+            # Checked against every zone, not just this one: never delete a live replica's files.
             with ws.uow(readonly=True) as uow:
-                live = repo.live_replica_ids(uow, zone.name)
+                live = repo.live_replica_ids(uow)
             for replica_id in on_disk:
                 if replica_id not in live:
                     replica_files.delete_replica_files(storage, replica_id)
                     removed.append(f"{zone.name}/{replica_id}")
-    return {"failed": failed, "expired": expired, "removed": removed}
+    purge_freed(ws.engine)
+    if removed:
+        record_after(ws, a, "ok", details={"removed": removed})
+    return {"failed": failed, "expired": expired, "lapsed": lapsed, "removed": removed}
+
+
+def _lapse_requests(uow, now: datetime) -> list[str]:  # noqa: ANN001
+    """Requests whose approval window or unused grant ran out."""
+    from custody.control.store import requests_repo as rq
+    from custody.domain.requests import RequestState
+
+    lapsed = []
+    for state, deadline in ((RequestState.AWAITING_APPROVAL, "window_expires_at"),
+                            (RequestState.APPROVED, "grant_expires_at")):
+        for request in rq.list_requests(uow, state=state.value):
+            when = getattr(request, deadline)
+            if when is not None and when <= now:
+                rq.move_request(uow, request, RequestState.LAPSED)
+                lapsed.append(request.id)
+    return lapsed

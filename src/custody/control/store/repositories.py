@@ -119,6 +119,18 @@ def add_zone(uow: UnitOfWork, z: Zone) -> None:
     )
 
 
+def lock_zone(uow: UnitOfWork, name: str) -> Zone:
+    """The zone, locked until commit (PostgreSQL; SQLite write transactions are already exclusive):
+    key rotation and new data keys of one zone must not interleave."""
+    q = select(t.zones).where(t.zones.c.name == name)
+    if uow.dialect == "postgresql":
+        q = q.with_for_update()
+    row = uow.conn.execute(q).first()
+    if row is None:
+        raise NotFound(f"no zone named {name}")
+    return _zone(row)
+
+
 def zone_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Zone | None:
     row = uow.conn.execute(select(t.zones).where(t.zones.c.name == name)).first()
     if row is None:
@@ -300,6 +312,10 @@ def set_replica_state(uow: UnitOfWork, replica: Replica, state: ReplicaState, **
     )
 
 
+def set_replica_writer(uow: UnitOfWork, replica_id: str, writer: str) -> None:
+    uow.conn.execute(update(t.replicas).where(t.replicas.c.id == replica_id).values(writer=writer, updated_at=now()))
+
+
 def list_replicas(
     uow: UnitOfWork, *, asset: str | None = None, zone: str | None = None, state: str | None = None
 ) -> list[tuple[Replica, str]]:
@@ -313,8 +329,8 @@ def list_replicas(
     return [(_replica(r), r.asset_name) for r in uow.conn.execute(q)]
 
 
-def live_replica_ids(uow: UnitOfWork, zone: str) -> set[str]:
-    """Replicas of a zone whose files must stay: active ones and writes under way."""
+def live_replica_ids(uow: UnitOfWork) -> set[str]:
+    """Replicas whose files must stay, in any zone: active ones and writes under way."""
     live = (ReplicaState.ACTIVE.value, ReplicaState.PENDING.value)
-    q = select(t.replicas.c.id).where(t.replicas.c.zone == zone, t.replicas.c.state.in_(live))
+    q = select(t.replicas.c.id).where(t.replicas.c.state.in_(live))
     return set(uow.conn.execute(q).scalars())

@@ -57,6 +57,7 @@ zones = Table(
     Column("security_level", Integer, nullable=False),
     Column("custodian", String(32), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("egress_bytes_per_hour", BigInteger),  # NULL: no budget
 )
 
 assets = Table(
@@ -157,6 +158,123 @@ ledger_checkpoints = Table(
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("note", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("requester", String(64), nullable=False),
+    Column("asset_name", String(64), nullable=False),
+    Column("version_id", String(36), ForeignKey("asset_versions.id"), nullable=False),
+    Column("version_digest", String(64), nullable=False),
+    Column("source_replica", String(36), ForeignKey("replicas.id"), nullable=False),
+    Column("destination_zone", String(64), ForeignKey("zones.name"), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("state", String(24), nullable=False),
+    Column("ttl_seconds", BigInteger),
+    Column("break_glass", Boolean, nullable=False),
+    Column("decision", JSON),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("window_expires_at", DateTime(timezone=True)),
+    Column("grant_expires_at", DateTime(timezone=True)),
+    Column("result_replica", String(36)),
+    Column("error", Text),
+    Index("ix_requests_state", "state"),
+)
+
+# One table for every sign-off: request approvals, policy-proposal approvals, exception
+# approvals, break-glass review closures. Unique per (subject, principal): no one counts twice.
+signoffs = Table(
+    "signoffs",
+    metadata,
+    Column("subject_kind", String(16), primary_key=True),
+    Column("subject_id", String(36), primary_key=True),
+    Column("principal", String(64), primary_key=True),
+    Column("team", String(128)),
+    Column("roles", JSON, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("mfa_verified", Boolean, nullable=False),
+    Column("comment", Text),
+    Column("signature", Text, nullable=False),
+)
+
+grants = Table(
+    "grants",
+    metadata,
+    Column("request_id", String(36), ForeignKey("requests.id"), primary_key=True),
+    Column("token", Text, nullable=False),
+    Column("use_id", String(128), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+grant_uses = Table(  # single use: a second insert of the same use_id fails
+    "grant_uses",
+    metadata,
+    Column("use_id", String(128), primary_key=True),
+    Column("request_id", String(36), nullable=False),
+    Column("used_at", DateTime(timezone=True), nullable=False),
+)
+
+mfa = Table(
+    "mfa",
+    metadata,
+    Column("principal", String(64), primary_key=True),
+    Column("secret_sealed", LargeBinary, nullable=False),  # encrypted by the custodian
+    Column("enrolled_at", DateTime(timezone=True), nullable=False),
+    Column("last_step", BigInteger),  # the last TOTP time step accepted: codes are single use
+)
+
+reviews = Table(
+    "reviews",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("kind", String(32), nullable=False),
+    Column("request_id", String(36), ForeignKey("requests.id")),
+    Column("opened_by", String(64), nullable=False),
+    Column("opened_at", DateTime(timezone=True), nullable=False),
+    Column("closed_at", DateTime(timezone=True)),
+    Column("summary", Text, nullable=False),
+)
+
+policy_exceptions = Table(
+    "policy_exceptions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("policy_id", String(128), nullable=False),
+    Column("asset_name", String(64), nullable=False),
+    Column("zone", String(64), ForeignKey("zones.name"), nullable=False),
+    Column("justification", Text, nullable=False),
+    Column("proposer", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # proposed | active | rejected
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+policy_proposals = Table(
+    "policy_proposals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("catalog_hash", String(64), nullable=False),
+    Column("files", JSON, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("proposer", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # proposed | applied | superseded
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+egress = Table(
+    "egress",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("zone", String(64), ForeignKey("zones.name"), nullable=False),
+    Column("request_id", String(36), nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_egress_zone_at", "zone", "at"),
 )
 
 APPEND_ONLY_TABLES = ("ledger_events", "ledger_nodes", "ledger_checkpoints")

@@ -1,0 +1,260 @@
+"""Commands of governed copies: policy, requests, MFA, reviews, exceptions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from custody.cli import output
+from custody.cli.common import Ctx, command, emit, fail, progress_bar
+from custody.control.services import copies, exceptions, mfa, policy, requests, reviews
+
+policy_app = typer.Typer(help="The policy catalog: show, test, explain, change.", no_args_is_help=True)
+request_app = typer.Typer(help="Ask for copies, approve them, run them.", no_args_is_help=True)
+mfa_app = typer.Typer(help="TOTP second factor.", no_args_is_help=True)
+review_app = typer.Typer(help="Mandatory reviews (break-glass).", no_args_is_help=True)
+exception_app = typer.Typer(help="Time-boxed policy exceptions.", no_args_is_help=True)
+
+REQUEST_COLUMNS = ["id", "state", "kind", "asset", "destination", "requester", "purpose"]
+
+
+def _request_human(r: dict) -> None:
+    output.fields(r, ["id", "state", "kind", "asset", "destination", "requester", "purpose", "ttl_seconds",
+                      "result_replica"])
+    d = r.get("decision") or {}
+    for reason in d.get("reasons", []):
+        output.out.print(f"{'':>20}  · {reason}")
+    need = r.get("still_needed")
+    if need and need.get("approvals"):
+        output.out.print(f"{'still needed':>20}  {need['approvals']} of {need['of']} approvals from "
+                         f"{' or '.join(need['roles'])}{', distinct teams' if need['distinct_teams'] else ''}"
+                         f"{', with MFA' if need['mfa'] else ''}")
+    for ap in r.get("approvals", []):
+        output.out.print(f"{'approved by':>20}  {ap['approver']} ({ap['team']}){' with MFA' if ap['mfa'] else ''}")
+
+
+# -- policy ---------------------------------------------------------------------------------
+
+
+@command(policy_app, "show")
+def policy_show(ctx: Ctx) -> None:
+    """The active catalog: policies, approval rules, hash."""
+    d = policy.show(ctx.ws, ctx.token)
+
+    def human() -> None:
+        output.out.print(f"catalog {d['hash']}")
+        output.table(d["policies"], ["id", "effect", "reason"], "policies")
+        output.table(d["rules"], ["name", "approvals", "roles", "distinct_teams", "mfa", "max_ttl", "window"], "approval rules")
+
+    emit(ctx, d, human)
+
+
+@command(policy_app, "test")
+def policy_test(ctx: Ctx) -> None:
+    """Run the catalog's own cases; exit 1 on any mismatch."""
+    try:
+        r = policy.test(ctx.ws, ctx.token)
+    except policy.PolicyTestsFailed as exc:
+        if ctx.json:
+            output.emit_json({**exc.result, "error": exc.message, "exit_code": 1})
+            raise typer.Exit(1)
+        output.table(exc.result["results"], ["name", "passed", "detail"], "cases")
+        fail(ctx, exc.message, 1)
+        return
+    emit(ctx, r, lambda: output.out.print(f"{r['cases']} catalog cases pass ({r['hash'][:16]}…)"))
+
+
+@command(policy_app, "explain")
+def policy_explain(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="REQUEST")]) -> None:
+    """The decision for a request, the policies behind it, and the approvals still missing."""
+    r = requests.explain(ctx.ws, ctx.token, request_id)
+
+    def human() -> None:
+        for label, d in (("recorded", r["recorded"]), ("now", r["now"])):
+            if d:
+                output.out.print(f"{label}: {'allow' if d['allowed'] else 'deny'} by "
+                                 f"{', '.join(d['policy_ids']) or '(no policy)'} (catalog {d['catalog_hash'][:12]}…)")
+                for reason in d["reasons"]:
+                    output.out.print(f"  · {reason}")
+        if r["still_needed"]:
+            output.out.print(f"still needed: {r['still_needed']}")
+
+    emit(ctx, r, human)
+
+
+@command(policy_app, "propose")
+def policy_propose(ctx: Ctx, folder: Path, purpose: Annotated[str, typer.Option(help="Why the catalog changes.")]) -> None:
+    """Propose a new catalog (validated now; needs two security approvals)."""
+    r = policy.propose(ctx.ws, ctx.token, folder, purpose)
+    emit(ctx, r, lambda: output.out.print(f"proposal {r['proposal']}: catalog {r['hash'][:16]}… needs "
+                                          f"{r['approvals_needed']} security approvals"))
+
+
+@command(policy_app, "approve")
+def policy_approve(ctx: Ctx, proposal: str, otp: Annotated[Optional[str], typer.Option("--otp")] = None,
+                   comment: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Approve a catalog proposal (security role)."""
+    r = policy.approve(ctx.ws, ctx.token, proposal, otp, comment)
+    emit(ctx, r, lambda: output.out.print(f"proposal {proposal}: {r['approvals']} of {r['needed']} approvals"))
+
+
+@command(policy_app, "apply")
+def policy_apply(ctx: Ctx, proposal: str) -> None:
+    """Activate an approved proposal."""
+    r = policy.apply(ctx.ws, ctx.token, proposal)
+    emit(ctx, r, lambda: output.out.print(f"catalog {r['new_hash'][:16]}… is active (was {str(r['old_hash'])[:16]}…)"))
+
+
+# -- requests -------------------------------------------------------------------------------
+
+
+@command(request_app, "create")
+def request_create(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="ASSET[@VERSION]")],
+                   to: Annotated[str, typer.Option("--to", help="Destination zone.")],
+                   kind: Annotated[str, typer.Option(help="backup|dr|research|derivative|migration")],
+                   purpose: Annotated[str, typer.Option(help="Why this copy must exist.")],
+                   ttl: Annotated[Optional[str], typer.Option(help="How long the copy may live: 7d, 12h, ...")] = None,
+                   source: Annotated[Optional[str], typer.Option("--from", help="Source replica (default: primary).")] = None,
+                   break_glass: Annotated[bool, typer.Option("--break-glass", help="On-call DR without approvals; opens a review.")] = False,
+                   run: Annotated[bool, typer.Option("--run", help="Run at once if approved.")] = False) -> None:
+    """Ask for a copy; the policy decides at once."""
+    try:
+        r = requests.create(ctx.ws, ctx.token, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source,
+                            break_glass=break_glass)
+    except requests.RequestDenied as exc:
+        if ctx.json:
+            output.emit_json({"error": exc.message, "exit_code": exc.exit_code, "request": exc.request.id,
+                              "decision": exc.decision.to_dict()})
+            raise typer.Exit(exc.exit_code)
+        raise
+    if run and r["state"] == "approved":
+        r = _run(ctx, r["id"])
+    emit(ctx, r, lambda: _request_human(r))
+
+
+def _run(ctx: Ctx, request_id: str) -> dict:
+    bar = progress_bar(ctx, 1 << 40, "copying")
+    if bar is None:
+        return copies.run(ctx.ws, ctx.token, request_id)
+    with bar:
+        task = bar.add_task("copying", total=None)
+        return copies.run(ctx.ws, ctx.token, request_id, progress=lambda n: bar.advance(task, n))
+
+
+@command(request_app, "list")
+def request_list(ctx: Ctx, mine: Annotated[bool, typer.Option("--mine")] = False,
+                 awaiting_me: Annotated[bool, typer.Option("--awaiting-me")] = False,
+                 state: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """List requests."""
+    rows = requests.list_requests(ctx.ws, ctx.token, mine=mine, awaiting_me=awaiting_me, state=state)
+    emit(ctx, rows, lambda: output.table(rows, REQUEST_COLUMNS, "requests"))
+
+
+@command(request_app, "show")
+def request_show(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Show a request with its decision and approvals."""
+    r = requests.show_request(ctx.ws, ctx.token, request_id)
+    emit(ctx, r, lambda: _request_human(r))
+
+
+@command(request_app, "approve")
+def request_approve(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")],
+                    otp: Annotated[Optional[str], typer.Option("--otp", help="TOTP code.")] = None,
+                    comment: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Approve someone else's request."""
+    r = requests.approve(ctx.ws, ctx.token, request_id, otp=otp, comment=comment)
+    emit(ctx, r, lambda: _request_human(r))
+
+
+@command(request_app, "deny")
+def request_deny(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")],
+                 reason: Annotated[str, typer.Option()]) -> None:
+    """Deny a request."""
+    r = requests.deny(ctx.ws, ctx.token, request_id, reason)
+    emit(ctx, r, lambda: _request_human(r))
+
+
+@command(request_app, "cancel")
+def request_cancel(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Withdraw a request."""
+    r = requests.cancel(ctx.ws, ctx.token, request_id)
+    emit(ctx, r, lambda: _request_human(r))
+
+
+@command(request_app, "run")
+def request_run(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
+    """Make the copy of an approved request (resumes a copy that was cut short)."""
+    r = _run(ctx, request_id)
+    emit(ctx, r, lambda: (_request_human(r), output.out.print(f"{r['bytes']:,} bytes at {r['mb_per_s']} MB/s")))
+
+
+@command(request_app, "revoke")
+def request_revoke(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")],
+                   reason: Annotated[str, typer.Option()]) -> None:
+    """Shred every replica the request produced."""
+    r = copies.revoke(ctx.ws, ctx.token, request_id, reason)
+    emit(ctx, r, lambda: output.out.print(f"request {request_id}: shredded {len(r['shredded'])} replicas"))
+
+
+# -- MFA ------------------------------------------------------------------------------------
+
+
+@command(mfa_app, "enroll")
+def mfa_enroll(ctx: Ctx) -> None:
+    """Enrol a TOTP second factor; the secret is shown once."""
+    r = mfa.enroll(ctx.ws, ctx.token)
+    emit(ctx, r, lambda: output.out.print(f"secret (shown once): {r['secret']}\n{r['otpauth_uri']}"))
+
+
+@command(mfa_app, "verify")
+def mfa_verify(ctx: Ctx, code: str) -> None:
+    """Check a TOTP code."""
+    r = mfa.verify(ctx.ws, ctx.token, code)
+    emit(ctx, r, lambda: output.out.print("code accepted"))
+
+
+# -- reviews and exceptions -----------------------------------------------------------------
+
+
+@command(review_app, "list")
+def review_list(ctx: Ctx, open_only: Annotated[bool, typer.Option("--open")] = False) -> None:
+    """List reviews; open ones older than 24 h are overdue."""
+    rows = reviews.list_reviews(ctx.ws, ctx.token, open_only)
+    emit(ctx, rows, lambda: output.table(rows, ["id", "state", "overdue", "kind", "opened_by", "signed_by", "summary"], "reviews"))
+
+
+@command(review_app, "close")
+def review_close(ctx: Ctx, review_id: Annotated[str, typer.Argument(metavar="ID")],
+                 comment: Annotated[str, typer.Option()], otp: Annotated[Optional[str], typer.Option("--otp")] = None) -> None:
+    """Sign a review closed (two approvers close it)."""
+    r = reviews.close(ctx.ws, ctx.token, review_id, comment, otp)
+    emit(ctx, r, lambda: output.out.print(f"review {review_id}: {r['state']} (signed by {', '.join(r['signed_by'])})"))
+
+
+@command(exception_app, "propose")
+def exception_propose(ctx: Ctx, policy_id: Annotated[str, typer.Option("--policy")],
+                      asset: Annotated[str, typer.Option("--asset")], zone: Annotated[str, typer.Option("--zone")],
+                      justification: Annotated[str, typer.Option()],
+                      expires: Annotated[str, typer.Option(help="How long it lasts once active: 7d, 12h, ...")]) -> None:
+    """Propose switching one policy off for one asset and zone (needs two approvals)."""
+    r = exceptions.propose(ctx.ws, ctx.token, policy=policy_id, asset=asset, zone=zone, justification=justification,
+                           expires=expires)
+    emit(ctx, r, lambda: output.out.print(f"exception {r['id']} proposed: {r['policy']} off for {r['asset']} in {r['zone']}"))
+
+
+@command(exception_app, "approve")
+def exception_approve(ctx: Ctx, exception_id: Annotated[str, typer.Argument(metavar="ID")],
+                      otp: Annotated[Optional[str], typer.Option("--otp")] = None,
+                      comment: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Approve an exception."""
+    r = exceptions.approve(ctx.ws, ctx.token, exception_id, otp, comment)
+    emit(ctx, r, lambda: output.out.print(f"exception {exception_id}: {r['state']}"))
+
+
+@command(exception_app, "list")
+def exception_list(ctx: Ctx) -> None:
+    """List exceptions."""
+    rows = exceptions.list_exceptions(ctx.ws, ctx.token)
+    emit(ctx, rows, lambda: output.table(rows, ["id", "state", "policy", "asset", "zone", "expires_at", "approved_by"], "exceptions"))

@@ -1,0 +1,62 @@
+"""The facts a decision is made on: plain frozen dataclasses, no I/O.
+
+The service layer fills them from the store; the catalog turns them into Cedar entities and
+context. Keeping them separate from the domain objects means a decision can be reproduced
+(and tested from `tests.toml`) without a workspace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class ZoneFacts:
+    name: str
+    kind: str  # production | backup | dr | research | quarantine | archive
+    jurisdiction: str
+    security_level: int
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
+class AssetFacts:
+    name: str
+    classification: str  # public < internal < confidential < restricted < critical
+    jurisdictions: tuple[str, ...]
+    min_security_level: int
+    owner: str
+    size_bytes: int
+    unsafe: bool  # some file can only be loaded by unpickling
+    parameters: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrincipalFacts:
+    name: str
+    roles: tuple[str, ...]
+    team: str | None = None
+    attributes: dict[str, str] = field(default_factory=dict)  # Cedar entity tags (clearance, projects, ...)
+
+
+@dataclass(frozen=True, slots=True)
+class CopyFacts:
+    principal: PrincipalFacts
+    asset: AssetFacts
+    source: ZoneFacts
+    destination: ZoneFacts
+    kind: str  # backup | dr | research | derivative | migration
+    ttl_seconds: int | None
+    purpose: str
+    break_glass: bool = False
+    exceptions: frozenset[str] = frozenset()  # policy ids excepted for this asset and destination
+
+
+@dataclass(frozen=True, slots=True)
+class ApproveFacts:
+    approver: PrincipalFacts
+    requester: str
+    requester_team: str | None
+    asset: AssetFacts
+    destination: ZoneFacts
+    kind: str

@@ -1,0 +1,163 @@
+"""Running an approved request: spend its grant, copy under a fresh key, activate with an expiry.
+
+The grant is verified and spent in the same transaction that marks the request running, so a
+second run of the same grant finds it spent. The source key is unwrapped and the destination
+key created only through the grant (`keys/granted.py`). A copy killed part-way leaves a pending
+replica that `request run` resumes from its last complete chunk, or that `custody sweep` removes.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from custody.control.door import act, data_step
+from custody.control.services.assets import writer_tag
+from custody.control.services.requests import _current, show_request
+from custody.control.services.sweep import writer_alive
+from custody.control.store import repositories as repo
+from custody.control.store import requests_repo as rq
+from custody.control.store.db import purge_freed
+from custody.control.workspace import Workspace
+from custody.data import copier, replica_files
+from custody.domain.errors import Denied, InvalidState
+from custody.domain.manifest import Manifest
+from custody.domain.model import Replica, ReplicaKind, ReplicaState, new_id
+from custody.domain.requests import RequestKind, RequestState
+from custody.keys import bundle, granted
+from custody.keys.custodian import CustodianSigner
+
+RUNNERS = ("admin", "backup-operator")  # besides the requester
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def run(ws: Workspace, token: str | None, request_id: str, progress=None) -> dict:  # noqa: ANN001
+    with act(ws, token, "request.run", subject=request_id, request_id=request_id) as a:
+        request = _current(a.uow, request_id)
+        if request.requester != a.principal.name and not a.principal.has_role(*RUNNERS):
+            raise Denied("only the requester, an admin or a backup operator can run a request")
+        requester = repo.principal_by_name(a.uow, request.requester)
+        if requester.suspended:
+            raise Denied(f"requester {requester.name} is suspended: their grants are refused")
+        found = rq.grant_of(a.uow, request_id)
+        if found is None or request.state not in (RequestState.APPROVED, RequestState.RUNNING, RequestState.FAILED):
+            raise InvalidState(f"request {request_id} is {request.state.value}; only approved requests run")
+        grant_token, use_id, _ = found
+        custodian = ws.custodian()
+        source = repo.replica_by_id(a.uow, request.source_replica)
+        src_zone = repo.zone_by_name(a.uow, source.zone)
+        dst_zone = repo.zone_by_name(a.uow, request.destination_zone)
+        version = repo.version_by_id(a.uow, request.version_id)
+        if not source.readable:
+            raise InvalidState(f"source replica {source.id} is {source.state.value}")
+        src_wrapped = repo.data_key(a.uow, source.key_id)
+        if src_wrapped is None:
+            raise InvalidState(f"source replica {source.id}: its data key was shredded")
+        claims = granted.Expected(request_id=request.id, version_digest=request.version_digest,
+                                  source_replica=source.id, destination_zone=dst_zone.name)
+        src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
+        if request.state is RequestState.APPROVED:
+            rq.use_grant(a.uow, use_id, request.id)  # single use, in this transaction
+            _check_egress(a.uow, src_zone.name, version.total_size)
+            dst_id, dst_key_id = new_id(), new_id()
+            dst_dek, wrapped = granted.new_destination_key(custodian, grant_token, claims, dst_key_id)
+            repo.add_data_key(a.uow, wrapped)
+            repo.add_replica(a.uow, Replica(
+                id=dst_id, version_id=version.id, zone=dst_zone.name, kind=ReplicaKind(request.kind.value),
+                state=ReplicaState.PENDING, key_id=dst_key_id, created_by=request.requester, request_id=request.id,
+                writer=writer_tag()), request.asset)
+            rq.move_request(a.uow, request, RequestState.RUNNING, result_replica=dst_id)
+            resumed = False
+        else:
+            dst = repo.replica_by_id(a.uow, request.result_replica)
+            if dst.state is not ReplicaState.PENDING:
+                raise InvalidState(f"request {request_id}'s copy was swept ({dst.state.value}); nothing to resume")
+            if request.state is RequestState.RUNNING and writer_alive(dst.writer):
+                raise InvalidState(f"request {request_id} is already running ({dst.writer})")
+            granted.check(custodian, grant_token, claims, "wrap-destination")
+            dst_id, dst_key_id = dst.id, dst.key_id
+            dst_dek = custodian.unwrap(repo.data_key(a.uow, dst_key_id))
+            repo.set_replica_writer(a.uow, dst_id, writer_tag())
+            if request.state is RequestState.FAILED:
+                rq.move_request(a.uow, request, RequestState.RUNNING)
+            resumed = True
+        manifest = Manifest.from_json(version.manifest_json)
+        a.record(outcome="started", source=src_zone.name, destination=dst_zone.name,
+                 details={"replica": dst_id, "resumed": resumed, "bytes": version.total_size})
+        started = a
+
+    try:
+        with data_step(ws, started):
+            report = copier.copy_replica(ws.zone_storage(src_zone), source.id, source.key_id, src_dek, manifest,
+                                         ws.zone_storage(dst_zone), dst_id, dst_key_id, dst_dek, progress)
+    except BaseException as exc:
+        _mark_failed(ws, request_id, str(getattr(exc, "message", type(exc).__name__)))
+        raise
+
+    with act(ws, token, "request.run", subject=request_id, request_id=request_id,
+             source=src_zone.name, destination=dst_zone.name) as a:
+        request = rq.request_by_id(a.uow, request_id)
+        replica = repo.replica_by_id(a.uow, dst_id)
+        expires = None if request.kind is RequestKind.DR else _now() + timedelta(seconds=request.ttl_seconds or 0)
+        signed = bundle.sign_manifest(manifest, request.asset, CustodianSigner(ws.custodian()))
+        repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, bytes_sealed=report.bytes_sealed,
+                               bundle_json=signed.decode(), writer=None, expires_at=expires)
+        rq.add_egress(a.uow, src_zone.name, request_id, report.bytes)
+        rq.move_request(a.uow, request, RequestState.DONE)
+        mbps = report.bytes / 1e6 / report.seconds if report.seconds else None
+        a.record(details={"replica": dst_id, "bytes": report.bytes, "seconds": round(report.seconds, 3),
+                          "resumed_chunks": report.resumed_chunks, "expires_at": expires.isoformat() if expires else None})
+    out = show_request(ws, token, request_id)
+    out.update({"bytes": report.bytes, "seconds": round(report.seconds, 3), "mb_per_s": round(mbps, 1) if mbps else None,
+                "resumed_chunks": report.resumed_chunks})
+    return out
+
+
+def _check_egress(uow, zone: str, nbytes: int) -> None:  # noqa: ANN001
+    budget = rq.egress_budget(uow, zone)
+    if budget is None:
+        return
+    used = rq.egress_used(uow, zone, _now() - rq.HOUR)
+    if used + nbytes > budget:
+        raise Denied(f"zone {zone} egress budget: {used:,} of {budget:,} bytes used in the last hour; "
+                     f"this copy needs {nbytes:,} more; run it again later")
+
+
+def _mark_failed(ws: Workspace, request_id: str, error: str) -> None:
+    try:
+        with ws.uow() as uow:
+            request = rq.request_by_id(uow, request_id)
+            if request.state is RequestState.RUNNING:
+                rq.move_request(uow, request, RequestState.FAILED, error=error[:500])
+    except Exception:  # noqa: BLE001
+        pass  # a dead writer is found by `request run` (resume) or `custody sweep` all the same
+
+
+def revoke(ws: Workspace, token: str | None, request_id: str, reason: str) -> dict:
+    """Shred every replica the request produced: keys first, in one transaction; then the files."""
+    from custody.control.services.replicas import shred
+
+    if not reason or not reason.strip():
+        from custody.domain.errors import InvalidInput
+
+        raise InvalidInput("a revocation needs a reason")
+    with act(ws, token, "request.revoke", subject=request_id, request_id=request_id, rationale=reason) as a:
+        request = rq.request_by_id(a.uow, request_id)
+        if request.requester != a.principal.name and not a.principal.has_role("admin", "security"):
+            raise Denied("only the requester, an admin or security can revoke a request's copies")
+        shredded, zones = [], {}
+        for replica, _ in repo.list_replicas(a.uow):
+            if replica.request_id == request_id and replica.state is not ReplicaState.SHREDDED:
+                shred(a, replica)
+                shredded.append(replica.id)
+                zones[replica.id] = repo.zone_by_name(a.uow, replica.zone)
+        if request.state in (RequestState.AWAITING_APPROVAL, RequestState.APPROVED):
+            rq.move_request(a.uow, request, RequestState.CANCELLED)
+        a.record(details={"shredded": shredded})
+    purge_freed(ws.engine)
+    with data_step(ws, a):
+        for rid, zone in zones.items():
+            replica_files.delete_replica_files(ws.zone_storage(zone), rid)
+    return {"request": request_id, "shredded": shredded, "reason": reason}

@@ -1,0 +1,318 @@
+"""Copy requests: ask with a purpose, decide by policy, approve by others, then copy under a grant.
+
+create → decided at once (denied | awaiting_approval | approved); approvals are counted under
+the rule the decision chose; when enough count, a single-use grant is minted; `run` spends the
+grant, has the data plane copy into a fresh key, and activates the replica with its expiry.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from custody.control import views
+from custody.control.door import Act, act, data_step
+from custody.control.policy.catalog import parse_duration
+from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
+from custody.control.services import assets as asset_service
+from custody.control.services.policy import active_catalog
+from custody.control.services.signoffs import sign_off
+from custody.control.store import repositories as repo
+from custody.control.store import requests_repo as rq
+from custody.control.store.db import UnitOfWork
+from custody.control.workspace import Workspace
+from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
+from custody.domain.model import AssetVersion, Principal, ReplicaState, Zone, new_id
+from custody.domain.requests import Approval, Decision, Request, RequestKind, RequestState
+
+GRANT_WINDOW = timedelta(hours=24)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+# -- facts for policy ---------------------------------------------------------------------
+
+
+def principal_facts(p: Principal) -> PrincipalFacts:
+    return PrincipalFacts(name=p.name, roles=p.roles, team=p.team, attributes=dict(p.attributes))
+
+
+def zone_facts(z: Zone) -> ZoneFacts:
+    return ZoneFacts(name=z.name, kind=z.kind.value, jurisdiction=z.jurisdiction, security_level=z.security_level,
+                     region=z.region)
+
+
+def asset_facts(uow: UnitOfWork, name: str, v: AssetVersion) -> AssetFacts:
+    asset = repo.asset_by_name(uow, name)
+    return AssetFacts(name=name, classification=v.classification.value, jurisdictions=v.jurisdictions,
+                      min_security_level=v.min_security_level, owner=asset.owner, size_bytes=v.total_size,
+                      unsafe=v.unsafe, parameters=v.parameters)
+
+
+def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: str, version: AssetVersion, source_zone: Zone,
+            dest: Zone, kind: str, ttl: int | None, purpose: str, break_glass: bool) -> Decision:
+    facts = CopyFacts(
+        principal=principal_facts(principal), asset=asset_facts(uow, asset, version), source=zone_facts(source_zone),
+        destination=zone_facts(dest), kind=kind, ttl_seconds=ttl, purpose=purpose, break_glass=break_glass,
+        exceptions=rq.active_exceptions(uow, asset, dest.name, _now()),
+    )
+    return active_catalog(ws, uow).decide_copy(facts)
+
+
+# -- create -------------------------------------------------------------------------------
+
+
+def create(ws: Workspace, token: str | None, ref: str, *, to: str, kind: str, purpose: str, ttl: str | None = None,
+           source: str | None = None, break_glass: bool = False) -> dict:
+    with act(ws, token, "request.create", subject=ref, destination=to, rationale=purpose) as a:
+        try:
+            request_kind = RequestKind(kind)
+        except ValueError:
+            raise InvalidInput(f"unknown kind {kind!r}: one of {', '.join(k.value for k in RequestKind)}") from None
+        if not purpose or not purpose.strip():
+            raise InvalidInput("a request needs a purpose (--purpose)")
+        ttl_seconds = parse_duration(ttl) if ttl else None
+        if break_glass and request_kind is not RequestKind.DR:
+            raise InvalidInput("--break-glass is only for dr requests")
+        asset, version = asset_service.resolve_version(a.uow, ref)
+        dest = repo.zone_by_name(a.uow, to)
+        src = _source_replica(a.uow, asset.name, version, source)
+        src_zone = repo.zone_by_name(a.uow, src.zone)
+        decision = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, request_kind.value,
+                           ttl_seconds, purpose, break_glass)
+        if decision.allowed and ttl_seconds is None and request_kind is not RequestKind.DR:
+            ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
+            if ttl_seconds is None:
+                raise InvalidInput(f"{request_kind.value} copies need an expiry: pass --ttl")
+        request = Request(
+            id=new_id(), requester=a.principal.name, asset=asset.name, version_id=version.id,
+            version_digest=version.digest, source_replica=src.id, destination_zone=dest.name, kind=request_kind,
+            purpose=purpose.strip(), state=RequestState.PENDING, ttl_seconds=ttl_seconds, break_glass=break_glass,
+            decision=decision, created_at=_now(),
+        )
+        rq.add_request(a.uow, request)
+        a.subject = request.id
+        a.fields["policy_ids"] = decision.policy_ids
+        if not decision.allowed:
+            rq.move_request(a.uow, request, RequestState.DENIED)
+            a.record(outcome="denied", details={"reasons": list(decision.reasons), "asset": ref,
+                                                "catalog_hash": decision.catalog_hash})
+            denied = request
+        else:
+            denied = None
+            state = _after_decision(ws, a, request)
+            if break_glass:
+                _open_break_glass_review(a, request)
+            a.record(details={"state": state.value, "asset": ref, "kind": kind, "catalog_hash": decision.catalog_hash,
+                              "requirement": decision.requirement.to_dict() if decision.requirement else None})
+    if denied is not None:
+        raise RequestDenied(denied, decision)
+    return show_request(ws, token, request.id)
+
+
+class RequestDenied(Denied):
+    """A request policy refused; carries the request so callers can show its id and reasons."""
+
+    def __init__(self, request: Request, decision: Decision) -> None:
+        reasons = "; ".join(decision.reasons) or "no policy permits it"
+        super().__init__(f"request {request.id} denied: {reasons}")
+        self.request = request
+        self.decision = decision
+
+
+def _source_replica(uow: UnitOfWork, asset: str, version: AssetVersion, source: str | None):  # noqa: ANN202
+    if source:
+        replica = repo.replica_by_id(uow, source)
+        if replica.version_id != version.id:
+            raise InvalidInput(f"replica {source} holds another version of {asset}")
+        if not replica.readable:
+            raise InvalidState(f"replica {source} is {replica.state.value}")
+        return replica
+    active = [r for r, _ in repo.list_replicas(uow, asset=asset, state=ReplicaState.ACTIVE.value)
+              if r.version_id == version.id]
+    if not active:
+        raise NotFound(f"{asset}@{version.number} has no active replica to copy from")
+    primary = [r for r in active if r.kind.value == "primary"]
+    return (primary or active)[0]
+
+
+def _after_decision(ws: Workspace, a: Act, request: Request) -> RequestState:
+    req = request.decision.requirement
+    if req.approvals == 0:
+        _approve(ws, a.uow, request)
+        return RequestState.APPROVED
+    rq.move_request(a.uow, request, RequestState.AWAITING_APPROVAL,
+                    window_expires_at=_now() + timedelta(seconds=req.window_seconds))
+    return RequestState.AWAITING_APPROVAL
+
+
+def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> None:
+    """Enough approvals: mint the single-use grant and move to approved."""
+    from custody.control import grants
+
+    expires = _now() + GRANT_WINDOW
+    grant = grants.mint(ws.custodian().grant_root_key(), grants.GrantClaims(
+        request_id=request.id, version_digest=request.version_digest, source_replica=request.source_replica,
+        destination_zone=request.destination_zone, expires_at=expires))
+    rq.add_grant(uow, request.id, grant.token, grant.use_id, expires)
+    rq.move_request(uow, request, RequestState.APPROVED, grant_expires_at=expires)
+
+
+def _open_break_glass_review(a: Act, request: Request) -> None:
+    review = rq.add_review(a.uow, "break-glass", request.id, a.principal.name,
+                           f"break-glass {request.kind.value} of {request.asset} to {request.destination_zone} by "
+                           f"{a.principal.name}: {request.purpose}")
+    from custody.control.ledger import store as ledger
+
+    ledger.append(a.uow, actor=a.principal.name, action="alert.break_glass", outcome="raised", subject=request.id,
+                  destination=request.destination_zone, rationale=request.purpose, request_id=request.id,
+                  details={"review": review})
+
+
+# -- approvals ----------------------------------------------------------------------------
+
+
+def counting_approvals(uow: UnitOfWork, request: Request) -> list[Approval]:
+    """The approvals that count now under the request's rule: distinct, by approving roles, not by
+    the requester, with MFA where required, and not from principals suspended since."""
+    req = request.decision.requirement
+    counted: list[Approval] = []
+    teams: set[str | None] = set()
+    for ap in request.approvals:
+        who = repo.principal_by_name(uow, ap.approver, missing_ok=True)
+        if who is None or who.suspended or ap.approver == request.requester:
+            continue
+        if not any(r in req.roles for r in who.roles):
+            continue
+        if req.mfa and not ap.mfa_verified:
+            continue
+        if req.distinct_teams:
+            if ap.team in teams or ap.team is None:
+                continue
+            teams.add(ap.team)
+        counted.append(ap)
+    return counted
+
+
+def missing(uow: UnitOfWork, request: Request) -> dict:
+    req = request.decision.requirement if request.decision else None
+    if req is None:
+        return {}
+    have = len(counting_approvals(uow, request))
+    return {"approvals": max(0, req.approvals - have), "of": req.approvals, "roles": list(req.roles),
+            "distinct_teams": req.distinct_teams, "mfa": req.mfa}
+
+
+def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | None = None,
+            comment: str | None = None) -> dict:
+    with act(ws, token, "request.approve", subject=request_id, request_id=request_id) as a:
+        request = _current(a.uow, request_id)
+        if request.state is not RequestState.AWAITING_APPROVAL:
+            raise InvalidState(f"request {request_id} is {request.state.value}; only requests awaiting approval can be approved")
+        if request.requester == a.principal.name:
+            raise Denied("a requester never approves their own request")
+        version = repo.version_by_id(a.uow, request.version_id)
+        dest = repo.zone_by_name(a.uow, request.destination_zone)
+        requester = repo.principal_by_name(a.uow, request.requester)
+        decision = active_catalog(ws, a.uow).decide_approval(ApproveFacts(
+            approver=principal_facts(a.principal), requester=request.requester, requester_team=requester.team,
+            asset=asset_facts(a.uow, request.asset, version), destination=zone_facts(dest), kind=request.kind.value))
+        if not decision.allowed:
+            raise Denied("; ".join(decision.reasons) or "policy does not let this principal approve")
+        req = request.decision.requirement
+        if not any(r in req.roles for r in a.principal.roles):
+            raise Denied(f"approvals for this request come from {', '.join(req.roles)}")
+        approval = sign_off(ws, a, "request", request.id,
+                            {"request": request.id, "digest": request.version_digest,
+                             "destination": request.destination_zone},
+                            otp=otp, comment=comment, mfa_required=req.mfa)
+        request = rq.request_by_id(a.uow, request_id)
+        left = missing(a.uow, request)
+        if left["approvals"] == 0:
+            _approve(ws, a.uow, request)
+        a.record(details={"mfa": approval.mfa_verified, "still_needed": left, "signature": approval.signature[:24]})
+    return show_request(ws, token, request_id)
+
+
+def _current(uow: UnitOfWork, request_id: str) -> Request:
+    """The request, with an approval window or grant that has run out turned into `lapsed`."""
+    request = rq.request_by_id(uow, request_id)
+    now = _now()
+    lapsed = (request.state is RequestState.AWAITING_APPROVAL and request.window_expires_at
+              and request.window_expires_at <= now) or (
+        request.state is RequestState.APPROVED and request.grant_expires_at and request.grant_expires_at <= now)
+    if lapsed:
+        rq.move_request(uow, request, RequestState.LAPSED)
+        raise InvalidState(f"request {request_id} lapsed: its approval window or grant ran out")
+    return request
+
+
+def deny(ws: Workspace, token: str | None, request_id: str, reason: str) -> dict:
+    if not reason or not reason.strip():
+        raise InvalidInput("a denial needs a reason")
+    with act(ws, token, "request.deny", subject=request_id, request_id=request_id, rationale=reason) as a:
+        request = _current(a.uow, request_id)
+        if request.requester == a.principal.name:
+            raise InvalidInput("withdraw your own request with `request cancel`")
+        rq.move_request(a.uow, request, RequestState.DENIED, error=f"denied by {a.principal.name}: {reason}")
+    return show_request(ws, token, request_id)
+
+
+def cancel(ws: Workspace, token: str | None, request_id: str) -> dict:
+    with act(ws, token, "request.cancel", subject=request_id, request_id=request_id) as a:
+        request = rq.request_by_id(a.uow, request_id)
+        if request.requester != a.principal.name and not a.principal.has_role("admin"):
+            raise Denied("only the requester or an admin can cancel a request")
+        rq.move_request(a.uow, request, RequestState.CANCELLED)
+    return show_request(ws, token, request_id)
+
+
+# -- reading ------------------------------------------------------------------------------
+
+
+def view(uow: UnitOfWork, r: Request) -> dict:
+    return {
+        "id": r.id, "requester": r.requester, "asset": r.asset, "version_digest": r.version_digest,
+        "source_replica": r.source_replica, "destination": r.destination_zone, "kind": r.kind.value,
+        "purpose": r.purpose, "state": r.state.value, "ttl_seconds": r.ttl_seconds, "break_glass": r.break_glass,
+        "decision": r.decision.to_dict() if r.decision else None, "created_at": views.ts(r.created_at),
+        "window_expires_at": views.ts(r.window_expires_at), "grant_expires_at": views.ts(r.grant_expires_at),
+        "result_replica": r.result_replica,
+        "approvals": [{"approver": ap.approver, "team": ap.team, "at": views.ts(ap.at), "mfa": ap.mfa_verified,
+                       "comment": ap.comment} for ap in r.approvals],
+        "still_needed": missing(uow, r) if r.state is RequestState.AWAITING_APPROVAL else None,
+    }
+
+
+def show_request(ws: Workspace, token: str | None, request_id: str) -> dict:
+    with act(ws, token, "request.read", subject=request_id, request_id=request_id) as a:
+        out = view(a.uow, rq.request_by_id(a.uow, request_id))
+    return out
+
+
+def list_requests(ws: Workspace, token: str | None, *, mine: bool = False, awaiting_me: bool = False,
+                  state: str | None = None) -> list[dict]:
+    if state is not None and state not in {s.value for s in RequestState}:
+        raise InvalidInput(f"unknown request state {state!r}: one of {', '.join(s.value for s in RequestState)}")
+    with act(ws, token, "request.read") as a:
+        rows = rq.list_requests(a.uow, requester=a.principal.name if mine else None, state=state)
+        if awaiting_me:
+            rows = [r for r in rows if r.state is RequestState.AWAITING_APPROVAL and r.requester != a.principal.name
+                    and all(ap.approver != a.principal.name for ap in r.approvals)
+                    and any(role in r.decision.requirement.roles for role in a.principal.roles)]
+        return [view(a.uow, r) for r in rows]
+
+
+def explain(ws: Workspace, token: str | None, request_id: str) -> dict:
+    """The decision as recorded, the decision the catalog in force would give now, and what is missing."""
+    with act(ws, token, "policy.read", subject=request_id, request_id=request_id) as a:
+        r = rq.request_by_id(a.uow, request_id)
+        requester = repo.principal_by_name(a.uow, r.requester)
+        version = repo.version_by_id(a.uow, r.version_id)
+        src = repo.zone_by_name(a.uow, repo.replica_by_id(a.uow, r.source_replica).zone)
+        now = _decide(ws, a.uow, requester, r.asset, version, src, repo.zone_by_name(a.uow, r.destination_zone),
+                      r.kind.value, r.ttl_seconds, r.purpose, r.break_glass)
+        return {"request": r.id, "state": r.state.value, "recorded": r.decision.to_dict() if r.decision else None,
+                "now": now.to_dict(), "still_needed": missing(a.uow, r)}
+

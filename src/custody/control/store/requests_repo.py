@@ -1,0 +1,260 @@
+"""Reading and writing requests, sign-offs, grants, MFA seeds, reviews, exceptions and egress."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.exc import IntegrityError as DBIntegrityError
+
+from custody.control.store import schema as t
+from custody.control.store.db import UnitOfWork
+from custody.control.store.repositories import _utc, now
+from custody.domain.errors import InvalidState, NotFound
+from custody.domain.model import new_id
+from custody.domain.requests import (
+    Approval,
+    Decision,
+    ApprovalRequirement,
+    Request,
+    RequestKind,
+    RequestState,
+    check_move,
+)
+
+# -- requests -----------------------------------------------------------------------------
+
+
+def _decision(d: dict | None) -> Decision | None:
+    if not d:
+        return None
+    req = ApprovalRequirement.from_dict(d["requirement"]) if d.get("requirement") else None
+    return Decision(allowed=d["allowed"], policy_ids=tuple(d["policy_ids"]), reasons=tuple(d["reasons"]),
+                    requirement=req, catalog_hash=d["catalog_hash"], errors=tuple(d.get("errors", ())))
+
+
+def _request(uow: UnitOfWork, row) -> Request:  # noqa: ANN001
+    return Request(
+        id=row.id, requester=row.requester, asset=row.asset_name, version_id=row.version_id,
+        version_digest=row.version_digest, source_replica=row.source_replica, destination_zone=row.destination_zone,
+        kind=RequestKind(row.kind), purpose=row.purpose, state=RequestState(row.state), ttl_seconds=row.ttl_seconds,
+        break_glass=bool(row.break_glass), decision=_decision(row.decision), created_at=_utc(row.created_at),
+        window_expires_at=_utc(row.window_expires_at), grant_expires_at=_utc(row.grant_expires_at),
+        result_replica=row.result_replica, approvals=tuple(approvals(uow, "request", row.id)),
+    )
+
+
+def add_request(uow: UnitOfWork, r: Request) -> None:
+    uow.conn.execute(insert(t.requests).values(
+        id=r.id, requester=r.requester, asset_name=r.asset, version_id=r.version_id, version_digest=r.version_digest,
+        source_replica=r.source_replica, destination_zone=r.destination_zone, kind=r.kind.value, purpose=r.purpose,
+        state=r.state.value, ttl_seconds=r.ttl_seconds, break_glass=r.break_glass,
+        decision=r.decision.to_dict() if r.decision else None, created_at=now(), updated_at=now(),
+        window_expires_at=r.window_expires_at,
+    ))
+
+
+def request_by_id(uow: UnitOfWork, request_id: str) -> Request:
+    row = uow.conn.execute(select(t.requests).where(t.requests.c.id == request_id)).first()
+    if row is None:
+        raise NotFound(f"no request {request_id}")
+    return _request(uow, row)
+
+
+def list_requests(uow: UnitOfWork, *, requester: str | None = None, state: str | None = None) -> list[Request]:
+    q = select(t.requests).order_by(t.requests.c.created_at, t.requests.c.id)
+    if requester:
+        q = q.where(t.requests.c.requester == requester)
+    if state:
+        q = q.where(t.requests.c.state == state)
+    return [_request(uow, r) for r in uow.conn.execute(q)]
+
+
+def move_request(uow: UnitOfWork, request: Request, state: RequestState, **values) -> None:  # noqa: ANN003
+    check_move(request.state, state, request.id)
+    result = uow.conn.execute(
+        update(t.requests)
+        .where(t.requests.c.id == request.id, t.requests.c.state == request.state.value)
+        .values(state=state.value, updated_at=now(), **values)
+    )
+    if result.rowcount != 1:  # someone else moved it first: never act on a stale view
+        raise InvalidState(f"request {request.id} changed while this action ran; try again")
+
+
+# -- sign-offs (approvals of requests, proposals, exceptions; review closures) ----------------
+
+
+def add_signoff(uow: UnitOfWork, kind: str, subject_id: str, a: Approval) -> None:
+    try:
+        uow.conn.execute(insert(t.signoffs).values(
+            subject_kind=kind, subject_id=subject_id, principal=a.approver, team=a.team, roles=list(a.roles),
+            at=a.at, mfa_verified=a.mfa_verified, comment=a.comment, signature=a.signature,
+        ))
+    except DBIntegrityError:
+        raise InvalidState(f"{a.approver} has already signed off this {kind}") from None
+
+
+def approvals(uow: UnitOfWork, kind: str, subject_id: str) -> list[Approval]:
+    s = t.signoffs.c
+    rows = uow.conn.execute(select(t.signoffs).where(s.subject_kind == kind, s.subject_id == subject_id).order_by(s.at))
+    return [Approval(request_id=r.subject_id, approver=r.principal, team=r.team, roles=tuple(r.roles),
+                     at=_utc(r.at), mfa_verified=bool(r.mfa_verified), comment=r.comment, signature=r.signature)
+            for r in rows]
+
+
+# -- grants -------------------------------------------------------------------------------
+
+
+def add_grant(uow: UnitOfWork, request_id: str, token: str, use_id: str, expires_at: datetime) -> None:
+    uow.conn.execute(insert(t.grants).values(request_id=request_id, token=token, use_id=use_id,
+                                             expires_at=expires_at, created_at=now()))
+
+
+def grant_of(uow: UnitOfWork, request_id: str) -> tuple[str, str, datetime] | None:
+    row = uow.conn.execute(select(t.grants).where(t.grants.c.request_id == request_id)).first()
+    return None if row is None else (row.token, row.use_id, _utc(row.expires_at))
+
+
+def use_grant(uow: UnitOfWork, use_id: str, request_id: str) -> None:
+    """Spend a grant; a second spend of the same grant fails here, inside the caller's transaction."""
+    try:
+        uow.conn.execute(insert(t.grant_uses).values(use_id=use_id, request_id=request_id, used_at=now()))
+    except DBIntegrityError:
+        raise InvalidState("grant already used: grants are single use") from None
+
+
+def grant_used(uow: UnitOfWork, use_id: str) -> bool:
+    return uow.conn.execute(select(t.grant_uses.c.use_id).where(t.grant_uses.c.use_id == use_id)).first() is not None
+
+
+# -- MFA ----------------------------------------------------------------------------------
+
+
+def set_mfa(uow: UnitOfWork, principal: str, sealed: bytes) -> None:
+    uow.conn.execute(t.mfa.delete().where(t.mfa.c.principal == principal))
+    uow.conn.execute(insert(t.mfa).values(principal=principal, secret_sealed=sealed, enrolled_at=now(), last_step=None))
+
+
+def mfa_of(uow: UnitOfWork, principal: str) -> tuple[bytes, int | None] | None:
+    row = uow.conn.execute(select(t.mfa).where(t.mfa.c.principal == principal)).first()
+    return None if row is None else (bytes(row.secret_sealed), row.last_step)
+
+
+def spend_mfa_step(uow: UnitOfWork, principal: str, step: int) -> None:
+    """Accept a TOTP step only once and only moving forward: a replayed code fails."""
+    m = t.mfa.c
+    result = uow.conn.execute(
+        update(t.mfa).where(m.principal == principal, (m.last_step.is_(None)) | (m.last_step < step)).values(last_step=step)
+    )
+    if result.rowcount != 1:
+        raise InvalidState("this one-time code was already used")
+
+
+# -- reviews ------------------------------------------------------------------------------
+
+
+def add_review(uow: UnitOfWork, kind: str, request_id: str | None, opened_by: str, summary: str) -> str:
+    review_id = new_id()
+    uow.conn.execute(insert(t.reviews).values(id=review_id, kind=kind, request_id=request_id, opened_by=opened_by,
+                                              opened_at=now(), summary=summary))
+    return review_id
+
+
+def reviews(uow: UnitOfWork, open_only: bool = False) -> list[dict]:
+    q = select(t.reviews).order_by(t.reviews.c.opened_at)
+    if open_only:
+        q = q.where(t.reviews.c.closed_at.is_(None))
+    return [dict(r._mapping) | {"opened_at": _utc(r.opened_at), "closed_at": _utc(r.closed_at)}
+            for r in uow.conn.execute(q)]
+
+
+def review_by_id(uow: UnitOfWork, review_id: str) -> dict:
+    row = uow.conn.execute(select(t.reviews).where(t.reviews.c.id == review_id)).first()
+    if row is None:
+        raise NotFound(f"no review {review_id}")
+    return dict(row._mapping) | {"opened_at": _utc(row.opened_at), "closed_at": _utc(row.closed_at)}
+
+
+def close_review(uow: UnitOfWork, review_id: str) -> None:
+    uow.conn.execute(update(t.reviews).where(t.reviews.c.id == review_id).values(closed_at=now()))
+
+
+# -- exceptions ---------------------------------------------------------------------------
+
+
+def add_exception(uow: UnitOfWork, *, policy_id: str, asset: str, zone: str, justification: str, proposer: str,
+                  expires_at: datetime) -> str:
+    exc_id = new_id()
+    uow.conn.execute(insert(t.policy_exceptions).values(
+        id=exc_id, policy_id=policy_id, asset_name=asset, zone=zone, justification=justification, proposer=proposer,
+        state="proposed", expires_at=expires_at, created_at=now()))
+    return exc_id
+
+
+def exception_by_id(uow: UnitOfWork, exc_id: str) -> dict:
+    row = uow.conn.execute(select(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id)).first()
+    if row is None:
+        raise NotFound(f"no exception {exc_id}")
+    return dict(row._mapping) | {"expires_at": _utc(row.expires_at), "created_at": _utc(row.created_at)}
+
+
+def list_exceptions(uow: UnitOfWork) -> list[dict]:
+    rows = uow.conn.execute(select(t.policy_exceptions).order_by(t.policy_exceptions.c.created_at))
+    return [dict(r._mapping) | {"expires_at": _utc(r.expires_at), "created_at": _utc(r.created_at)} for r in rows]
+
+
+def set_exception_state(uow: UnitOfWork, exc_id: str, state: str) -> None:
+    uow.conn.execute(update(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id).values(state=state))
+
+
+def active_exceptions(uow: UnitOfWork, asset: str, zone: str, at: datetime) -> frozenset[str]:
+    e = t.policy_exceptions.c
+    rows = uow.conn.execute(select(e.policy_id).where(e.asset_name == asset, e.zone == zone, e.state == "active",
+                                                      e.expires_at > at))
+    return frozenset(r[0] for r in rows)
+
+
+# -- policy proposals ---------------------------------------------------------------------
+
+
+def add_proposal(uow: UnitOfWork, *, catalog_hash: str, files: dict[str, str], purpose: str, proposer: str) -> str:
+    pid = new_id()
+    uow.conn.execute(insert(t.policy_proposals).values(id=pid, catalog_hash=catalog_hash, files=files,
+                                                       purpose=purpose, proposer=proposer, state="proposed",
+                                                       created_at=now()))
+    return pid
+
+
+def proposal_by_id(uow: UnitOfWork, pid: str) -> dict:
+    row = uow.conn.execute(select(t.policy_proposals).where(t.policy_proposals.c.id == pid)).first()
+    if row is None:
+        raise NotFound(f"no policy proposal {pid}")
+    return dict(row._mapping)
+
+
+def set_proposal_state(uow: UnitOfWork, pid: str, state: str) -> None:
+    uow.conn.execute(update(t.policy_proposals).where(t.policy_proposals.c.id == pid).values(state=state))
+
+
+# -- egress -------------------------------------------------------------------------------
+
+
+def egress_used(uow: UnitOfWork, zone: str, since: datetime) -> int:
+    e = t.egress.c
+    return int(uow.conn.execute(select(func.coalesce(func.sum(e.bytes), 0)).where(e.zone == zone, e.at > since))
+               .scalar_one())
+
+
+def add_egress(uow: UnitOfWork, zone: str, request_id: str, nbytes: int) -> None:
+    uow.conn.execute(insert(t.egress).values(id=new_id(), zone=zone, request_id=request_id, bytes=nbytes, at=now()))
+
+
+def set_egress_budget(uow: UnitOfWork, zone: str, per_hour: int | None) -> None:
+    uow.conn.execute(update(t.zones).where(t.zones.c.name == zone).values(egress_bytes_per_hour=per_hour))
+
+
+def egress_budget(uow: UnitOfWork, zone: str) -> int | None:
+    return uow.conn.execute(select(t.zones.c.egress_bytes_per_hour).where(t.zones.c.name == zone)).scalar_one()
+
+
+HOUR = timedelta(hours=1)

@@ -1,0 +1,341 @@
+"""Governed copies end to end: decisions, separation of duties, MFA, grants, copies, expiry."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyotp
+import pytest
+from sqlalchemy import text
+
+import custody
+from conftest import Env, cli, events, register
+from custody.control import grants
+from custody.control.store import requests_repo as rq
+
+
+@dataclass
+class Team:
+    env: Env
+    tokens: dict[str, str]
+    secrets: dict[str, str]
+    replica: str
+    steps: dict[str, int]
+
+    def t(self, who: str) -> str:
+        return self.tokens[who]
+
+    def otp(self, who: str) -> str:
+        """A code for the next unused time step (codes are single use; the window allows ±1 step)."""
+        totp = pyotp.TOTP(self.secrets[who])
+        now = totp.timecode(datetime.now(timezone.utc))
+        step = max(now - 1, self.steps.get(who, -1) + 1)
+        assert step <= now + 1, "ran out of time steps for this principal in this window"
+        self.steps[who] = step
+        return totp.generate_otp(step)
+
+
+PEOPLE = {
+    "alice": ("researcher", "nlp"), "bob": ("ml-lead", "platform"), "carol": ("security", "security"),
+    "dave": ("backup-operator", "infra"), "erin": ("on-call", "infra"), "frank": ("ml-lead", "platform"),
+}
+
+
+@pytest.fixture
+def team(env: Env, model_dir: Path, tmp_path: Path) -> Team:
+    tokens, secrets = {"admin": env.token}, {}
+    for name, (role, team_name) in PEOPLE.items():
+        tokens[name] = cli("principal", "add", name, "--role", role, "--team", team_name, "--json",
+                           token=env.token).json["token"]
+    for name in ("bob", "carol", "frank"):
+        secrets[name] = cli("mfa", "enroll", "--json", token=tokens[name]).json["secret"]
+    cli("zone", "add", "eu-research", "--url", (tmp_path / "eu").as_uri(), "--kind", "research", "--region", "eu",
+        "--jurisdiction", "DE", "--security-level", "4", "--json", token=env.token)
+    reg = register(env, model_dir, "tiny", "--sensitivity", "confidential", "--jurisdiction", "US")
+    return Team(env, tokens, secrets, reg["replica"], {})
+
+
+def create(team: Team, who: str, *args: str):  # noqa: ANN201
+    return cli("request", "create", "tiny", *args, "--json", token=team.t(who))
+
+
+def test_backup_runs_without_approval(team: Team) -> None:
+    r = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "nightly", "--run")
+    assert r.code == 0, r.stdout
+    doc = r.json
+    assert doc["state"] == "done" and doc["decision"]["requirement"]["rule"] == "backup"
+    replica = cli("replica", "show", doc["result_replica"], "--json", token=team.t("admin")).json
+    assert replica["zone"] == "backup" and replica["kind"] == "backup" and replica["state"] == "active"
+    expires = datetime.fromisoformat(replica["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(days=399) < expires - datetime.now(timezone.utc) <= timedelta(days=400)
+    assert cli("replica", "verify", doc["result_replica"], "--json", token=team.t("admin")).code == 0
+    # a fresh data key: the copy's sealed files differ from the source's
+    assert replica["key_id"] != cli("replica", "show", team.replica, "--json", token=team.t("admin")).json["key_id"]
+
+
+def test_research_clone_needs_two_mfa_approvals_from_distinct_teams(team: Team) -> None:
+    r = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "eval of layer norms", "--ttl", "7d")
+    assert r.code == 0, r.stdout
+    req = r.json
+    assert req["state"] == "awaiting_approval"
+    assert req["still_needed"] == {"approvals": 2, "of": 2, "roles": ["ml-lead", "security"], "distinct_teams": True,
+                                   "mfa": True}
+    rid = req["id"]
+    assert cli("request", "list", "--awaiting-me", "--json", token=team.t("bob")).json[0]["id"] == rid
+    assert cli("request", "list", "--awaiting-me", "--json", token=team.t("alice")).json == []
+    # separation of duties
+    assert cli("request", "approve", rid, "--json", token=team.t("alice")).code == 3
+    assert cli("request", "approve", rid, "--json", token=team.t("bob")).code == 3  # MFA required
+    assert cli("request", "approve", rid, "--otp", "000000", "--json", token=team.t("bob")).code in (3, 6)
+    ok = cli("request", "approve", rid, "--otp", team.otp("bob"), "--comment", "fine", "--json", token=team.t("bob"))
+    assert ok.code == 0 and ok.json["still_needed"]["approvals"] == 1
+    assert cli("request", "approve", rid, "--otp", team.otp("bob"), "--json", token=team.t("bob")).code == 6
+    # same team as bob: signs, but does not count toward distinct teams
+    same_team = cli("request", "approve", rid, "--otp", team.otp("frank"), "--json", token=team.t("frank"))
+    assert same_team.code == 0 and same_team.json["still_needed"]["approvals"] == 1
+    done = cli("request", "approve", rid, "--otp", team.otp("carol"), "--json", token=team.t("carol"))
+    assert done.code == 0 and done.json["state"] == "approved"
+    ran = cli("request", "run", rid, "--json", token=team.t("alice"))
+    assert ran.code == 0, ran.stdout
+    clone = ran.json["result_replica"]
+    shown = cli("replica", "show", clone, "--json", token=team.t("admin")).json
+    assert shown["zone"] == "research" and shown["kind"] == "research"
+    expires = datetime.fromisoformat(shown["expires_at"].replace("Z", "+00:00"))
+    assert timedelta(days=6, hours=23) < expires - datetime.now(timezone.utc) <= timedelta(days=7)
+    tensors = custody.open_safetensors(clone, purpose="research eval", token=team.t("alice"))
+    assert "model.embed.weight" in tensors
+    # the approval events carry signatures; the run spent the grant
+    approvals = [e for e in events(team.env) if e["action"] == "request.approve" and e["outcome"] == "ok"]
+    assert len(approvals) == 3 and all(e["details"]["signature"] for e in approvals)
+    second = cli("request", "run", rid, "--json", token=team.t("alice"))
+    assert second.code == 6
+    assert events(team.env)[-1]["outcome"] == "invalid_state"
+    # revocation shreds what the request produced
+    rev = cli("request", "revoke", rid, "--reason", "study over", "--json", token=team.t("alice"))
+    assert rev.code == 0 and rev.json["shredded"] == [clone]
+    assert cli("replica", "verify", clone, "--json", token=team.t("admin")).code == 6
+
+
+def test_policy_refusals_name_their_reason(team: Team) -> None:
+    r = create(team, "alice", "--to", "eu-research", "--kind", "research", "--purpose", "x", "--ttl", "1d")
+    assert r.code == 3
+    assert "jurisdiction" in r.json["error"].lower() and r.json["decision"]["policy_ids"]
+    assert cli("request", "show", r.json["request"], "--json", token=team.t("alice")).json["state"] == "denied"
+    assert create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "90d").code == 3
+    assert create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x").code == 3  # no TTL
+    assert create(team, "alice", "--to", "backup", "--kind", "backup", "--purpose", "x").code == 3  # role
+    assert create(team, "alice", "--to", "prod", "--kind", "research", "--purpose", "x", "--ttl", "1d").code == 3
+    for args, code in [
+        (("--to", "research", "--kind", "theft", "--purpose", "x"), 2),
+        (("--to", "mars", "--kind", "research", "--purpose", "x", "--ttl", "1d"), 4),
+        (("--to", "research", "--kind", "research", "--purpose", " ", "--ttl", "1d"), 2),
+        (("--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "soon"), 2),
+        (("--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "-1d"), 2),
+        (("--to", "research", "--kind", "backup", "--purpose", "x", "--break-glass"), 2),
+    ]:
+        assert create(team, "alice", *args).code == code, args
+    assert cli("request", "create", "nothing", "--to", "research", "--kind", "research", "--purpose", "x",
+               "--json", token=team.t("alice")).code == 4
+    explained = cli("policy", "explain", r.json["request"], "--json", token=team.t("carol")).json
+    assert explained["recorded"]["allowed"] is False and explained["now"]["allowed"] is False
+
+
+def test_states_that_cannot_be_approved(team: Team) -> None:
+    denied = create(team, "alice", "--to", "eu-research", "--kind", "research", "--purpose", "x", "--ttl", "1d")
+    assert cli("request", "approve", denied.json["request"], "--otp", team.otp("bob"), "--json",
+               token=team.t("bob")).code == 6
+    pending = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d").json
+    assert cli("request", "cancel", pending["id"], "--json", token=team.t("bob")).code == 3
+    assert cli("request", "cancel", pending["id"], "--json", token=team.t("alice")).json["state"] == "cancelled"
+    assert cli("request", "approve", pending["id"], "--otp", team.otp("bob"), "--json", token=team.t("bob")).code == 6
+    done = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "x", "--run").json
+    assert cli("request", "approve", done["id"], "--json", token=team.t("bob")).code == 6
+    other = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "y", "--ttl", "1d").json
+    assert cli("request", "deny", other["id"], "--reason", "no", "--json", token=team.t("bob")).json["state"] == "denied"
+    assert cli("request", "run", other["id"], "--json", token=team.t("alice")).code == 6
+    assert cli("request", "show", "nope", "--json", token=team.t("alice")).code == 4
+
+
+def test_totp_codes_are_single_use(team: Team) -> None:
+    code = team.otp("bob")
+    assert cli("mfa", "verify", code, "--json", token=team.t("bob")).code == 0
+    assert cli("mfa", "verify", code, "--json", token=team.t("bob")).code == 6
+    assert cli("mfa", "verify", "12345", "--json", token=team.t("bob")).code == 2
+    wrong = str((int(team.otp("bob")) + 1) % 1_000_000).zfill(6)
+    assert cli("mfa", "verify", wrong, "--json", token=team.t("bob")).code in (3, 6)
+    assert cli("mfa", "verify", "123456", "--json", token=team.t("alice")).code == 3  # not enrolled
+
+
+def _approved_research(team: Team) -> str:
+    rid = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d").json["id"]
+    cli("request", "approve", rid, "--otp", team.otp("bob"), "--json", token=team.t("bob"))
+    assert cli("request", "approve", rid, "--otp", team.otp("carol"), "--json", token=team.t("carol")).json["state"] == "approved"
+    return rid
+
+
+def _set_token(team: Team, rid: str, token: str) -> None:
+    ws = team.env.open()
+    with ws.engine.begin() as conn:
+        conn.execute(text("UPDATE grants SET token = :t WHERE request_id = :r"), {"t": token, "r": rid})
+    ws.close()
+
+
+def _claims(team: Team, rid: str, **change) -> grants.GrantClaims:  # noqa: ANN003
+    r = cli("request", "show", rid, "--json", token=team.t("admin")).json
+    base = dict(request_id=rid, version_digest=r["version_digest"], source_replica=r["source_replica"],
+                destination_zone=r["destination"], expires_at=datetime.now(timezone.utc) + timedelta(hours=1))
+    base.update(change)
+    return grants.GrantClaims(**base)
+
+
+@pytest.mark.parametrize("forgery", ["other_key", "other_destination", "expired", "garbage", "narrowed"])
+def test_grant_forgeries_are_refused_and_ledgered(team: Team, forgery: str) -> None:
+    rid = _approved_research(team)
+    ws = team.env.open()
+    root = ws.custodian().grant_root_key()
+    ws.close()
+    if forgery == "other_key":
+        token = grants.mint(grants.new_root_key(), _claims(team, rid)).token
+    elif forgery == "other_destination":
+        token = grants.mint(root, _claims(team, rid, destination_zone="eu-research")).token
+    elif forgery == "expired":
+        token = grants.mint(root, _claims(team, rid, expires_at=datetime.now(timezone.utc) - timedelta(seconds=5))).token
+    elif forgery == "garbage":
+        token = "not-a-biscuit"
+    else:  # a holder narrowed the grant to unwrapping only: it can no longer create the destination key
+        ws = team.env.open()
+        with ws.uow(readonly=True) as uow:
+            real = rq.grant_of(uow, rid)[0]
+        ws.close()
+        token = grants.attenuate(real, grants.root_public_key(root), operation="unwrap-source")
+    _set_token(team, rid, token)
+    r = cli("request", "run", rid, "--json", token=team.t("alice"))
+    assert r.code == 3, r.stdout
+    assert "grant" in r.json["error"]
+    last = [e for e in events(team.env) if e["action"] == "request.run"][-1]
+    assert last["outcome"] == "denied" and "grant" in last["details"]["reason"]
+    assert cli("replica", "list", "--zone", "research", "--json", token=team.t("admin")).json == []
+
+
+def test_suspension_stops_approvals_and_grants(team: Team) -> None:
+    rid = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d").json["id"]
+    cli("request", "approve", rid, "--otp", team.otp("bob"), "--json", token=team.t("bob"))
+    cli("principal", "suspend", "bob", "--json", token=team.t("admin"))
+    r = cli("request", "show", rid, "--json", token=team.t("alice")).json
+    assert r["still_needed"]["approvals"] == 2  # bob's approval no longer counts
+    rid2 = _approved_research_by(team, "frank", "carol")
+    cli("principal", "suspend", "alice", "--json", token=team.t("admin"))
+    r = cli("request", "run", rid2, "--json", token=team.t("admin"))
+    assert r.code == 3 and "suspended" in r.json["error"]
+
+
+def _approved_research_by(team: Team, first: str, second: str) -> str:
+    rid = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "z", "--ttl", "1d").json["id"]
+    cli("request", "approve", rid, "--otp", team.otp(first), "--json", token=team.t(first))
+    assert cli("request", "approve", rid, "--otp", team.otp(second), "--json",
+               token=team.t(second)).json["state"] == "approved"
+    return rid
+
+
+def test_sweep_shreds_expired_copies_and_lapses_requests(team: Team) -> None:
+    done = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "x", "--ttl", "1d", "--run").json
+    waiting = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d").json
+    ws = team.env.open()
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    with ws.engine.begin() as conn:
+        conn.execute(text("UPDATE replicas SET expires_at = :t WHERE id = :i"), {"t": past, "i": done["result_replica"]})
+        conn.execute(text("UPDATE requests SET window_expires_at = :t WHERE id = :i"), {"t": past, "i": waiting["id"]})
+    ws.close()
+    r = cli("sweep", "--json", token=team.t("admin")).json
+    assert r["expired"] == [done["result_replica"]] and r["lapsed"] == [waiting["id"]]
+    assert cli("request", "show", waiting["id"], "--json", token=team.t("alice")).json["state"] == "lapsed"
+    assert cli("replica", "show", done["result_replica"], "--json", token=team.t("admin")).json["state"] == "shredded"
+
+
+def test_break_glass_dr_opens_a_review(team: Team) -> None:
+    assert create(team, "alice", "--to", "dr", "--kind", "dr", "--purpose", "x", "--break-glass").code == 3
+    r = create(team, "erin", "--to", "dr", "--kind", "dr", "--purpose", "prod region down", "--break-glass", "--run")
+    assert r.code == 0, r.stdout
+    assert r.json["state"] == "done"
+    assert [e["action"] for e in events(team.env)].count("alert.break_glass") == 1
+    review = cli("review", "list", "--open", "--json", token=team.t("carol")).json
+    assert len(review) == 1 and review[0]["overdue"] is False
+    rid = review[0]["id"]
+    assert cli("review", "close", rid, "--comment", "ok", "--json", token=team.t("erin")).code == 3
+    assert cli("review", "close", rid, "--comment", "ok", "--json", token=team.t("bob")).json["state"] == "open"
+    assert cli("review", "close", rid, "--comment", "ok", "--json", token=team.t("bob")).code == 6
+    assert cli("review", "close", rid, "--comment", "fine", "--json", token=team.t("carol")).json["state"] == "closed"
+    dr = cli("replica", "show", r.json["result_replica"], "--json", token=team.t("admin")).json
+    assert dr["expires_at"] is None  # DR replicas do not expire
+
+
+def test_exception_lets_one_denied_copy_through(team: Team) -> None:
+    denied = create(team, "alice", "--to", "eu-research", "--kind", "research", "--purpose", "x", "--ttl", "1d").json
+    policy_id = [p for p in denied["decision"]["policy_ids"] if "jurisdiction" in p][0]
+    e = cli("exception", "propose", "--policy", policy_id, "--asset", "tiny", "--zone", "eu-research",
+            "--justification", "EU partner study, legal ok'd", "--expires", "2d", "--json", token=team.t("bob"))
+    assert e.code == 0, e.stdout
+    exc = e.json["id"]
+    assert cli("exception", "approve", exc, "--json", token=team.t("bob")).code == 3  # own proposal
+    assert cli("exception", "approve", exc, "--json", token=team.t("carol")).json["state"] == "proposed"
+    assert cli("exception", "approve", exc, "--json", token=team.t("frank")).json["state"] == "active"
+    allowed = create(team, "alice", "--to", "eu-research", "--kind", "research", "--purpose", "x", "--ttl", "1d")
+    assert allowed.code == 0 and allowed.json["state"] == "awaiting_approval"
+    assert cli("exception", "list", "--json", token=team.t("alice")).json[0]["state"] == "active"
+    assert cli("exception", "propose", "--policy", "no-such-policy", "--asset", "tiny", "--zone", "eu-research",
+               "--justification", "x", "--expires", "1d", "--json", token=team.t("bob")).code == 4
+
+
+def test_egress_budget(team: Team) -> None:
+    assert cli("zone", "budget", "prod", "--bytes-per-hour", "1000", "--json", token=team.t("admin")).code == 0
+    r = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "x", "--run")
+    assert r.code == 3 and "egress budget" in r.json["error"]
+    cli("zone", "budget", "prod", "--bytes-per-hour", str(10**9), "--json", token=team.t("admin"))
+    rid = [x for x in cli("request", "list", "--json", token=team.t("dave")).json if x["state"] == "approved"][0]["id"]
+    assert cli("request", "run", rid, "--json", token=team.t("dave")).code == 0
+    shown = cli("zone", "show", "prod", "--json", token=team.t("admin")).json
+    assert shown["egress_used_last_hour"] > 0 and shown["egress_bytes_per_hour"] == 10**9
+
+
+def test_policy_catalog_changes_are_governed(team: Team, tmp_path: Path) -> None:
+    shown = cli("policy", "show", "--json", token=team.t("alice")).json
+    assert cli("policy", "test", "--json", token=team.t("alice")).json["failed"] == 0
+    new = tmp_path / "catalog"
+    import shutil
+
+    shutil.copytree(team.env.home / "policies", new)
+    rules = (new / "rules.toml").read_text().replace('max_ttl = "30d"', 'max_ttl = "14d"')
+    (new / "rules.toml").write_text(rules)
+    broken = tmp_path / "broken"
+    shutil.copytree(new, broken)
+    first = sorted(broken.glob("*.cedar"))[0]
+    first.write_text(first.read_text() + "\npermit(principal, action, resource) when { principal.nonexistent };\n")
+    assert cli("policy", "propose", str(broken), "--purpose", "x", "--json", token=team.t("carol")).code == 2
+    syntax = tmp_path / "syntax"
+    shutil.copytree(new, syntax)
+    (syntax / "bad.cedar").write_text("permit(principal,, action)")
+    assert cli("policy", "propose", str(syntax), "--purpose", "x", "--json", token=team.t("carol")).code == 2
+    p = cli("policy", "propose", str(new), "--purpose", "shorter research copies", "--json", token=team.t("carol")).json
+    carol2 = cli("principal", "add", "sam", "--role", "security", "--team", "security", "--json",
+                 token=team.t("admin")).json["token"]
+    assert cli("policy", "approve", p["proposal"], "--json", token=team.t("carol")).code == 3  # proposer
+    assert cli("policy", "approve", p["proposal"], "--json", token=team.t("bob")).code == 3  # not security
+    assert cli("policy", "apply", p["proposal"], "--json", token=team.t("carol")).code == 3  # no approvals yet
+    cli("policy", "approve", p["proposal"], "--json", token=carol2)
+    assert cli("policy", "apply", p["proposal"], "--json", token=team.t("carol")).code == 3  # one of two
+    third = cli("principal", "add", "sue", "--role", "security", "--team", "grc", "--json", token=team.t("admin")).json["token"]
+    cli("policy", "approve", p["proposal"], "--json", token=third)
+    applied = cli("policy", "apply", p["proposal"], "--json", token=team.t("carol"))
+    assert applied.code == 0 and applied.json["old_hash"] == shown["hash"] and applied.json["new_hash"] == p["hash"]
+    assert create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "20d").code == 3
+    ev = [e for e in events(team.env) if e["action"] == "policy.apply"][-1]
+    assert ev["details"]["old_hash"] == shown["hash"] and ev["details"]["new_hash"] == p["hash"]
+    # editing the active folder by hand makes every decision fail closed
+    active = team.env.home / "policies" / "rules.toml"
+    active.write_text(active.read_text() + "\n# sneaky\n")
+    r = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d")
+    assert r.code == 5 and "not the active one" in r.json["error"]
