@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from datetime import datetime, timedelta, timezone
 import json
 import shutil
 import struct
@@ -10,13 +11,16 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pyotp
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from rich.text import Text
 
 from custody.api import open_safetensors
 from custody.cli import output
 from custody.cli.common import Ctx, emit
-from custody.control.services import assets, audit, keys, principals, replicas, setup
+from custody.control.services import (
+    assets, audit, copies, keys, mfa, principals, replicas, requests, reviews, setup, sweep, zones,
+)
 from custody.control.workspace import Workspace
 from custody.domain.errors import CustodyError
 from custody.keys import bundle
@@ -49,6 +53,72 @@ def make_model(root: Path, shards: int = 3) -> dict[str, np.ndarray]:
     return every
 
 
+PEOPLE = (("lena", "ml-lead", "platform"), ("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
+          ("carol", "security", "security"), ("dave", "backup-operator", "infra"), ("erin", "on-call", "sre"))
+
+
+def _code(secret: str, used: dict[str, int], who: str) -> str:
+    """The authenticator app's code: the next time step this person has not used yet."""
+    totp = pyotp.TOTP(secret)
+    step = max(totp.timecode(datetime.now(timezone.utc)) - 1, used.get(who, -10) + 1)
+    used[who] = step
+    return totp.generate_otp(step)
+
+
+def _governed_copies(ws: Workspace, admin: str, people: dict[str, str], scratch: Path, say, facts: dict) -> None:  # noqa: ANN001
+    backup = requests.create(ws, people["dave"], "demo-llm", to="backup", kind="backup", purpose="nightly backup")
+    backup = copies.run(ws, people["dave"], backup["id"])
+    say(f"\n[bold]6. A backup.[/bold] dave (backup operator) asks for a backup: rule "
+        f"'{backup['decision']['requirement']['rule']}' needs no approval; copied under a fresh key into zone "
+        f"backup at {backup['mb_per_s']} MB/s, expiring in {backup['ttl_seconds'] // 86400} days.")
+
+    clone = requests.create(ws, people["alice"], "demo-llm", to="research", kind="research",
+                            purpose="evaluate layer-norm drift", ttl="7d")
+    need = clone["still_needed"]
+    say(f"\n[bold]7. A research clone.[/bold] alice asks for a 7-day clone: {need['of']} approvals from "
+        f"{' or '.join(need['roles'])}, distinct teams, with MFA.")
+    try:
+        requests.approve(ws, people["alice"], clone["id"])
+        self_ok = "ACCEPTED (this is a bug)"
+    except CustodyError as exc:
+        self_ok = f"refused ({exc.message})"
+    say(f"   alice approves her own request: {self_ok}.")
+    used: dict[str, int] = {}
+    secrets = {who: mfa.enroll(ws, people[who])["secret"] for who in ("bob", "carol")}
+    for who in ("bob", "carol"):
+        clone = requests.approve(ws, people[who], clone["id"], otp=_code(secrets[who], used, who), comment="ok")
+    clone = copies.run(ws, people["alice"], clone["id"])
+    facts["clone"] = clone["result_replica"]
+    say(f"   bob and carol approve with TOTP codes; the grant is spent and replica {clone['result_replica'][:8]}… "
+        "appears in zone research, expiring in 7 days.")
+
+    ws_zone = scratch / "eu-research"
+    zones.add_zone(ws, admin, name="eu-research", url=ws_zone.as_uri(), kind="research", region="eu-central",
+                   jurisdiction="DE", security_level=4)
+    try:
+        requests.create(ws, people["alice"], "demo-llm", to="eu-research", kind="research", purpose="EU study",
+                        ttl="7d")
+        refused = "ALLOWED (this is a bug)"
+    except requests.RequestDenied as exc:
+        refused = f"denied: {'; '.join(exc.decision.reasons)}"
+    facts["eu_copy"] = refused
+    say(f"\n[bold]8. A forbidden place.[/bold] alice asks for the same clone in Germany: {refused}")
+
+    later = datetime.now(timezone.utc) + timedelta(days=8)
+    swept = sweep.sweep(ws, admin, as_of=later)
+    facts["swept"] = swept["expired"]
+    say(f"\n[bold]9. Expiry.[/bold] Eight days later the sweeper shreds {len(swept['expired'])} expired replica: "
+        f"the clone's data key is destroyed{' (the clone among them)' if clone['result_replica'] in swept['expired'] else ''}.")
+
+    dr = requests.create(ws, people["erin"], "demo-llm", to="dr", kind="dr", purpose="prod region is down",
+                         break_glass=True)
+    dr = copies.run(ws, people["erin"], dr["id"])
+    open_reviews = reviews.list_reviews(ws, admin, open_only=True)
+    facts["open_reviews"] = len(open_reviews)
+    say(f"\n[bold]10. Break glass.[/bold] erin (on-call) restores to zone dr without approvals; an alert is "
+        f"ledgered and {len(open_reviews)} review stays open until two approvers close it.")
+
+
 def run_demo(ctx: Ctx, keep: Path | None) -> None:
     story: list[str] = []
     facts: dict = {}
@@ -66,8 +136,12 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
         init = setup.init_workspace(home, passphrase=None, demo=True)
         ws = Workspace.open(home)
         admin = init.admin_token
-        _, lead = principals.add_principal(ws, admin, name="lena", roles=["ml-lead"], team="platform", attributes={})
-        say("   lena (ml-lead, platform) joins; her token is shown once and stored only as a hash.")
+        people = {}
+        for name, role, team in PEOPLE:
+            _, people[name] = principals.add_principal(ws, admin, name=name, roles=[role], team=team, attributes={})
+        lead = people["lena"]
+        say("   " + ", ".join(f"{n} ({r}, {t})" for n, r, t in PEOPLE) + " join; each token is shown once and "
+            "stored only as a hash.")
 
         model = scratch / "demo-llm"
         model.mkdir()
@@ -106,9 +180,11 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
             f"{same}. The read is ledgered with its purpose.")
         facts["tensor_equal"] = same
 
+        _governed_copies(ws, admin, people, scratch, say, facts)
+
         rot = keys.rotate(ws, admin, "prod")
         ver = replicas.verify_replica(ws, admin, reg["replica"])
-        say(f"\n[bold]6. Key rotation.[/bold] prod's key-encryption key is now v{rot['kek_version']}; "
+        say(f"\n[bold]11. Key rotation.[/bold] prod's key-encryption key is now v{rot['kek_version']}; "
             f"{rot['rewrapped']} data key rewrapped, no byte of data re-encrypted; the replica still verifies "
             f"({ver['chunks']} chunks authenticated).")
 
@@ -120,11 +196,11 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
             refused = "NOT refused (this is a bug)"
         except CustodyError as exc:
             refused = f"refused: {exc.message}"
-        say(f"\n[bold]7. Shredding.[/bold] Revoking destroys the replica's data key first: reading it now is {refused}")
+        say(f"\n[bold]12. Shredding.[/bold] Revoking destroys the replica's data key first: reading it now is {refused}")
         facts["read_after_shred"] = refused
 
         result = audit.verify(ws, admin, saved=saved)
-        say(f"\n[bold]8. The ledger.[/bold] {result['tree_size']} events, every one a leaf of an RFC 6962 Merkle "
+        say(f"\n[bold]13. The ledger.[/bold] {result['tree_size']} events, every one a leaf of an RFC 6962 Merkle "
             f"tree; root {result['root'][:32]}… recomputed from the events, consistent with the checkpoint "
             "signed before the shred.")
         facts["ledger"] = result

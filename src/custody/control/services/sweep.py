@@ -37,10 +37,11 @@ def writer_alive(writer: str | None) -> bool:
     return True
 
 
-def sweep(ws: Workspace, token: str | None) -> dict:
-    now = datetime.now(timezone.utc)
+def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> dict:
+    """`as_of` sweeps as if it were that (later) time: how a drill or the demo shows expiry."""
+    now = as_of or datetime.now(timezone.utc)
     failed, expired = [], []
-    with act(ws, token, "sweep") as a:
+    with act(ws, token, "sweep", details={"as_of": as_of.isoformat()} if as_of else {}) as a:
         for replica, _ in repo.list_replicas(a.uow, state=ReplicaState.PENDING.value):
             age = now - (replica.created_at or now)
             if not writer_alive(replica.writer) or age > STALE_PENDING:
