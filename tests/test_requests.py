@@ -319,6 +319,14 @@ def test_policy_catalog_changes_are_governed(team: Team, tmp_path: Path) -> None
     shutil.copytree(new, syntax)
     (syntax / "bad.cedar").write_text("permit(principal,, action)")
     assert cli("policy", "propose", str(syntax), "--purpose", "x", "--json", token=team.t("carol")).code == 2
+    wrong = tmp_path / "wrong-case"
+    shutil.copytree(new, wrong)
+    cases = (wrong / "tests.toml").read_text()
+    assert "allow = true" in cases
+    (wrong / "tests.toml").write_text(cases.replace("allow = true", "allow = false", 1))
+    failed = cli("policy", "test", str(wrong), "--json", token=team.t("carol"))
+    assert failed.code == 1 and failed.json["failed"] >= 1
+    assert cli("policy", "test", str(new), "--json", token=team.t("carol")).json["failed"] == 0
     p = cli("policy", "propose", str(new), "--purpose", "shorter research copies", "--json", token=team.t("carol")).json
     carol2 = cli("principal", "add", "sam", "--role", "security", "--team", "security", "--json",
                  token=team.t("admin")).json["token"]
@@ -339,3 +347,97 @@ def test_policy_catalog_changes_are_governed(team: Team, tmp_path: Path) -> None
     active.write_text(active.read_text() + "\n# sneaky\n")
     r = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d")
     assert r.code == 5 and "not the active one" in r.json["error"]
+
+
+def _big_env_request(env: Env, tmp_path: Path, size: int) -> tuple[str, str]:
+    """A model of `size` bytes registered, and an approved backup request for it (dave's)."""
+    import numpy as np
+
+    from conftest import write_safetensors
+
+    path = tmp_path / "big.safetensors"
+    write_safetensors(path, {"w": np.random.default_rng(3).integers(0, 255, size=size, dtype=np.uint8)})
+    register(env, path, "big")
+    dave = cli("principal", "add", "dave", "--role", "backup-operator", "--team", "infra", "--json",
+               token=env.token).json["token"]
+    rid = cli("request", "create", "big", "--to", "backup", "--kind", "backup", "--purpose", "x", "--json",
+              token=dave).json["id"]
+    return rid, dave
+
+
+def test_killed_copy_resumes_and_sweep_cleans_dead_ones(env: Env, tmp_path: Path) -> None:
+    import signal
+    import subprocess
+
+    from conftest import CUSTODY_BIN
+
+    rid, dave = _big_env_request(env, tmp_path, 400 * 2**20)
+    proc = subprocess.Popen([CUSTODY_BIN, "request", "run", rid, "--json"], env=env.environ(CUSTODY_TOKEN=dave),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = env.home / "zones" / "backup" / "replicas"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        sealed = list(folder.rglob("*.sealed"))
+        if sealed and sealed[0].stat().st_size > 40 * 2**20:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    shown = cli("request", "show", rid, "--json", token=dave).json
+    assert shown["state"] == "running", "the kill came too late to test anything"
+    pending = shown["result_replica"]
+    assert cli("replica", "show", pending, "--json", token=env.token).json["state"] == "pending"
+    resumed = cli("request", "run", rid, "--json", token=dave)
+    assert resumed.code == 0, resumed.stdout
+    assert resumed.json["result_replica"] == pending and resumed.json["resumed_chunks"] > 0
+    assert cli("replica", "verify", pending, "--json", token=env.token).code == 0
+
+    # A second copy killed the same way, then swept instead of resumed: nothing is left behind.
+    rid2 = cli("request", "create", "big", "--to", "backup", "--kind", "backup", "--purpose", "y", "--json",
+               token=dave).json["id"]
+    proc = subprocess.Popen([CUSTODY_BIN, "request", "run", rid2, "--json"], env=env.environ(CUSTODY_TOKEN=dave),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        sealed = [p for p in folder.rglob("*.sealed") if pending not in str(p)]
+        if sealed and sealed[0].stat().st_size > 40 * 2**20:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    dead = cli("request", "show", rid2, "--json", token=dave).json["result_replica"]
+    swept = cli("sweep", "--json", token=env.token).json
+    assert swept["failed"] == [dead] and swept["removed"] == [f"backup/{dead}"]
+    assert sorted(p.name for p in folder.iterdir()) == [pending]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):  # noqa: ANN201
+    """A real 64 KiB file system, so a copy runs out of space for real."""
+    import subprocess
+
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True).returncode:
+        pytest.skip("mounting a tmpfs needs root")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_destination_out_of_space_fails_cleanly(env: Env, tmp_path: Path, tiny_disk: Path) -> None:
+    rid, dave = _big_env_request(env, tmp_path, 512 * 1024)
+    cli("zone", "add", "small", "--url", tiny_disk.as_uri(), "--kind", "backup", "--region", "r", "--jurisdiction",
+        "US", "--security-level", "4", "--json", token=env.token)
+    rid = cli("request", "create", "big", "--to", "small", "--kind", "backup", "--purpose", "x", "--json",
+              token=dave).json["id"]
+    r = cli("request", "run", rid, "--json", token=dave)
+    assert r.code == 1 and "destination zone is full" in r.json["error"] and "\n" not in r.json["error"]
+    shown = cli("request", "show", rid, "--json", token=dave).json
+    assert shown["state"] == "failed"
+    assert cli("replica", "list", "--zone", "small", "--state", "active", "--json", token=env.token).json == []
+    swept = cli("sweep", "--json", token=env.token).json
+    assert swept["failed"] == [shown["result_replica"]]
+    assert not list((tiny_disk / "replicas").iterdir())
+    # the request can be retried (into a fresh replica) once there is room: here there never is
+    again = cli("request", "run", rid, "--json", token=dave)
+    assert again.code == 1 and "full" in again.json["error"]

@@ -52,10 +52,10 @@ def policy_show(ctx: Ctx) -> None:
 
 
 @command(policy_app, "test")
-def policy_test(ctx: Ctx) -> None:
+def policy_test(ctx: Ctx, folder: Annotated[Optional[Path], typer.Argument(help="A candidate catalog folder (default: the active one).")] = None) -> None:
     """Run the catalog's own cases; exit 1 on any mismatch."""
     try:
-        r = policy.test(ctx.ws, ctx.token)
+        r = policy.test(ctx.ws, ctx.token, folder)
     except policy.PolicyTestsFailed as exc:
         if ctx.json:
             output.emit_json({**exc.result, "error": exc.message, "exit_code": 1})

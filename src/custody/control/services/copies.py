@@ -58,31 +58,34 @@ def run(ws: Workspace, token: str | None, request_id: str, progress=None) -> dic
         claims = granted.Expected(request_id=request.id, version_digest=request.version_digest,
                                   source_replica=source.id, destination_zone=dst_zone.name)
         src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
+        dst = repo.replica_by_id(a.uow, request.result_replica) if request.result_replica else None
+        if request.state is RequestState.RUNNING and dst is not None and writer_alive(dst.writer):
+            raise InvalidState(f"request {request_id} is already running ({dst.writer})")
         if request.state is RequestState.APPROVED:
             rq.use_grant(a.uow, use_id, request.id)  # single use, in this transaction
+        elif not rq.grant_used(a.uow, use_id):
+            raise InvalidState(f"request {request_id} has no spent grant to resume under")
+        if dst is not None and dst.state is ReplicaState.PENDING:
+            granted.check(custodian, grant_token, claims, "wrap-destination")
+            dst_id, dst_key_id = dst.id, dst.key_id
+            dst_dek = custodian.unwrap(repo.data_key(a.uow, dst_key_id))
+            repo.set_replica_writer(a.uow, dst_id, writer_tag())
+            resumed = True
+        else:  # a first run, or a retry after the sweeper removed a failed attempt
             _check_egress(a.uow, src_zone.name, version.total_size)
             dst_id, dst_key_id = new_id(), new_id()
+            repo.lock_zone(a.uow, dst_zone.name)
             dst_dek, wrapped = granted.new_destination_key(custodian, grant_token, claims, dst_key_id)
             repo.add_data_key(a.uow, wrapped)
             repo.add_replica(a.uow, Replica(
                 id=dst_id, version_id=version.id, zone=dst_zone.name, kind=ReplicaKind(request.kind.value),
                 state=ReplicaState.PENDING, key_id=dst_key_id, created_by=request.requester, request_id=request.id,
                 writer=writer_tag()), request.asset)
-            rq.move_request(a.uow, request, RequestState.RUNNING, result_replica=dst_id)
             resumed = False
-        else:
-            dst = repo.replica_by_id(a.uow, request.result_replica)
-            if dst.state is not ReplicaState.PENDING:
-                raise InvalidState(f"request {request_id}'s copy was swept ({dst.state.value}); nothing to resume")
-            if request.state is RequestState.RUNNING and writer_alive(dst.writer):
-                raise InvalidState(f"request {request_id} is already running ({dst.writer})")
-            granted.check(custodian, grant_token, claims, "wrap-destination")
-            dst_id, dst_key_id = dst.id, dst.key_id
-            dst_dek = custodian.unwrap(repo.data_key(a.uow, dst_key_id))
-            repo.set_replica_writer(a.uow, dst_id, writer_tag())
-            if request.state is RequestState.FAILED:
-                rq.move_request(a.uow, request, RequestState.RUNNING)
-            resumed = True
+        if request.state is not RequestState.RUNNING:
+            rq.move_request(a.uow, request, RequestState.RUNNING, result_replica=dst_id)
+        elif dst_id != request.result_replica:
+            rq.set_result_replica(a.uow, request.id, dst_id)
         manifest = Manifest.from_json(version.manifest_json)
         a.record(outcome="started", source=src_zone.name, destination=dst_zone.name,
                  details={"replica": dst_id, "resumed": resumed, "bytes": version.total_size})

@@ -54,9 +54,10 @@ def show(ws: Workspace, token: str | None) -> dict:
         return active_catalog(ws, a.uow).describe()
 
 
-def test(ws: Workspace, token: str | None) -> dict:
-    with act(ws, token, "policy.read", details={"what": "test"}) as a:
-        catalog = active_catalog(ws, a.uow)
+def test(ws: Workspace, token: str | None, folder: Path | None = None) -> dict:
+    """Run a catalog's own cases: the active one, or a candidate folder before proposing it."""
+    with act(ws, token, "policy.read", details={"what": "test", "folder": str(folder) if folder else None}) as a:
+        catalog = Catalog.load(folder) if folder else active_catalog(ws, a.uow)
         results = catalog.run_tests()
         failed = [r for r in results if not r.passed]
         out = {"hash": catalog.hash, "cases": len(results), "failed": len(failed),

@@ -44,7 +44,7 @@ def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> di
     with act(ws, token, "sweep", details={"as_of": as_of.isoformat()} if as_of else {}) as a:
         for replica, _ in repo.list_replicas(a.uow, state=ReplicaState.PENDING.value):
             age = now - (replica.created_at or now)
-            if not writer_alive(replica.writer) or age > STALE_PENDING:
+            if not writer_alive(replica.writer) or age > STALE_PENDING or _copy_failed(a.uow, replica):
                 repo.set_replica_state(a.uow, replica, ReplicaState.FAILED, writer=None)
                 repo.shred_data_key(a.uow, replica.key_id)
                 failed.append(replica.id)
@@ -73,6 +73,14 @@ def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> di
     if removed:
         record_after(ws, a, "ok", details={"removed": removed})
     return {"failed": failed, "expired": expired, "lapsed": lapsed, "removed": removed}
+
+
+def _copy_failed(uow, replica) -> bool:  # noqa: ANN001
+    """A copy whose request already failed (destination full, source tampered): nothing will finish it."""
+    from custody.control.store import requests_repo as rq
+    from custody.domain.requests import RequestState
+
+    return replica.request_id is not None and rq.request_by_id(uow, replica.request_id).state is RequestState.FAILED
 
 
 def _lapse_requests(uow, now: datetime) -> list[str]:  # noqa: ANN001

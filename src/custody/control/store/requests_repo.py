@@ -81,6 +81,11 @@ def move_request(uow: UnitOfWork, request: Request, state: RequestState, **value
         raise InvalidState(f"request {request.id} changed while this action ran; try again")
 
 
+def set_result_replica(uow: UnitOfWork, request_id: str, replica_id: str) -> None:
+    uow.conn.execute(update(t.requests).where(t.requests.c.id == request_id).values(result_replica=replica_id,
+                                                                                     updated_at=now()))
+
+
 # -- sign-offs (approvals of requests, proposals, exceptions; review closures) ----------------
 
 
