@@ -15,6 +15,12 @@ class RequestKind(str, Enum):
     RESEARCH = "research"
     DERIVATIVE = "derivative"
     MIGRATION = "migration"
+    RESTORE = "restore"  # a snapshot back into a zone: a copy like any other (T11)
+    DRILL = "drill"  # a DR drill's restore, shredded as soon as it is checked
+
+
+# Kinds whose copies do not expire: disaster-recovery replicas and restored replicas.
+NO_EXPIRY = frozenset({RequestKind.DR, RequestKind.RESTORE})
 
 
 class RequestState(str, Enum):
@@ -107,7 +113,7 @@ class Request:
     asset: str
     version_id: str
     version_digest: str
-    source_replica: str
+    source_replica: str | None  # what a copy or a backup reads
     destination_zone: str
     kind: RequestKind
     purpose: str
@@ -120,3 +126,10 @@ class Request:
     grant_expires_at: datetime | None = None
     result_replica: str | None = None
     approvals: tuple[Approval, ...] = field(default_factory=tuple)
+    source_snapshot: str | None = None  # what a restore or a drill reads
+    method: str = "replica"  # replica: a sealed copy; snapshot: a backup into a repository
+
+    @property
+    def source(self) -> str:
+        """The one source a grant is bound to."""
+        return self.source_snapshot or self.source_replica or ""

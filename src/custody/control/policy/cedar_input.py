@@ -14,7 +14,7 @@ from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, 
 from custody.control.policy.errors import PolicyError
 from custody.domain.model import Classification
 
-KINDS = ("backup", "dr", "research", "derivative", "migration")
+KINDS = ("backup", "dr", "research", "derivative", "migration", "restore", "drill")
 SENSITIVITY = {c.value: c.rank for c in Classification}  # public 0 ... critical 4
 
 COPY = {"type": "Action", "id": "copy"}

@@ -8,10 +8,13 @@ replica that `request run` resumes from its last complete chunk, or that `custod
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Callable
 
-from custody.control.door import act, data_step
+from custody.control.door import Act, act, data_step
 from custody.control.services.assets import writer_tag
+from custody.control.services.replicas import check_signed
 from custody.control.services.requests import _current, show_request
 from custody.control.services.sweep import writer_alive
 from custody.control.store import repositories as repo
@@ -22,7 +25,7 @@ from custody.data import copier, replica_files
 from custody.domain.errors import Denied, InvalidState
 from custody.domain.manifest import Manifest
 from custody.domain.model import Replica, ReplicaKind, ReplicaState, new_id
-from custody.domain.requests import RequestKind, RequestState
+from custody.domain.requests import NO_EXPIRY, Request, RequestState
 from custody.keys import bundle, granted
 from custody.keys.custodian import CustodianSigner
 
@@ -33,7 +36,22 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def run(ws: Workspace, token: str | None, request_id: str, progress=None) -> dict:  # noqa: ANN001
+@dataclass
+class Job:
+    """One request's data-plane work, prepared inside the run's first transaction."""
+
+    source_zone: str
+    details: dict
+    execute: Callable[[Progress | None], object]  # the data plane; returns a report with .bytes, .seconds
+    finish: Callable[[Act, Request, object], dict]  # state changes in the closing transaction
+    replica_id: str | None = None
+
+
+Progress = Callable[[int], None]
+
+
+def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | None = None) -> dict:
+    """The one door for running any approved request: a copy, a backup snapshot, a restore, a drill."""
     with act(ws, token, "request.run", subject=request_id, request_id=request_id) as a:
         request = _current(a.uow, request_id)
         if request.requester != a.principal.name and not a.principal.has_role(*RUNNERS):
@@ -45,77 +63,125 @@ def run(ws: Workspace, token: str | None, request_id: str, progress=None) -> dic
         if found is None or request.state not in (RequestState.APPROVED, RequestState.RUNNING, RequestState.FAILED):
             raise InvalidState(f"request {request_id} is {request.state.value}; only approved requests run")
         grant_token, use_id, _ = found
-        custodian = ws.custodian()
-        source = repo.replica_by_id(a.uow, request.source_replica)
-        src_zone = repo.zone_by_name(a.uow, source.zone)
-        dst_zone = repo.zone_by_name(a.uow, request.destination_zone)
-        version = repo.version_by_id(a.uow, request.version_id)
-        if not source.readable:
-            raise InvalidState(f"source replica {source.id} is {source.state.value}")
-        src_wrapped = repo.data_key(a.uow, source.key_id)
-        if src_wrapped is None:
-            raise InvalidState(f"source replica {source.id}: its data key was shredded")
         claims = granted.Expected(request_id=request.id, version_digest=request.version_digest,
-                                  source_replica=source.id, destination_zone=dst_zone.name)
-        src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
-        dst = repo.replica_by_id(a.uow, request.result_replica) if request.result_replica else None
-        if request.state is RequestState.RUNNING and dst is not None and writer_alive(dst.writer):
-            raise InvalidState(f"request {request_id} is already running ({dst.writer})")
+                                  source_replica=request.source, destination_zone=request.destination_zone)
+        granted.check(ws.custodian(), grant_token, claims, "unwrap-source")
         if request.state is RequestState.APPROVED:
             rq.use_grant(a.uow, use_id, request.id)  # single use, in this transaction
         elif not rq.grant_used(a.uow, use_id):
             raise InvalidState(f"request {request_id} has no spent grant to resume under")
-        if dst is not None and dst.state is ReplicaState.PENDING:
-            granted.check(custodian, grant_token, claims, "wrap-destination")
-            dst_id, dst_key_id = dst.id, dst.key_id
-            dst_dek = custodian.unwrap(repo.data_key(a.uow, dst_key_id))
-            repo.set_replica_writer(a.uow, dst_id, writer_tag())
-            resumed = True
-        else:  # a first run, or a retry after the sweeper removed a failed attempt
-            _check_egress(a.uow, src_zone.name, version.total_size)
-            dst_id, dst_key_id = new_id(), new_id()
-            repo.lock_zone(a.uow, dst_zone.name)
-            dst_dek, wrapped = granted.new_destination_key(custodian, grant_token, claims, dst_key_id)
-            repo.add_data_key(a.uow, wrapped)
-            repo.add_replica(a.uow, Replica(
-                id=dst_id, version_id=version.id, zone=dst_zone.name, kind=ReplicaKind(request.kind.value),
-                state=ReplicaState.PENDING, key_id=dst_key_id, created_by=request.requester, request_id=request.id,
-                writer=writer_tag()), request.asset)
-            resumed = False
+        job = _prepare(ws, a, request, grant_token, claims)
         if request.state is not RequestState.RUNNING:
-            rq.move_request(a.uow, request, RequestState.RUNNING, result_replica=dst_id)
-        elif dst_id != request.result_replica:
-            rq.set_result_replica(a.uow, request.id, dst_id)
-        manifest = Manifest.from_json(version.manifest_json)
-        a.record(outcome="started", source=src_zone.name, destination=dst_zone.name,
-                 details={"replica": dst_id, "resumed": resumed, "bytes": version.total_size})
+            rq.move_request(a.uow, request, RequestState.RUNNING, result_replica=job.replica_id)
+        elif job.replica_id and job.replica_id != request.result_replica:
+            rq.set_result_replica(a.uow, request.id, job.replica_id)
+        a.record(outcome="started", source=job.source_zone, destination=request.destination_zone, details=job.details)
         started = a
 
     try:
         with data_step(ws, started):
-            report = copier.copy_replica(ws.zone_storage(src_zone), source.id, source.key_id, src_dek, manifest,
-                                         ws.zone_storage(dst_zone), dst_id, dst_key_id, dst_dek, progress)
+            report = job.execute(progress)
     except BaseException as exc:
         _mark_failed(ws, request_id, str(getattr(exc, "message", type(exc).__name__)))
         raise
 
-    with act(ws, token, "request.run", subject=request_id, request_id=request_id,
-             source=src_zone.name, destination=dst_zone.name) as a:
+    with act(ws, token, "request.run", subject=request_id, request_id=request_id, source=job.source_zone,
+             destination=started.fields.get("destination")) as a:
         request = rq.request_by_id(a.uow, request_id)
-        replica = repo.replica_by_id(a.uow, dst_id)
-        expires = None if request.kind is RequestKind.DR else _now() + timedelta(seconds=request.ttl_seconds or 0)
-        signed = bundle.sign_manifest(manifest, request.asset, CustodianSigner(ws.custodian()))
-        repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, bytes_sealed=report.bytes_sealed,
-                               bundle_json=signed.decode(), writer=None, expires_at=expires)
-        rq.add_egress(a.uow, src_zone.name, request_id, report.bytes)
+        extra = job.finish(a, request, report)
+        rq.add_egress(a.uow, job.source_zone, request_id, report.bytes)
         rq.move_request(a.uow, request, RequestState.DONE)
-        mbps = report.bytes / 1e6 / report.seconds if report.seconds else None
-        a.record(details={"replica": dst_id, "bytes": report.bytes, "seconds": round(report.seconds, 3),
-                          "resumed_chunks": report.resumed_chunks, "expires_at": expires.isoformat() if expires else None})
+        extra.update({"bytes": report.bytes, "seconds": round(report.seconds, 3),
+                      "mb_per_s": round(report.bytes / 1e6 / report.seconds, 1) if report.seconds else None})
+        a.record(details=extra)
     out = show_request(ws, token, request_id)
-    out.update({"bytes": report.bytes, "seconds": round(report.seconds, 3), "mb_per_s": round(mbps, 1) if mbps else None,
-                "resumed_chunks": report.resumed_chunks})
+    out.update(extra)
     return out
+
+
+def _prepare(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected) -> Job:
+    if request.method == "snapshot":
+        from custody.control.services.backups import prepare_snapshot
+
+        return prepare_snapshot(ws, a, request, grant_token, claims)
+    if request.source_snapshot:
+        from custody.control.services.restores import prepare_restore
+
+        return prepare_restore(ws, a, request, grant_token, claims)
+    return _prepare_copy(ws, a, request, grant_token, claims)
+
+
+def _prepare_copy(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected) -> Job:
+    custodian = ws.custodian()
+    source = repo.replica_by_id(a.uow, request.source_replica)
+    src_zone = repo.zone_by_name(a.uow, source.zone)
+    version = repo.version_by_id(a.uow, request.version_id)
+    if not source.readable:
+        raise InvalidState(f"source replica {source.id} is {source.state.value}")
+    src_wrapped = repo.data_key(a.uow, source.key_id)
+    if src_wrapped is None:
+        raise InvalidState(f"source replica {source.id}: its data key was shredded")
+    manifest = Manifest.from_json(version.manifest_json)
+    check_signed(ws, repo.replica_bundle(a.uow, source.id) or version.bundle_json, manifest, f"replica {source.id}")
+    src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
+    dst = destination(ws, a, request, grant_token, claims, ReplicaKind(request.kind.value), src_zone.name,
+                      version.total_size)
+    dst_zone = repo.zone_by_name(a.uow, request.destination_zone)
+
+    def execute(progress: Progress | None):  # noqa: ANN202
+        return copier.copy_replica(ws.zone_storage(src_zone), source.id, source.key_id, src_dek, manifest,
+                                   ws.zone_storage(dst_zone), dst.id, dst.key_id, dst.dek, progress)
+
+    def finish(a: Act, request: Request, report) -> dict:  # noqa: ANN001
+        out = activate(ws, a, request, dst.id, manifest, report.bytes_sealed)
+        out["resumed_chunks"] = report.resumed_chunks
+        return out
+
+    return Job(src_zone.name, {"replica": dst.id, "resumed": dst.resumed, "bytes": version.total_size},
+               execute, finish, dst.id)
+
+
+@dataclass(frozen=True)
+class Destination:
+    id: str
+    key_id: str
+    dek: bytes
+    resumed: bool
+
+
+def destination(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected,
+                kind: ReplicaKind, egress_zone: str, nbytes: int) -> Destination:
+    """The pending replica a copy or restore writes into: resumed if one is left, else a fresh one
+    whose data key is created only through the grant."""
+    custodian = ws.custodian()
+    dst = repo.replica_by_id(a.uow, request.result_replica) if request.result_replica else None
+    if request.state is RequestState.RUNNING and dst is not None and writer_alive(dst.writer):
+        raise InvalidState(f"request {request.id} is already running ({dst.writer})")
+    if dst is not None and dst.state is ReplicaState.PENDING:
+        granted.check(custodian, grant_token, claims, "wrap-destination")
+        repo.set_replica_writer(a.uow, dst.id, writer_tag())
+        return Destination(dst.id, dst.key_id, custodian.unwrap(repo.data_key(a.uow, dst.key_id)), True)
+    # a first run, or a retry after the sweeper removed a failed attempt
+    _check_egress(a.uow, egress_zone, nbytes)
+    dst_id, dst_key_id = new_id(), new_id()
+    repo.lock_zone(a.uow, request.destination_zone)
+    dek, wrapped = granted.new_destination_key(custodian, grant_token, claims, dst_key_id)
+    repo.add_data_key(a.uow, wrapped)
+    repo.add_replica(a.uow, Replica(
+        id=dst_id, version_id=request.version_id, zone=request.destination_zone, kind=kind,
+        state=ReplicaState.PENDING, key_id=dst_key_id, created_by=request.requester, request_id=request.id,
+        writer=writer_tag()), request.asset)
+    return Destination(dst_id, dst_key_id, dek, False)
+
+
+def activate(ws: Workspace, a: Act, request: Request, replica_id: str, manifest: Manifest, bytes_sealed: int) -> dict:
+    """A written and checked replica becomes active, with its own signed manifest and its expiry."""
+    replica = repo.replica_by_id(a.uow, replica_id)
+    expires = None if request.kind in NO_EXPIRY else _now() + timedelta(seconds=request.ttl_seconds or 0)
+    signed = bundle.sign_manifest(manifest, request.asset, CustodianSigner(ws.custodian()))
+    repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, bytes_sealed=bytes_sealed,
+                           bundle_json=signed.decode(), writer=None, expires_at=expires)
+    return {"replica": replica_id, "expires_at": expires.isoformat() if expires else None}
 
 
 def _check_egress(uow, zone: str, nbytes: int) -> None:  # noqa: ANN001

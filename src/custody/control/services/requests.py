@@ -22,7 +22,7 @@ from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
 from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
 from custody.domain.model import AssetVersion, Principal, ReplicaState, Zone, new_id
-from custody.domain.requests import Approval, Decision, Request, RequestKind, RequestState
+from custody.domain.requests import NO_EXPIRY, Approval, Decision, Request, RequestKind, RequestState
 
 GRANT_WINDOW = timedelta(hours=24)
 
@@ -63,9 +63,11 @@ def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: str, ve
 # -- create -------------------------------------------------------------------------------
 
 
-def create(ws: Workspace, token: str | None, ref: str, *, to: str, kind: str, purpose: str, ttl: str | None = None,
-           source: str | None = None, break_glass: bool = False) -> dict:
-    with act(ws, token, "request.create", subject=ref, destination=to, rationale=purpose) as a:
+def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: str, purpose: str,
+           ttl: str | None = None, source: str | None = None, break_glass: bool = False,
+           snapshot: str | None = None, method: str = "replica") -> dict:
+    """Ask for a copy of ASSET[@VERSION] (from a replica), or a restore of a snapshot (`snapshot`)."""
+    with act(ws, token, "request.create", subject=ref or snapshot, destination=to, rationale=purpose) as a:
         try:
             request_kind = RequestKind(kind)
         except ValueError:
@@ -75,21 +77,26 @@ def create(ws: Workspace, token: str | None, ref: str, *, to: str, kind: str, pu
         ttl_seconds = parse_duration(ttl) if ttl else None
         if break_glass and request_kind is not RequestKind.DR:
             raise InvalidInput("--break-glass is only for dr requests")
-        asset, version = asset_service.resolve_version(a.uow, ref)
+        if snapshot:
+            asset, version, src_zone, src_replica_id = _source_snapshot(a.uow, snapshot)
+        else:
+            asset, version = asset_service.resolve_version(a.uow, ref)
+            src = _source_replica(a.uow, asset.name, version, source)
+            src_zone, src_replica_id = repo.zone_by_name(a.uow, src.zone), src.id
+        if (snapshot is not None) != (request_kind in SNAPSHOT_KINDS):
+            raise InvalidInput("restore and drill requests read a snapshot; other kinds read a replica")
         dest = repo.zone_by_name(a.uow, to)
-        src = _source_replica(a.uow, asset.name, version, source)
-        src_zone = repo.zone_by_name(a.uow, src.zone)
         decision = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, request_kind.value,
                            ttl_seconds, purpose, break_glass)
-        if decision.allowed and ttl_seconds is None and request_kind is not RequestKind.DR:
+        if decision.allowed and ttl_seconds is None and request_kind not in NO_EXPIRY:
             ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
             if ttl_seconds is None:
                 raise InvalidInput(f"{request_kind.value} copies need an expiry: pass --ttl")
         request = Request(
             id=new_id(), requester=a.principal.name, asset=asset.name, version_id=version.id,
-            version_digest=version.digest, source_replica=src.id, destination_zone=dest.name, kind=request_kind,
-            purpose=purpose.strip(), state=RequestState.PENDING, ttl_seconds=ttl_seconds, break_glass=break_glass,
-            decision=decision, created_at=_now(),
+            version_digest=version.digest, source_replica=src_replica_id, destination_zone=dest.name,
+            kind=request_kind, purpose=purpose.strip(), state=RequestState.PENDING, ttl_seconds=ttl_seconds,
+            break_glass=break_glass, decision=decision, created_at=_now(), source_snapshot=snapshot, method=method,
         )
         rq.add_request(a.uow, request)
         a.subject = request.id
@@ -119,6 +126,21 @@ class RequestDenied(Denied):
         super().__init__(f"request {request.id} denied: {reasons}")
         self.request = request
         self.decision = decision
+
+
+SNAPSHOT_KINDS = frozenset({RequestKind.RESTORE, RequestKind.DRILL})
+
+
+def _source_snapshot(uow: UnitOfWork, snapshot_id: str):  # noqa: ANN202
+    from custody.control.store import backups_repo as br
+
+    snap = br.snapshot_by_id(uow, snapshot_id)
+    if snap.state != "active":
+        raise InvalidState(f"snapshot {snapshot_id} is {snap.state}")
+    asset = repo.asset_by_name(uow, snap.asset)
+    version = repo.version_by_id(uow, snap.version_id)
+    zone = repo.zone_by_name(uow, br.repository_by_id(uow, snap.repo_id)["zone"])
+    return asset, version, zone, None
 
 
 def _source_replica(uow: UnitOfWork, asset: str, version: AssetVersion, source: str | None):  # noqa: ANN202
@@ -153,7 +175,7 @@ def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> None:
 
     expires = _now() + GRANT_WINDOW
     grant = grants.mint(ws.custodian().grant_root_key(), grants.GrantClaims(
-        request_id=request.id, version_digest=request.version_digest, source_replica=request.source_replica,
+        request_id=request.id, version_digest=request.version_digest, source_replica=request.source,
         destination_zone=request.destination_zone, expires_at=expires))
     rq.add_grant(uow, request.id, grant.token, grant.use_id, expires)
     rq.move_request(uow, request, RequestState.APPROVED, grant_expires_at=expires)
@@ -274,7 +296,8 @@ def cancel(ws: Workspace, token: str | None, request_id: str) -> dict:
 def view(uow: UnitOfWork, r: Request) -> dict:
     return {
         "id": r.id, "requester": r.requester, "asset": r.asset, "version_digest": r.version_digest,
-        "source_replica": r.source_replica, "destination": r.destination_zone, "kind": r.kind.value,
+        "source_replica": r.source_replica, "source_snapshot": r.source_snapshot, "method": r.method,
+        "destination": r.destination_zone, "kind": r.kind.value,
         "purpose": r.purpose, "state": r.state.value, "ttl_seconds": r.ttl_seconds, "break_glass": r.break_glass,
         "decision": r.decision.to_dict() if r.decision else None, "created_at": views.ts(r.created_at),
         "window_expires_at": views.ts(r.window_expires_at), "grant_expires_at": views.ts(r.grant_expires_at),
@@ -310,7 +333,10 @@ def explain(ws: Workspace, token: str | None, request_id: str) -> dict:
         r = rq.request_by_id(a.uow, request_id)
         requester = repo.principal_by_name(a.uow, r.requester)
         version = repo.version_by_id(a.uow, r.version_id)
-        src = repo.zone_by_name(a.uow, repo.replica_by_id(a.uow, r.source_replica).zone)
+        if r.source_snapshot:
+            src = _source_snapshot(a.uow, r.source_snapshot)[2]
+        else:
+            src = repo.zone_by_name(a.uow, repo.replica_by_id(a.uow, r.source_replica).zone)
         now = _decide(ws, a.uow, requester, r.asset, version, src, repo.zone_by_name(a.uow, r.destination_zone),
                       r.kind.value, r.ttl_seconds, r.purpose, r.break_glass)
         return {"request": r.id, "state": r.state.value, "recorded": r.decision.to_dict() if r.decision else None,

@@ -41,13 +41,15 @@ def _request(uow: UnitOfWork, row) -> Request:  # noqa: ANN001
         break_glass=bool(row.break_glass), decision=_decision(row.decision), created_at=_utc(row.created_at),
         window_expires_at=_utc(row.window_expires_at), grant_expires_at=_utc(row.grant_expires_at),
         result_replica=row.result_replica, approvals=tuple(approvals(uow, "request", row.id)),
+        source_snapshot=row.source_snapshot, method=row.method,
     )
 
 
 def add_request(uow: UnitOfWork, r: Request) -> None:
     uow.conn.execute(insert(t.requests).values(
         id=r.id, requester=r.requester, asset_name=r.asset, version_id=r.version_id, version_digest=r.version_digest,
-        source_replica=r.source_replica, destination_zone=r.destination_zone, kind=r.kind.value, purpose=r.purpose,
+        source_replica=r.source_replica, source_snapshot=r.source_snapshot, method=r.method,
+        destination_zone=r.destination_zone, kind=r.kind.value, purpose=r.purpose,
         state=r.state.value, ttl_seconds=r.ttl_seconds, break_glass=r.break_glass,
         decision=r.decision.to_dict() if r.decision else None, created_at=now(), updated_at=now(),
         window_expires_at=r.window_expires_at,

@@ -168,7 +168,9 @@ requests = Table(
     Column("asset_name", String(64), nullable=False),
     Column("version_id", String(36), ForeignKey("asset_versions.id"), nullable=False),
     Column("version_digest", String(64), nullable=False),
-    Column("source_replica", String(36), ForeignKey("replicas.id"), nullable=False),
+    Column("source_replica", String(36), ForeignKey("replicas.id")),  # a copy or a backup reads a replica
+    Column("source_snapshot", String(36)),  # a restore or a drill reads a snapshot
+    Column("method", String(16), nullable=False, server_default="replica"),  # replica | snapshot
     Column("destination_zone", String(64), ForeignKey("zones.name"), nullable=False),
     Column("kind", String(16), nullable=False),
     Column("purpose", Text, nullable=False),
@@ -275,6 +277,51 @@ egress = Table(
     Column("bytes", BigInteger, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Index("ix_egress_zone_at", "zone", "at"),
+)
+
+backup_policies = Table(
+    "backup_policies",
+    metadata,
+    Column("asset_name", String(64), primary_key=True),
+    Column("zone", String(64), ForeignKey("zones.name"), nullable=False),
+    Column("schedule", String(64), nullable=False),  # a 5-field cron expression
+    Column("keep_daily", Integer, nullable=False),
+    Column("keep_weekly", Integer, nullable=False),
+    Column("keep_monthly", Integer, nullable=False),
+    Column("rpo_seconds", BigInteger, nullable=False),
+    Column("rto_seconds", BigInteger, nullable=False),
+    Column("updated_by", String(64), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+repositories = Table(  # one per (backup zone, asset lineage)
+    "repositories",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("zone", String(64), ForeignKey("zones.name"), nullable=False),
+    Column("asset_id", String(36), ForeignKey("assets.id"), nullable=False),
+    Column("key_id", String(36), ForeignKey("data_keys.id"), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("zone", "asset_id"),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("repo_id", String(36), ForeignKey("repositories.id"), nullable=False),
+    Column("asset_name", String(64), nullable=False),
+    Column("version_id", String(36), ForeignKey("asset_versions.id"), nullable=False),
+    Column("request_id", String(36)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("manifest_json", Text, nullable=False),  # files -> chunk ids, sizes, digests
+    Column("bundle_json", Text, nullable=False),  # the files' digests, signed (model-signing format)
+    Column("logical_bytes", BigInteger, nullable=False),
+    Column("added_bytes", BigInteger, nullable=False),
+    Column("immutable_until", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),  # active | forgotten
+    Column("verified_at", DateTime(timezone=True)),
+    Index("ix_snapshots_asset", "asset_name", "created_at"),
 )
 
 APPEND_ONLY_TABLES = ("ledger_events", "ledger_nodes", "ledger_checkpoints")

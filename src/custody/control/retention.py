@@ -1,0 +1,45 @@
+"""Which snapshots a keep-daily / keep-weekly / keep-monthly policy keeps.
+
+The newest snapshot of each of the last N days (weeks, months) that have snapshots is kept, as
+restic's `forget --keep-*` does; the newest snapshot overall is always kept. Pure: callers pass
+the snapshots and get the ids to keep.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def keep(snapshots: list[tuple[str, datetime]], daily: int, weekly: int, monthly: int) -> set[str]:
+    ordered = sorted(snapshots, key=lambda s: s[1], reverse=True)
+    kept: set[str] = {ordered[0][0]} if ordered else set()
+    for count, bucket in ((daily, _day), (weekly, _week), (monthly, _month)):
+        seen: set[tuple] = set()
+        for sid, at in ordered:
+            if len(seen) >= count:
+                break
+            b = bucket(at)
+            if b not in seen:
+                seen.add(b)
+                kept.add(sid)
+    return kept
+
+
+def keeps_until(at: datetime, daily: int, weekly: int, monthly: int) -> datetime:
+    """The latest a snapshot taken at `at` can still be kept by the policy: its immutability window."""
+    from datetime import timedelta
+
+    return at + max(timedelta(days=daily), timedelta(weeks=weekly), timedelta(days=31 * monthly))
+
+
+def _day(t: datetime) -> tuple:
+    return (t.year, t.month, t.day)
+
+
+def _week(t: datetime) -> tuple:
+    iso = t.isocalendar()
+    return (iso.year, iso.week)
+
+
+def _month(t: datetime) -> tuple:
+    return (t.year, t.month)
