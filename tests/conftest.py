@@ -39,13 +39,28 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CUSTODY_SCRYPT_LOG_N", "14")  # the floor, to keep tests quick
 
 
+@pytest.fixture(scope="session")
+def pg_url() -> str:
+    """A database of this test run's own, so two runs on one server never meet."""
+    if not PG_URL:
+        pytest.skip("CUSTODY_TEST_PG_URL is not set (make test sets it)")
+    name = f"custody_test_{os.getpid()}"
+    admin = create_engine(PG_URL.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}"'))
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield PG_URL.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "postgresql":
-        if not PG_URL:
-            pytest.skip("CUSTODY_TEST_PG_URL is not set (make test sets it)")
-        reset_postgres(PG_URL)
-        monkeypatch.setenv("CUSTODY_DB_URL", PG_URL)
+        url = request.getfixturevalue("pg_url")
+        reset_postgres(url)
+        monkeypatch.setenv("CUSTODY_DB_URL", url)
     return request.param
 
 
