@@ -136,6 +136,8 @@ TRIGGERS: dict[str, CopyFacts] = {
     "forbid-backup-zone": research(principal=OLGA, kind="backup", destination=RESEARCH),
     "forbid-dr-zone": research(principal=OLGA, kind="dr", destination=BACKUP),
     "forbid-break-glass": research(principal=OLGA, kind="dr", destination=DR, break_glass=True),
+    "forbid-restore-zone": research(principal=OLGA, kind="restore", destination=RESEARCH, source=BACKUP),
+    "forbid-drill-zone": research(principal=OLGA, kind="drill", destination=BACKUP, source=BACKUP, ttl_seconds=3600),
 }
 
 
@@ -166,8 +168,10 @@ def test_critical_assets_leave_production_only_as_backup_dr_or_derivative() -> N
     assert DEFAULT.decide_copy(research(kind="derivative", asset=critical)).allowed
     denied = DEFAULT.decide_copy(research(asset=critical))
     assert denied.policy_ids == ("forbid-critical-leaving-production",)
-    # from a zone that is not production, the rule does not apply
-    assert DEFAULT.decide_copy(research(asset=critical, source=QUARANTINE)).allowed
+    # from a zone that is not production (a backup, a quarantine copy) the rule applies all the same:
+    # otherwise a copy of a copy would launder a critical asset out of production
+    assert DEFAULT.decide_copy(research(asset=critical, source=QUARANTINE)).policy_ids == \
+        ("forbid-critical-leaving-production",)
 
 
 def test_break_glass_only_for_on_call_dr_and_needs_no_approval() -> None:
@@ -496,7 +500,7 @@ def test_describe() -> None:
     d = DEFAULT.describe()
     assert d["hash"] == DEFAULT.hash and json.loads(json.dumps(d)) == d
     ids = [p["id"] for p in d["policies"]]
-    assert len(ids) == len(set(ids)) == 15
+    assert len(ids) == len(set(ids)) == 19  # 15 for copies and approvals, plus restore and drill permits and placements
     jurisdiction = next(p for p in d["policies"] if p["id"] == "forbid-jurisdiction")
     assert jurisdiction == {"id": "forbid-jurisdiction", "effect": "forbid", "actions": ["copy"],
                             "file": "placement.cedar", "reason": jurisdiction["reason"]}

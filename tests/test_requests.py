@@ -30,11 +30,17 @@ class Team:
         return self.tokens[who]
 
     def otp(self, who: str) -> str:
-        """A code for the next unused time step (codes are single use; the window allows ±1 step)."""
+        """A code for the next unused time step (codes are single use; the server accepts ±1 step).
+
+        Starts at the current step (never the previous one, which may slip out of the window before
+        the server checks it) and waits for the clock when a principal has used up the window."""
         totp = pyotp.TOTP(self.secrets[who])
-        now = totp.timecode(datetime.now(timezone.utc))
-        step = max(now - 1, self.steps.get(who, -1) + 1)
-        assert step <= now + 1, "ran out of time steps for this principal in this window"
+        while True:
+            now = totp.timecode(datetime.now(timezone.utc))
+            step = max(now, self.steps.get(who, -1) + 1)
+            if step <= now + 1:
+                break
+            time.sleep(totp.interval - time.time() % totp.interval + 0.05)
         self.steps[who] = step
         return totp.generate_otp(step)
 
@@ -56,7 +62,10 @@ def team(env: Env, model_dir: Path, tmp_path: Path) -> Team:
     cli("zone", "add", "eu-research", "--url", (tmp_path / "eu").as_uri(), "--kind", "research", "--region", "eu",
         "--jurisdiction", "DE", "--security-level", "4", "--json", token=env.token)
     reg = register(env, model_dir, "tiny", "--sensitivity", "confidential", "--jurisdiction", "US")
-    return Team(env, tokens, secrets, reg["replica"], {})
+    team = Team(env, tokens, secrets, reg["replica"], {})
+    for name in secrets:  # a new factor counts once a first code from it is verified
+        assert cli("mfa", "verify", team.otp(name), "--json", token=tokens[name]).json["activated"] is True
+    return team
 
 
 def create(team: Team, who: str, *args: str):  # noqa: ANN201
@@ -158,6 +167,28 @@ def test_states_that_cannot_be_approved(team: Team) -> None:
     assert cli("request", "deny", other["id"], "--reason", "no", "--json", token=team.t("bob")).json["state"] == "denied"
     assert cli("request", "run", other["id"], "--json", token=team.t("alice")).code == 6
     assert cli("request", "show", "nope", "--json", token=team.t("alice")).code == 4
+
+
+def test_second_factor_cannot_be_swapped_or_guessed(team: Team) -> None:
+    # replacing a factor in force needs a code from it
+    assert cli("mfa", "enroll", "--json", token=team.t("bob")).code == 3
+    new = cli("mfa", "enroll", "--otp", team.otp("bob"), "--json", token=team.t("bob")).json["secret"]
+    # the new seed is not in force until one of its codes is verified: the old one still approves
+    rid = create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d").json["id"]
+    assert cli("request", "approve", rid, "--otp", pyotp.TOTP(new).now(), "--json", token=team.t("bob")).code in (3, 6)
+    team.secrets["bob"] = new
+    team.steps.pop("bob", None)
+    assert cli("mfa", "verify", team.otp("bob"), "--json", token=team.t("bob")).json["activated"] is True
+    # a first code for a never-enrolled principal is refused; non-ASCII digits are bad input, not a crash
+    assert cli("mfa", "verify", "123456", "--json", token=team.t("alice")).code == 3
+    assert cli("mfa", "verify", "١٢٣٤٥٦", "--json", token=team.t("carol")).code == 2
+    # five wrong codes lock the factor, even against the right code
+    right = team.otp("carol")
+    wrong = str((int(right) + 1) % 1_000_000).zfill(6)
+    for _ in range(5):
+        assert cli("mfa", "verify", wrong, "--json", token=team.t("carol")).code == 3
+    locked = cli("mfa", "verify", right, "--json", token=team.t("carol"))
+    assert locked.code == 3 and "locked" in locked.json["error"]
 
 
 def test_totp_codes_are_single_use(team: Team) -> None:
@@ -280,9 +311,14 @@ def test_exception_lets_one_denied_copy_through(team: Team) -> None:
             "--justification", "EU partner study, legal ok'd", "--expires", "2d", "--json", token=team.t("bob"))
     assert e.code == 0, e.stdout
     exc = e.json["id"]
-    assert cli("exception", "approve", exc, "--json", token=team.t("bob")).code == 3  # own proposal
-    assert cli("exception", "approve", exc, "--json", token=team.t("carol")).json["state"] == "proposed"
-    assert cli("exception", "approve", exc, "--json", token=team.t("frank")).json["state"] == "active"
+    assert cli("exception", "approve", exc, "--otp", team.otp("bob"), "--json", token=team.t("bob")).code == 3  # own
+    assert cli("exception", "approve", exc, "--json", token=team.t("carol")).code == 3  # MFA required
+    assert cli("exception", "approve", exc, "--otp", team.otp("carol"), "--json",
+               token=team.t("carol")).json["state"] == "proposed"
+    active = cli("exception", "approve", exc, "--otp", team.otp("frank"), "--json", token=team.t("frank")).json
+    assert active["state"] == "active"
+    lasts = datetime.fromisoformat(active["expires_at"].replace("Z", "+00:00")) - datetime.now(timezone.utc)
+    assert timedelta(days=1, hours=23) < lasts <= timedelta(days=2)  # two days from activation
     allowed = create(team, "alice", "--to", "eu-research", "--kind", "research", "--purpose", "x", "--ttl", "1d")
     assert allowed.code == 0 and allowed.json["state"] == "awaiting_approval"
     assert cli("exception", "list", "--json", token=team.t("alice")).json[0]["state"] == "active"
@@ -327,15 +363,17 @@ def test_policy_catalog_changes_are_governed(team: Team, tmp_path: Path) -> None
     failed = cli("policy", "test", str(wrong), "--json", token=team.t("carol"))
     assert failed.code == 1 and failed.json["failed"] >= 1
     assert cli("policy", "test", str(new), "--json", token=team.t("carol")).json["failed"] == 0
-    p = cli("policy", "propose", str(new), "--purpose", "shorter research copies", "--json", token=team.t("carol")).json
     carol2 = cli("principal", "add", "sam", "--role", "security", "--team", "security", "--json",
                  token=team.t("admin")).json["token"]
+    third = cli("principal", "add", "sue", "--role", "security", "--team", "grc", "--json", token=team.t("admin")).json["token"]
+    p = cli("policy", "propose", str(new), "--purpose", "shorter research copies", "--json", token=team.t("carol")).json
+    late = cli("principal", "add", "lou", "--role", "security", "--team", "grc", "--json", token=team.t("admin")).json["token"]
     assert cli("policy", "approve", p["proposal"], "--json", token=team.t("carol")).code == 3  # proposer
     assert cli("policy", "approve", p["proposal"], "--json", token=team.t("bob")).code == 3  # not security
     assert cli("policy", "apply", p["proposal"], "--json", token=team.t("carol")).code == 3  # no approvals yet
     cli("policy", "approve", p["proposal"], "--json", token=carol2)
     assert cli("policy", "apply", p["proposal"], "--json", token=team.t("carol")).code == 3  # one of two
-    third = cli("principal", "add", "sue", "--role", "security", "--team", "grc", "--json", token=team.t("admin")).json["token"]
+    assert cli("policy", "approve", p["proposal"], "--json", token=late).code == 3  # added after the proposal
     cli("policy", "approve", p["proposal"], "--json", token=third)
     applied = cli("policy", "apply", p["proposal"], "--json", token=team.t("carol"))
     assert applied.code == 0 and applied.json["old_hash"] == shown["hash"] and applied.json["new_hash"] == p["hash"]
@@ -441,3 +479,68 @@ def test_destination_out_of_space_fails_cleanly(env: Env, tmp_path: Path, tiny_d
     # the request can be retried (into a fresh replica) once there is room: here there never is
     again = cli("request", "run", rid, "--json", token=dave)
     assert again.code == 1 and "full" in again.json["error"]
+
+
+def test_requester_cannot_mint_their_own_approvers(team: Team) -> None:
+    """An admin asks, then creates two approvers and approves through them: none of it counts."""
+    rid = create(team, "admin", "--to", "research", "--kind", "migration", "--purpose", "x", "--ttl", "1d").json
+    assert rid["state"] == "awaiting_approval"
+    for name, role, t in (("ghost1", "ml-lead", "a"), ("ghost2", "security", "b")):
+        token = cli("principal", "add", name, "--role", role, "--team", t, "--json", token=team.t("admin")).json["token"]
+        secret = cli("mfa", "enroll", "--json", token=token).json["secret"]
+        r = cli("request", "approve", rid["id"], "--otp", pyotp.TOTP(secret).now(), "--json", token=token)
+        assert r.code == 3 and "added by admin" in r.json["error"]
+
+
+def test_approvals_recounted_when_the_copy_runs(team: Team) -> None:
+    rid = _approved_research(team)
+    cli("principal", "suspend", "bob", "--json", token=team.t("admin"))
+    r = cli("request", "run", rid, "--json", token=team.t("alice"))
+    assert r.code == 3 and "approvals still count" in r.json["error"]
+
+
+def test_revoking_a_running_or_failed_request_ends_it(team: Team) -> None:
+    rid = _approved_research(team)
+    ws = team.env.open()
+    with ws.engine.begin() as conn:  # the copy's source goes missing: the run fails part-way
+        conn.execute(text("UPDATE zones SET url = :u WHERE name = 'prod'"), {"u": (team.env.home / "gone").as_uri()})
+    ws.close()
+    assert cli("request", "run", rid, "--json", token=team.t("alice")).code == 5
+    assert cli("request", "show", rid, "--json", token=team.t("alice")).json["state"] == "failed"
+    rev = cli("request", "revoke", rid, "--reason", "stop", "--json", token=team.t("alice"))
+    assert rev.code == 0 and len(rev.json["shredded"]) == 1
+    assert cli("request", "show", rid, "--json", token=team.t("alice")).json["state"] == "cancelled"
+    assert cli("request", "run", rid, "--json", token=team.t("alice")).code == 6
+
+
+def test_copies_come_from_primaries_and_never_outlive_their_source(team: Team) -> None:
+    backup = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "x", "--ttl", "2d", "--run").json
+    src = backup["result_replica"]
+    r = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "y", "--from", src, "--ttl", "30d")
+    assert r.code == 2 and "must expire sooner" in r.json["error"]
+    ok = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "y", "--from", src, "--ttl", "1d")
+    assert ok.code == 0
+    clone = _approved_research(team)
+    made = cli("request", "run", clone, "--json", token=team.t("alice")).json["result_replica"]
+    r = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "z", "--from", made, "--ttl", "1h")
+    assert r.code == 2 and "copies come from" in r.json["error"]
+
+
+def test_a_stale_policy_proposal_cannot_roll_back_the_catalog(team: Team, tmp_path: Path) -> None:
+    import shutil
+
+    sam = cli("principal", "add", "sam", "--role", "security", "--team", "s2", "--json", token=team.t("admin")).json["token"]
+    sue = cli("principal", "add", "sue", "--role", "security", "--team", "s3", "--json", token=team.t("admin")).json["token"]
+    proposals = []
+    for ttl in ("14d", "21d"):
+        folder = tmp_path / ttl
+        shutil.copytree(team.env.home / "policies", folder)
+        (folder / "rules.toml").write_text((folder / "rules.toml").read_text().replace('max_ttl = "30d"',
+                                                                                       f'max_ttl = "{ttl}"'))
+        proposals.append(cli("policy", "propose", str(folder), "--purpose", ttl, "--json", token=team.t("carol")).json)
+    for p in proposals:
+        for token in (sam, sue):
+            assert cli("policy", "approve", p["proposal"], "--json", token=token).code == 0
+    assert cli("policy", "apply", proposals[0]["proposal"], "--json", token=team.t("carol")).code == 0
+    stale = cli("policy", "apply", proposals[1]["proposal"], "--json", token=team.t("carol"))
+    assert stale.code == 6 and "propose it again" in stale.json["error"]

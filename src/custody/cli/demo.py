@@ -86,6 +86,8 @@ def _governed_copies(ws: Workspace, admin: str, people: dict[str, str], scratch:
     used: dict[str, int] = {}
     secrets = {who: mfa.enroll(ws, people[who])["secret"] for who in ("bob", "carol")}
     for who in ("bob", "carol"):
+        mfa.verify(ws, people[who], _code(secrets[who], used, who))  # the new factor counts from its first code
+    for who in ("bob", "carol"):
         clone = requests.approve(ws, people[who], clone["id"], otp=_code(secrets[who], used, who), comment="ok")
     clone = copies.run(ws, people["alice"], clone["id"])
     facts["clone"] = clone["result_replica"]

@@ -202,10 +202,10 @@ def request_revoke(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="
 
 
 @command(mfa_app, "enroll")
-def mfa_enroll(ctx: Ctx) -> None:
-    """Enrol a TOTP second factor; the secret is shown once."""
-    r = mfa.enroll(ctx.ws, ctx.token)
-    emit(ctx, r, lambda: output.out.print(f"secret (shown once): {r['secret']}\n{r['otpauth_uri']}"))
+def mfa_enroll(ctx: Ctx, otp: Annotated[Optional[str], typer.Option("--otp", help="A code from the factor in force, to replace it.")] = None) -> None:
+    """Enrol a TOTP second factor (shown once); it counts once `custody mfa verify CODE` accepts a code."""
+    r = mfa.enroll(ctx.ws, ctx.token, otp)
+    emit(ctx, r, lambda: output.out.print(f"secret (shown once): {r['secret']}\n{r['otpauth_uri']}\n{r['next']}"))
 
 
 @command(mfa_app, "verify")

@@ -51,6 +51,13 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "exception.propose": frozenset({"admin", "security", "ml-lead"}),
     "exception.approve": frozenset({"ml-lead", "security"}),
     "exception.read": frozenset(ROLES),
+    "backup.policy": frozenset({"admin", "backup-operator"}),
+    "backup.read": frozenset(ROLES),
+    "snapshot.read": frozenset(ROLES),
+    "snapshot.verify": frozenset({"admin", "backup-operator", "security", "auditor"}),
+    "snapshot.forget": frozenset({"admin", "backup-operator"}),
+    "snapshot.approve-delete": frozenset({"ml-lead", "security"}),
+    "drill.run": frozenset({"admin", "backup-operator"}),
 }
 
 

@@ -51,7 +51,7 @@ from custody.data.zones import ZoneStorage
 from custody.domain.errors import CustodyError, IntegrityError, InvalidInput, NotFound
 from custody.domain.manifest import FileEntry, Manifest
 
-__all__ = ["CopyReport", "copy_replica"]
+__all__ = ["CopyReport", "copy_replica", "write_sealed"]
 
 Progress = Callable[[int], None]
 ReadAt = Callable[[int, int], bytes]
@@ -254,8 +254,9 @@ def _inspect_destination(dst: ZoneStorage, rel: str, dek: bytes, ids: _Ids, entr
                          chunk_size: int) -> _Kept | None:
     """What an earlier run left at the destination that can be kept; None to start the file over.
 
-    Only authenticated chunks are kept: the last kept one is opened with the destination key, and
-    everything after it is dropped when the file is written.
+    Only authenticated chunks are kept: every kept chunk is opened with the destination key (a
+    resume is rare; trusting a chunk nobody checked is not), and everything from the first chunk
+    that does not open is dropped when the file is written.
     """
     try:
         with dst.reader(rel) as (read_at, size):
@@ -279,13 +280,18 @@ def _inspect_destination(dst: ZoneStorage, rel: str, dek: bytes, ids: _Ids, entr
                 except IntegrityError:
                     return False
 
-            if size == sealed.sealed_size(entry.size, header) and opens(n - 1, True):
+            def leading(count: int, ends_final: bool) -> int:
+                """How many of the first `count` chunks open."""
+                for index in range(count):
+                    if not opens(index, ends_final and index == count - 1):
+                        return index
+                return count
+
+            if size == sealed.sealed_size(entry.size, header) and leading(n, True) == n:
                 return _Kept(header, n, True)
             if not dst.local:
                 return None
-            keep = min(max(size - header.size, 0) // record, n - 1)
-            while keep and not opens(keep - 1, False):
-                keep -= 1
+            keep = leading(min(max(size - header.size, 0) // record, n - 1), False)
             return _Kept(header, keep, False) if keep else None
     except (NotFound, OSError):
         return None  # nothing usable; writing will say clearly if the place itself is broken
@@ -316,6 +322,24 @@ def _drain(chunks: ChunkPipeline, progress: Progress | None, abort: threading.Ev
     """The destination file is already complete: only hash the source."""
     for _, _, buf in _each(chunks, progress, abort):
         chunks.release(buf)
+
+
+def write_sealed(dst: ZoneStorage, rel: str, header: sealed.SealedHeader, dek: bytes, chunks: ChunkPipeline,
+                 progress: Progress | None = None, abort: threading.Event | None = None) -> int:
+    """Seal a started pipeline's plaintext chunks into a new sealed file at `rel`; returns its size.
+
+    The one way a sealed file is written from a stream of plaintext, whatever produces it (a source
+    replica for a copy, a backup repository's chunks for a restore): O_DIRECT records on a local
+    zone, one streamed object elsewhere. The caller checks the pipeline's digest and spot-checks
+    the file; setting `abort` stops the write at its next chunk.
+    """
+    stop = abort if abort is not None else threading.Event()
+    with _destination_errors(header.path):
+        if dst.local:
+            _write_local(dst.local_path(rel), header, dek, 0, chunks, progress, stop)
+        else:
+            _write_stream(dst, rel, header, dek, chunks, progress, stop)
+    return sealed.sealed_size(chunks.size, header)
 
 
 def _write_local(path: str, header: sealed.SealedHeader, dek: bytes, keep: int, chunks: ChunkPipeline,

@@ -108,6 +108,7 @@ class Principal:
     attributes: dict[str, str] = field(default_factory=dict)
     suspended: bool = False
     created_at: datetime | None = None
+    created_by: str | None = None
 
     def has_role(self, *roles: str) -> bool:
         return any(r in self.roles for r in roles)

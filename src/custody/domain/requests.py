@@ -41,8 +41,9 @@ _MOVES: dict[RequestState, frozenset[RequestState]] = {
     RequestState.AWAITING_APPROVAL: frozenset({RequestState.APPROVED, RequestState.DENIED, RequestState.CANCELLED,
                                                RequestState.LAPSED}),
     RequestState.APPROVED: frozenset({RequestState.RUNNING, RequestState.CANCELLED, RequestState.LAPSED}),
-    RequestState.RUNNING: frozenset({RequestState.DONE, RequestState.FAILED}),
-    RequestState.FAILED: frozenset({RequestState.RUNNING}),  # a failed or killed copy may be resumed
+    RequestState.RUNNING: frozenset({RequestState.DONE, RequestState.FAILED, RequestState.CANCELLED}),
+    # a failed copy may be resumed; a revoked one, or one whose grant ran out, never runs again
+    RequestState.FAILED: frozenset({RequestState.RUNNING, RequestState.CANCELLED, RequestState.LAPSED}),
     RequestState.DONE: frozenset(),
     RequestState.DENIED: frozenset(),
     RequestState.CANCELLED: frozenset(),

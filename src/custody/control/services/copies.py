@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from custody.control.door import Act, act, data_step
+from custody.control.ledger import store as ledger
 from custody.control.services.assets import writer_tag
 from custody.control.services.replicas import check_signed
 from custody.control.services.requests import _current, show_request
@@ -53,7 +54,7 @@ Progress = Callable[[int], None]
 def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | None = None) -> dict:
     """The one door for running any approved request: a copy, a backup snapshot, a restore, a drill."""
     with act(ws, token, "request.run", subject=request_id, request_id=request_id) as a:
-        request = _current(a.uow, request_id)
+        request = _current(a.uow, request_id, lock=True)
         if request.requester != a.principal.name and not a.principal.has_role(*RUNNERS):
             raise Denied("only the requester, an admin or a backup operator can run a request")
         requester = repo.principal_by_name(a.uow, request.requester)
@@ -62,6 +63,7 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
         found = rq.grant_of(a.uow, request_id)
         if found is None or request.state not in (RequestState.APPROVED, RequestState.RUNNING, RequestState.FAILED):
             raise InvalidState(f"request {request_id} is {request.state.value}; only approved requests run")
+        still_allowed(ws, a.uow, request, requester)
         grant_token, use_id, _ = found
         claims = granted.Expected(request_id=request.id, version_digest=request.version_digest,
                                   source_replica=request.source, destination_zone=request.destination_zone)
@@ -75,7 +77,8 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
             rq.move_request(a.uow, request, RequestState.RUNNING, result_replica=job.replica_id)
         elif job.replica_id and job.replica_id != request.result_replica:
             rq.set_result_replica(a.uow, request.id, job.replica_id)
-        a.record(outcome="started", source=job.source_zone, destination=request.destination_zone, details=job.details)
+        a.record(outcome="started", source=job.source_zone, destination=request.destination_zone,
+                 details={**job.details, "grant": use_id[:16]})
         started = a
 
     try:
@@ -89,14 +92,29 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
              destination=started.fields.get("destination")) as a:
         request = rq.request_by_id(a.uow, request_id)
         extra = job.finish(a, request, report)
-        rq.add_egress(a.uow, job.source_zone, request_id, report.bytes)
-        rq.move_request(a.uow, request, RequestState.DONE)
+        rq.move_request(a.uow, request, RequestState.DONE)  # refused if the request was revoked meanwhile
         extra.update({"bytes": report.bytes, "seconds": round(report.seconds, 3),
                       "mb_per_s": round(report.bytes / 1e6 / report.seconds, 1) if report.seconds else None})
         a.record(details=extra)
     out = show_request(ws, token, request_id)
     out.update(extra)
     return out
+
+
+def still_allowed(ws: Workspace, uow, request: Request, requester) -> None:  # noqa: ANN001
+    """Policy is checked on every copy: the catalog and exceptions in force now, and the approvals
+    that still count now (an approver suspended since no longer counts)."""
+    from custody.control.services.requests import counting_approvals, decide_for
+
+    decision = decide_for(ws, uow, request, requester)
+    if not decision.allowed:
+        raise Denied("policy no longer allows this copy: " + ("; ".join(decision.reasons) or "no policy permits it"))
+    needed = request.decision.requirement.approvals if request.decision and request.decision.requirement else 0
+    if decision.requirement and decision.requirement.approvals > needed:
+        raise Denied(f"the catalog in force needs {decision.requirement.approvals} approvals; this request has {needed}")
+    have = len(counting_approvals(ws, uow, request)) if needed else 0
+    if have < needed:
+        raise Denied(f"only {have} of {needed} approvals still count (an approver was suspended or changed role)")
 
 
 def _prepare(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected) -> Job:
@@ -162,7 +180,7 @@ def destination(ws: Workspace, a: Act, request: Request, grant_token: str, claim
         repo.set_replica_writer(a.uow, dst.id, writer_tag())
         return Destination(dst.id, dst.key_id, custodian.unwrap(repo.data_key(a.uow, dst.key_id)), True)
     # a first run, or a retry after the sweeper removed a failed attempt
-    _check_egress(a.uow, egress_zone, nbytes)
+    reserve_egress(a.uow, egress_zone, nbytes, request.id)
     dst_id, dst_key_id = new_id(), new_id()
     repo.lock_zone(a.uow, request.destination_zone)
     dek, wrapped = granted.new_destination_key(custodian, grant_token, claims, dst_key_id)
@@ -184,14 +202,17 @@ def activate(ws: Workspace, a: Act, request: Request, replica_id: str, manifest:
     return {"replica": replica_id, "expires_at": expires.isoformat() if expires else None}
 
 
-def _check_egress(uow, zone: str, nbytes: int) -> None:  # noqa: ANN001
+def reserve_egress(uow, zone: str, nbytes: int, request_id: str) -> None:  # noqa: ANN001
+    """Reserve `nbytes` of the source zone's hourly egress, under the zone's lock, when the copy
+    starts: copies started together cannot all pass, and a copy cut short still counts."""
+    repo.lock_zone(uow, zone)
     budget = rq.egress_budget(uow, zone)
-    if budget is None:
-        return
-    used = rq.egress_used(uow, zone, _now() - rq.HOUR)
-    if used + nbytes > budget:
-        raise Denied(f"zone {zone} egress budget: {used:,} of {budget:,} bytes used in the last hour; "
-                     f"this copy needs {nbytes:,} more; run it again later")
+    if budget is not None:
+        used = rq.egress_used(uow, zone, _now() - rq.HOUR)
+        if used + nbytes > budget:
+            raise Denied(f"zone {zone} egress budget: {used:,} of {budget:,} bytes used in the last hour; "
+                         f"this copy needs {nbytes:,} more; run it again later")
+    rq.add_egress(uow, zone, request_id, nbytes)
 
 
 def _mark_failed(ws: Workspace, request_id: str, error: str) -> None:
@@ -200,6 +221,8 @@ def _mark_failed(ws: Workspace, request_id: str, error: str) -> None:
             request = rq.request_by_id(uow, request_id)
             if request.state is RequestState.RUNNING:
                 rq.move_request(uow, request, RequestState.FAILED, error=error[:500])
+                ledger.append(uow, actor="system", action="request.fail", outcome="failed", subject=request_id,
+                              request_id=request_id, details={"reason": error[:500]})
     except Exception:  # noqa: BLE001
         pass  # a dead writer is found by `request run` (resume) or `custody sweep` all the same
 
@@ -219,10 +242,14 @@ def revoke(ws: Workspace, token: str | None, request_id: str, reason: str) -> di
         shredded, zones = [], {}
         for replica, _ in repo.list_replicas(a.uow):
             if replica.request_id == request_id and replica.state is not ReplicaState.SHREDDED:
+                if replica.state is ReplicaState.PENDING:  # a copy under way or cut short: it never activates
+                    repo.set_replica_state(a.uow, replica, ReplicaState.FAILED, writer=None)
+                    replica = repo.replica_by_id(a.uow, replica.id)
                 shred(a, replica)
                 shredded.append(replica.id)
                 zones[replica.id] = repo.zone_by_name(a.uow, replica.zone)
-        if request.state in (RequestState.AWAITING_APPROVAL, RequestState.APPROVED):
+        if request.state in (RequestState.AWAITING_APPROVAL, RequestState.APPROVED, RequestState.RUNNING,
+                             RequestState.FAILED):
             rq.move_request(a.uow, request, RequestState.CANCELLED)
         a.record(details={"shredded": shredded})
     purge_freed(ws.engine)

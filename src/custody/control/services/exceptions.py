@@ -8,7 +8,7 @@ from custody.control import views
 from custody.control.door import act
 from custody.control.policy.catalog import parse_duration
 from custody.control.services.policy import active_catalog
-from custody.control.services.signoffs import sign_off, valid_signers
+from custody.control.services.signoffs import counting, sign_off
 from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
@@ -17,6 +17,11 @@ from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
 
 APPROVALS_NEEDED = 2
 APPROVING_ROLES = ("ml-lead", "security")
+
+
+def _statement(e: dict) -> dict:
+    return {"policy": e["policy_id"], "asset": e["asset_name"], "zone": e["zone"],
+            "lifetime_seconds": int((e["expires_at"] - e["created_at"]).total_seconds())}
 
 
 def _view(uow: UnitOfWork, e: dict) -> dict:
@@ -50,14 +55,16 @@ def approve(ws: Workspace, token: str | None, exc_id: str, otp: str | None = Non
         e = rq.exception_by_id(a.uow, exc_id)
         if e["state"] != "proposed":
             raise InvalidState(f"exception {exc_id} is {e['state']}")
-        if e["proposer"] == a.principal.name:
-            raise Denied("a proposer cannot approve their own exception")
-        sign_off(ws, a, "exception", exc_id, {"policy": e["policy_id"], "asset": e["asset_name"], "zone": e["zone"],
-                                              "expires_at": e["expires_at"].isoformat()},
-                 otp=otp, comment=comment, mfa_required=False)
-        valid = valid_signers(a.uow, "exception", exc_id, APPROVING_ROLES, exclude=e["proposer"])
+        if e["expires_at"] <= datetime.now(timezone.utc):
+            raise InvalidState(f"exception {exc_id} was proposed to last until {views.ts(e['expires_at'])}; propose it again")
+        statement = _statement(e)
+        sign_off(ws, a, "exception", exc_id, statement, otp=otp, comment=comment, mfa_required=True,
+                 exclude=e["proposer"], since=e["created_at"])
+        valid = counting(ws, a.uow, "exception", exc_id, statement, roles=APPROVING_ROLES, exclude=e["proposer"],
+                         since=e["created_at"], mfa=True, distinct_teams=True)
         if len(valid) >= APPROVALS_NEEDED:
-            rq.set_exception_state(a.uow, exc_id, "active")
+            # the exception's lifetime runs from activation, not from the proposal
+            rq.activate_exception(a.uow, exc_id, datetime.now(timezone.utc) + (e["expires_at"] - e["created_at"]))
         a.record(details={"approvals": len(valid), "needed": APPROVALS_NEEDED})
         return _view(a.uow, rq.exception_by_id(a.uow, exc_id))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from custody.control.door import act
 from custody.control.policy.catalog import Catalog
-from custody.control.services.signoffs import sign_off, valid_signers
+from custody.control.services.signoffs import counting, sign_off
 from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
@@ -80,14 +80,21 @@ def propose(ws: Workspace, token: str | None, folder: Path, purpose: str) -> dic
         raise InvalidInput("a policy proposal needs a purpose")
     with act(ws, token, "policy.propose", rationale=purpose) as a:
         candidate = Catalog.load(folder)  # refuses syntax errors and schema violations
+        _own_cases_pass(candidate)
         old = repo.get_meta(a.uow, "policy_hash")
         if candidate.hash == old:
             raise InvalidState("the proposed catalog is the active one")
-        pid = rq.add_proposal(a.uow, catalog_hash=candidate.hash, files=candidate.files, purpose=purpose,
-                              proposer=a.principal.name)
+        pid = rq.add_proposal(a.uow, catalog_hash=candidate.hash, base_hash=old, files=candidate.files,
+                              purpose=purpose, proposer=a.principal.name)
         a.subject = pid
         a.record(details={"old_hash": old, "new_hash": candidate.hash})
     return {"proposal": pid, "hash": candidate.hash, "old_hash": old, "approvals_needed": PROPOSAL_APPROVALS}
+
+
+def _own_cases_pass(catalog: Catalog) -> None:
+    failed = [r.name for r in catalog.run_tests() if not r.passed]
+    if failed:
+        raise InvalidInput(f"the catalog fails {len(failed)} of its own cases: {', '.join(failed[:3])}")
 
 
 def approve(ws: Workspace, token: str | None, proposal_id: str, otp: str | None, comment: str | None) -> dict:
@@ -95,17 +102,20 @@ def approve(ws: Workspace, token: str | None, proposal_id: str, otp: str | None,
         p = rq.proposal_by_id(a.uow, proposal_id)
         if p["state"] != "proposed":
             raise InvalidState(f"proposal {proposal_id} is {p['state']}")
-        if p["proposer"] == a.principal.name:
-            raise Denied("a proposer cannot approve their own policy change")
-        sign_off(ws, a, "policy", proposal_id, {"catalog_hash": p["catalog_hash"]}, otp=otp, comment=comment,
-                 mfa_required=False)
-        count = _valid_policy_approvals(a.uow, proposal_id, p["proposer"])
+        sign_off(ws, a, "policy", proposal_id, _statement(p), otp=otp, comment=comment, mfa_required=False,
+                 exclude=p["proposer"], since=p["created_at"])
+        count = _valid_policy_approvals(ws, a.uow, p)
         a.record(details={"catalog_hash": p["catalog_hash"], "approvals": count})
     return {"proposal": proposal_id, "approvals": count, "needed": PROPOSAL_APPROVALS}
 
 
-def _valid_policy_approvals(uow: UnitOfWork, proposal_id: str, proposer: str) -> int:
-    return len(valid_signers(uow, "policy", proposal_id, ("security",), exclude=proposer))
+def _statement(p: dict) -> dict:
+    return {"catalog_hash": p["catalog_hash"], "base_hash": p["base_hash"]}
+
+
+def _valid_policy_approvals(ws: Workspace, uow: UnitOfWork, p: dict) -> int:
+    return len(counting(ws, uow, "policy", p["id"], _statement(p), roles=("security",), exclude=p["proposer"],
+                        since=p["created_at"], distinct_teams=False))
 
 
 def apply(ws: Workspace, token: str | None, proposal_id: str) -> dict:
@@ -113,16 +123,24 @@ def apply(ws: Workspace, token: str | None, proposal_id: str) -> dict:
         p = rq.proposal_by_id(a.uow, proposal_id)
         if p["state"] != "proposed":
             raise InvalidState(f"proposal {proposal_id} is {p['state']}")
-        count = _valid_policy_approvals(a.uow, proposal_id, p["proposer"])
+        count = _valid_policy_approvals(ws, a.uow, p)
         if count < PROPOSAL_APPROVALS:
             raise Denied(f"proposal {proposal_id} has {count} of {PROPOSAL_APPROVALS} security approvals")
         old = repo.get_meta(a.uow, "policy_hash")
+        if p["base_hash"] != old:
+            raise InvalidState(f"proposal {proposal_id} was made against catalog {str(p['base_hash'])[:12]}…, "
+                               f"not the active {str(old)[:12]}…: propose it again")
         staged = ws.home / f"{POLICY_DIR}.new-{proposal_id}"
         _write_files(staged, p["files"])
         catalog = Catalog.load(staged)
         if catalog.hash != p["catalog_hash"]:
             shutil.rmtree(staged, ignore_errors=True)
             raise IntegrityError("the stored proposal no longer hashes to what was approved")
+        try:
+            _own_cases_pass(catalog)
+        except CustodyError:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         repo.set_meta(a.uow, "policy_hash", catalog.hash)
         rq.set_proposal_state(a.uow, proposal_id, "applied")
         a.record(details={"old_hash": old, "new_hash": catalog.hash})

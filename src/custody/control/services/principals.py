@@ -19,7 +19,8 @@ def add_principal(
         if not roles or unknown:
             raise InvalidInput(f"unknown role {unknown[0] if unknown else ''!r}: one of {', '.join(permissions.ROLES)}")
         new_token, token_id, token_hash = tokens.mint()
-        principal = Principal(id=new_id(), name=name, roles=tuple(roles), team=team, attributes=attributes)
+        principal = Principal(id=new_id(), name=name, roles=tuple(roles), team=team, attributes=attributes,
+                              created_by=a.principal.name)
         repo.add_principal(a.uow, principal, token_id, token_hash)
         a.record(details={"roles": roles, "team": team})
     return views.principal(principal), new_token

@@ -15,7 +15,7 @@ from custody.control.policy.catalog import parse_duration
 from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
 from custody.control.services import assets as asset_service
 from custody.control.services.policy import active_catalog
-from custody.control.services.signoffs import sign_off
+from custody.control.services.signoffs import counting, sign_off
 from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
@@ -88,6 +88,8 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
         dest = repo.zone_by_name(a.uow, to)
         decision = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, request_kind.value,
                            ttl_seconds, purpose, break_glass)
+        if not snapshot:
+            _within_source_life(a.uow, src_replica_id, ttl_seconds, request_kind)
         if decision.allowed and ttl_seconds is None and request_kind not in NO_EXPIRY:
             ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
             if ttl_seconds is None:
@@ -131,6 +133,16 @@ class RequestDenied(Denied):
 SNAPSHOT_KINDS = frozenset({RequestKind.RESTORE, RequestKind.DRILL})
 
 
+def _within_source_life(uow: UnitOfWork, replica_id: str, ttl: int | None, kind: RequestKind) -> None:
+    """A copy may not outlive the replica it is made from (T12)."""
+    source = repo.replica_by_id(uow, replica_id)
+    if source.expires_at is None:
+        return
+    left = (source.expires_at - _now()).total_seconds()
+    if kind in NO_EXPIRY or ttl is None or ttl > left:
+        raise InvalidInput(f"replica {replica_id} expires in {int(left)} s; a copy of it must expire sooner (--ttl)")
+
+
 def _source_snapshot(uow: UnitOfWork, snapshot_id: str):  # noqa: ANN202
     from custody.control.store import backups_repo as br
 
@@ -143,6 +155,9 @@ def _source_snapshot(uow: UnitOfWork, snapshot_id: str):  # noqa: ANN202
     return asset, version, zone, None
 
 
+SOURCE_KINDS = ("primary", "backup", "dr")  # copies are made from these, never from a copy of a copy
+
+
 def _source_replica(uow: UnitOfWork, asset: str, version: AssetVersion, source: str | None):  # noqa: ANN202
     if source:
         replica = repo.replica_by_id(uow, source)
@@ -150,6 +165,9 @@ def _source_replica(uow: UnitOfWork, asset: str, version: AssetVersion, source: 
             raise InvalidInput(f"replica {source} holds another version of {asset}")
         if not replica.readable:
             raise InvalidState(f"replica {source} is {replica.state.value}")
+        if replica.kind.value not in SOURCE_KINDS:
+            raise InvalidInput(f"replica {source} is a {replica.kind.value} copy; copies come from "
+                               f"{', '.join(SOURCE_KINDS)} replicas")
         return replica
     active = [r for r, _ in repo.list_replicas(uow, asset=asset, state=ReplicaState.ACTIVE.value)
               if r.version_id == version.id]
@@ -195,33 +213,24 @@ def _open_break_glass_review(a: Act, request: Request) -> None:
 # -- approvals ----------------------------------------------------------------------------
 
 
-def counting_approvals(uow: UnitOfWork, request: Request) -> list[Approval]:
-    """The approvals that count now under the request's rule: distinct, by approving roles, not by
-    the requester, with MFA where required, and not from principals suspended since."""
+def approval_statement(request: Request) -> dict:
+    """What an approver of this request signs: these bytes, this place."""
+    return {"request": request.id, "digest": request.version_digest, "destination": request.destination_zone}
+
+
+def counting_approvals(ws: Workspace, uow: UnitOfWork, request: Request) -> list[Approval]:
+    """The approvals that count now under the request's rule (see signoffs.counting)."""
     req = request.decision.requirement
-    counted: list[Approval] = []
-    teams: set[str | None] = set()
-    for ap in request.approvals:
-        who = repo.principal_by_name(uow, ap.approver, missing_ok=True)
-        if who is None or who.suspended or ap.approver == request.requester:
-            continue
-        if not any(r in req.roles for r in who.roles):
-            continue
-        if req.mfa and not ap.mfa_verified:
-            continue
-        if req.distinct_teams:
-            if ap.team in teams or ap.team is None:
-                continue
-            teams.add(ap.team)
-        counted.append(ap)
-    return counted
+    return counting(ws, uow, "request", request.id, approval_statement(request), roles=req.roles,
+                    exclude=request.requester, since=request.created_at, mfa=req.mfa,
+                    distinct_teams=req.distinct_teams)
 
 
-def missing(uow: UnitOfWork, request: Request) -> dict:
+def missing(ws: Workspace, uow: UnitOfWork, request: Request) -> dict:
     req = request.decision.requirement if request.decision else None
     if req is None:
         return {}
-    have = len(counting_approvals(uow, request))
+    have = len(counting_approvals(ws, uow, request))
     return {"approvals": max(0, req.approvals - have), "of": req.approvals, "roles": list(req.roles),
             "distinct_teams": req.distinct_teams, "mfa": req.mfa}
 
@@ -229,7 +238,7 @@ def missing(uow: UnitOfWork, request: Request) -> dict:
 def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | None = None,
             comment: str | None = None) -> dict:
     with act(ws, token, "request.approve", subject=request_id, request_id=request_id) as a:
-        request = _current(a.uow, request_id)
+        request = _current(a.uow, request_id, lock=True)
         if request.state is not RequestState.AWAITING_APPROVAL:
             raise InvalidState(f"request {request_id} is {request.state.value}; only requests awaiting approval can be approved")
         if request.requester == a.principal.name:
@@ -245,27 +254,29 @@ def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | Non
         req = request.decision.requirement
         if not any(r in req.roles for r in a.principal.roles):
             raise Denied(f"approvals for this request come from {', '.join(req.roles)}")
-        approval = sign_off(ws, a, "request", request.id,
-                            {"request": request.id, "digest": request.version_digest,
-                             "destination": request.destination_zone},
-                            otp=otp, comment=comment, mfa_required=req.mfa)
+        approval = sign_off(ws, a, "request", request.id, approval_statement(request), otp=otp, comment=comment,
+                            mfa_required=req.mfa, exclude=request.requester, since=request.created_at)
         request = rq.request_by_id(a.uow, request_id)
-        left = missing(a.uow, request)
+        left = missing(ws, a.uow, request)
         if left["approvals"] == 0:
             _approve(ws, a.uow, request)
         a.record(details={"mfa": approval.mfa_verified, "still_needed": left, "signature": approval.signature[:24]})
     return show_request(ws, token, request_id)
 
 
-def _current(uow: UnitOfWork, request_id: str) -> Request:
-    """The request, with an approval window or grant that has run out turned into `lapsed`."""
-    request = rq.request_by_id(uow, request_id)
-    now = _now()
-    lapsed = (request.state is RequestState.AWAITING_APPROVAL and request.window_expires_at
-              and request.window_expires_at <= now) or (
-        request.state is RequestState.APPROVED and request.grant_expires_at and request.grant_expires_at <= now)
-    if lapsed:
-        rq.move_request(uow, request, RequestState.LAPSED)
+def lapsed(request: Request, now: datetime) -> bool:
+    """Whether the request's approval window or its grant ran out (the sweeper records it)."""
+    if request.state is RequestState.AWAITING_APPROVAL:
+        return request.window_expires_at is not None and request.window_expires_at <= now
+    if request.state in (RequestState.APPROVED, RequestState.FAILED):
+        return request.grant_expires_at is not None and request.grant_expires_at <= now
+    return False
+
+
+def _current(uow: UnitOfWork, request_id: str, lock: bool = False) -> Request:
+    """The request, refused if its window or grant ran out."""
+    request = rq.request_by_id(uow, request_id, lock=lock)
+    if lapsed(request, _now()):
         raise InvalidState(f"request {request_id} lapsed: its approval window or grant ran out")
     return request
 
@@ -293,7 +304,7 @@ def cancel(ws: Workspace, token: str | None, request_id: str) -> dict:
 # -- reading ------------------------------------------------------------------------------
 
 
-def view(uow: UnitOfWork, r: Request) -> dict:
+def view(ws: Workspace, uow: UnitOfWork, r: Request) -> dict:
     return {
         "id": r.id, "requester": r.requester, "asset": r.asset, "version_digest": r.version_digest,
         "source_replica": r.source_replica, "source_snapshot": r.source_snapshot, "method": r.method,
@@ -304,13 +315,13 @@ def view(uow: UnitOfWork, r: Request) -> dict:
         "result_replica": r.result_replica,
         "approvals": [{"approver": ap.approver, "team": ap.team, "at": views.ts(ap.at), "mfa": ap.mfa_verified,
                        "comment": ap.comment} for ap in r.approvals],
-        "still_needed": missing(uow, r) if r.state is RequestState.AWAITING_APPROVAL else None,
+        "still_needed": missing(ws, uow, r) if r.state is RequestState.AWAITING_APPROVAL else None,
     }
 
 
 def show_request(ws: Workspace, token: str | None, request_id: str) -> dict:
     with act(ws, token, "request.read", subject=request_id, request_id=request_id) as a:
-        out = view(a.uow, rq.request_by_id(a.uow, request_id))
+        out = view(ws, a.uow, rq.request_by_id(a.uow, request_id))
     return out
 
 
@@ -324,21 +335,25 @@ def list_requests(ws: Workspace, token: str | None, *, mine: bool = False, await
             rows = [r for r in rows if r.state is RequestState.AWAITING_APPROVAL and r.requester != a.principal.name
                     and all(ap.approver != a.principal.name for ap in r.approvals)
                     and any(role in r.decision.requirement.roles for role in a.principal.roles)]
-        return [view(a.uow, r) for r in rows]
+        return [view(ws, a.uow, r) for r in rows]
+
+
+def decide_for(ws: Workspace, uow: UnitOfWork, r: Request, requester: Principal) -> Decision:
+    """The decision the catalog in force gives this request now."""
+    version = repo.version_by_id(uow, r.version_id)
+    if r.source_snapshot:
+        src = _source_snapshot(uow, r.source_snapshot)[2]
+    else:
+        src = repo.zone_by_name(uow, repo.replica_by_id(uow, r.source_replica).zone)
+    return _decide(ws, uow, requester, r.asset, version, src, repo.zone_by_name(uow, r.destination_zone),
+                   r.kind.value, r.ttl_seconds, r.purpose, r.break_glass)
 
 
 def explain(ws: Workspace, token: str | None, request_id: str) -> dict:
     """The decision as recorded, the decision the catalog in force would give now, and what is missing."""
     with act(ws, token, "policy.read", subject=request_id, request_id=request_id) as a:
         r = rq.request_by_id(a.uow, request_id)
-        requester = repo.principal_by_name(a.uow, r.requester)
-        version = repo.version_by_id(a.uow, r.version_id)
-        if r.source_snapshot:
-            src = _source_snapshot(a.uow, r.source_snapshot)[2]
-        else:
-            src = repo.zone_by_name(a.uow, repo.replica_by_id(a.uow, r.source_replica).zone)
-        now = _decide(ws, a.uow, requester, r.asset, version, src, repo.zone_by_name(a.uow, r.destination_zone),
-                      r.kind.value, r.ttl_seconds, r.purpose, r.break_glass)
+        now = decide_for(ws, a.uow, r, repo.principal_by_name(a.uow, r.requester))
         return {"request": r.id, "state": r.state.value, "recorded": r.decision.to_dict() if r.decision else None,
-                "now": now.to_dict(), "still_needed": missing(a.uow, r)}
+                "now": now.to_dict(), "still_needed": missing(ws, a.uow, r)}
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 from custody.control import views
 from custody.control.door import act
-from custody.control.services.signoffs import sign_off, valid_signers
+from custody.control.services.signoffs import counting, sign_off
 from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
@@ -38,11 +38,11 @@ def close(ws: Workspace, token: str | None, review_id: str, comment: str, otp: s
         review = rq.review_by_id(a.uow, review_id)
         if review["closed_at"] is not None:
             raise InvalidState(f"review {review_id} is already closed")
-        if review["opened_by"] == a.principal.name:
-            raise Denied("the principal who broke the glass cannot close its review")
-        sign_off(ws, a, "review", review_id, {"review": review_id, "request": review["request_id"]}, otp=otp,
-                 comment=comment, mfa_required=False)
-        valid = valid_signers(a.uow, "review", review_id, APPROVING_ROLES, exclude=review["opened_by"])
+        statement = {"review": review_id, "request": review["request_id"]}
+        sign_off(ws, a, "review", review_id, statement, otp=otp, comment=comment, mfa_required=False,
+                 exclude=review["opened_by"], since=review["opened_at"])
+        valid = counting(ws, a.uow, "review", review_id, statement, roles=APPROVING_ROLES,
+                         exclude=review["opened_by"], since=review["opened_at"])
         if len(valid) >= CLOSERS_NEEDED:
             rq.close_review(a.uow, review_id)
         a.record(details={"signed": len(valid), "needed": CLOSERS_NEEDED})

@@ -2,8 +2,8 @@
 
 The control plane signs a statement naming exactly what was agreed to (for a request: its id,
 the version digest and the destination), so an approval cannot be moved to other bytes or
-another place; the signature is stored with the sign-off and can be checked with the signing
-public key.
+another place. Counting re-checks every signature, so a sign-off row edited or inserted in the
+database does not count.
 """
 
 from __future__ import annotations
@@ -12,41 +12,78 @@ import base64
 import json
 from datetime import datetime, timezone
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
 from custody.control.door import Act
 from custody.control.services import mfa
 from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
+from custody.domain.errors import Denied
 from custody.domain.requests import Approval
 
 
-def valid_signers(uow: UnitOfWork, kind: str, subject_id: str, roles: tuple[str, ...], exclude: str) -> list[Approval]:
-    """Sign-offs that count now: by principals still active, holding one of `roles`, other than `exclude`."""
-    out = []
-    for s in rq.approvals(uow, kind, subject_id):
-        p = repo.principal_by_name(uow, s.approver, missing_ok=True)
-        if p is not None and not p.suspended and p.has_role(*roles) and s.approver != exclude:
-            out.append(s)
-    return out
+def _full(statement: dict, kind: str, subject_id: str, principal: str, at: datetime, verified: bool) -> bytes:
+    doc = {**statement, "kind": kind, "subject": subject_id, "principal": principal, "at": at.isoformat(),
+           "mfa": verified}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def statement_bytes(statement: dict) -> bytes:
-    return json.dumps(statement, sort_keys=True, separators=(",", ":")).encode()
+def check_independent(uow: UnitOfWork, signer, exclude: str, since: datetime | None) -> None:  # noqa: ANN001
+    """The signer may not be `exclude`, nor a principal `exclude` created, nor one created after `since`:
+    otherwise whoever asks could mint their own approvers (T1)."""
+    if signer.name == exclude:
+        raise Denied(f"{signer.name} cannot sign off their own {'request' if since else 'proposal'}")
+    if signer.created_by == exclude:
+        raise Denied(f"{signer.name} was added by {exclude} and cannot approve for them")
+    if since is not None and signer.created_at is not None and signer.created_at > since:
+        raise Denied(f"{signer.name} was added after this was asked for and cannot approve it")
 
 
 def sign_off(ws: Workspace, a: Act, kind: str, subject_id: str, statement: dict, *, otp: str | None,
-             comment: str | None, mfa_required: bool) -> Approval:
+             comment: str | None, mfa_required: bool, exclude: str = "", since: datetime | None = None) -> Approval:
     """Record `a.principal`'s sign-off; verifies the TOTP code first when one is given or required."""
+    check_independent(a.uow, a.principal, exclude, since)
     verified = False
     if otp or mfa_required:
         mfa.check_code(ws, a.uow, a.principal.name, otp)
         verified = True
     at = datetime.now(timezone.utc)
-    full = {**statement, "kind": kind, "subject": subject_id, "principal": a.principal.name,
-            "at": at.isoformat(), "mfa": verified}
-    signature = base64.b64encode(ws.custodian().sign("signing", statement_bytes(full))).decode()
+    signature = base64.b64encode(
+        ws.custodian().sign("signing", _full(statement, kind, subject_id, a.principal.name, at, verified))).decode()
     approval = Approval(request_id=subject_id, approver=a.principal.name, team=a.principal.team,
                         roles=a.principal.roles, at=at, mfa_verified=verified, comment=comment, signature=signature)
     rq.add_signoff(a.uow, kind, subject_id, approval)
     return approval
+
+
+def counting(ws: Workspace, uow: UnitOfWork, kind: str, subject_id: str, statement: dict, *,
+             roles: tuple[str, ...], exclude: str, since: datetime | None = None, mfa: bool = False,
+             distinct_teams: bool = False) -> list[Approval]:
+    """The sign-offs that count now: signature valid over this statement; signer still active, holding
+    one of `roles`, independent of `exclude`; with MFA and from distinct teams where required."""
+    key = load_pem_public_key(ws.public_key_pem("signing"))
+    counted: list[Approval] = []
+    teams: set[str] = set()
+    for s in rq.approvals(uow, kind, subject_id):
+        who = repo.principal_by_name(uow, s.approver, missing_ok=True)
+        if who is None or who.suspended or not who.has_role(*roles):
+            continue
+        try:
+            check_independent(uow, who, exclude, since)
+            key.verify(base64.b64decode(s.signature),
+                       _full(statement, kind, subject_id, s.approver, s.at, s.mfa_verified), ec.ECDSA(hashes.SHA256()))
+        except (Denied, InvalidSignature, ValueError):
+            continue
+        if mfa and not s.mfa_verified:
+            continue
+        if distinct_teams:
+            if not who.team or who.team in teams:
+                continue
+            teams.add(who.team)
+        counted.append(s)
+    return counted

@@ -80,20 +80,20 @@ def _copy_failed(uow, replica) -> bool:  # noqa: ANN001
     from custody.control.store import requests_repo as rq
     from custody.domain.requests import RequestState
 
-    return replica.request_id is not None and rq.request_by_id(uow, replica.request_id).state is RequestState.FAILED
+    return replica.request_id is not None and rq.request_by_id(uow, replica.request_id).state in (
+        RequestState.FAILED, RequestState.CANCELLED, RequestState.LAPSED)
 
 
 def _lapse_requests(uow, now: datetime) -> list[str]:  # noqa: ANN001
     """Requests whose approval window or unused grant ran out."""
+    from custody.control.services.requests import lapsed
     from custody.control.store import requests_repo as rq
     from custody.domain.requests import RequestState
 
-    lapsed = []
-    for state, deadline in ((RequestState.AWAITING_APPROVAL, "window_expires_at"),
-                            (RequestState.APPROVED, "grant_expires_at")):
+    out = []
+    for state in (RequestState.AWAITING_APPROVAL, RequestState.APPROVED, RequestState.FAILED):
         for request in rq.list_requests(uow, state=state.value):
-            when = getattr(request, deadline)
-            if when is not None and when <= now:
+            if lapsed(request, now):
                 rq.move_request(uow, request, RequestState.LAPSED)
-                lapsed.append(request.id)
-    return lapsed
+                out.append(request.id)
+    return out

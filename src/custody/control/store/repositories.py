@@ -62,6 +62,7 @@ def _principal(row) -> Principal:  # noqa: ANN001
         attributes=dict(row.attributes),
         suspended=bool(row.suspended),
         created_at=_utc(row.created_at),
+        created_by=row.created_by,
     )
 
 
@@ -71,7 +72,7 @@ def add_principal(uow: UnitOfWork, p: Principal, token_id: str, token_hash: str)
     uow.conn.execute(
         insert(t.principals).values(
             id=p.id, name=p.name, roles=list(p.roles), team=p.team, attributes=p.attributes,
-            token_id=token_id, token_hash=token_hash, suspended=False, created_at=now(),
+            token_id=token_id, token_hash=token_hash, suspended=False, created_at=now(), created_by=p.created_by,
         )
     )
 

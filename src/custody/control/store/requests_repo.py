@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, insert, select, update
@@ -56,8 +57,12 @@ def add_request(uow: UnitOfWork, r: Request) -> None:
     ))
 
 
-def request_by_id(uow: UnitOfWork, request_id: str) -> Request:
-    row = uow.conn.execute(select(t.requests).where(t.requests.c.id == request_id)).first()
+def request_by_id(uow: UnitOfWork, request_id: str, lock: bool = False) -> Request:
+    """`lock`: hold the row until commit (PostgreSQL), so two approvers or two runs cannot interleave."""
+    q = select(t.requests).where(t.requests.c.id == request_id)
+    if lock and uow.dialect == "postgresql":
+        q = q.with_for_update()
+    row = uow.conn.execute(q).first()
     if row is None:
         raise NotFound(f"no request {request_id}")
     return _request(uow, row)
@@ -137,14 +142,35 @@ def grant_used(uow: UnitOfWork, use_id: str) -> bool:
 # -- MFA ----------------------------------------------------------------------------------
 
 
-def set_mfa(uow: UnitOfWork, principal: str, sealed: bytes) -> None:
-    uow.conn.execute(t.mfa.delete().where(t.mfa.c.principal == principal))
-    uow.conn.execute(insert(t.mfa).values(principal=principal, secret_sealed=sealed, enrolled_at=now(), last_step=None))
+def set_pending_mfa(uow: UnitOfWork, principal: str, sealed: bytes) -> None:
+    """A new seed, not in force until a code from it is verified (`activate_mfa`)."""
+    if uow.conn.execute(select(t.mfa.c.principal).where(t.mfa.c.principal == principal)).first() is None:
+        uow.conn.execute(insert(t.mfa).values(principal=principal, secret_sealed=None, pending_sealed=sealed,
+                                              enrolled_at=now(), last_step=None))
+    else:
+        uow.conn.execute(update(t.mfa).where(t.mfa.c.principal == principal).values(pending_sealed=sealed))
 
 
-def mfa_of(uow: UnitOfWork, principal: str) -> tuple[bytes, int | None] | None:
+@dataclass(frozen=True, slots=True)
+class MfaSeeds:
+    active: bytes | None  # sealed seed in force
+    pending: bytes | None  # sealed seed awaiting its first code
+    last_step: int | None
+
+
+def mfa_of(uow: UnitOfWork, principal: str) -> MfaSeeds | None:
     row = uow.conn.execute(select(t.mfa).where(t.mfa.c.principal == principal)).first()
-    return None if row is None else (bytes(row.secret_sealed), row.last_step)
+    if row is None:
+        return None
+    return MfaSeeds(bytes(row.secret_sealed) if row.secret_sealed is not None else None,
+                    bytes(row.pending_sealed) if row.pending_sealed is not None else None, row.last_step)
+
+
+def activate_mfa(uow: UnitOfWork, principal: str, first_step: int) -> None:
+    """The pending seed comes into force; its first verified code is spent."""
+    seeds = mfa_of(uow, principal)
+    uow.conn.execute(update(t.mfa).where(t.mfa.c.principal == principal)
+                     .values(secret_sealed=seeds.pending, pending_sealed=None, enrolled_at=now(), last_step=first_step))
 
 
 def spend_mfa_step(uow: UnitOfWork, principal: str, step: int) -> None:
@@ -210,6 +236,11 @@ def list_exceptions(uow: UnitOfWork) -> list[dict]:
     return [dict(r._mapping) | {"expires_at": _utc(r.expires_at), "created_at": _utc(r.created_at)} for r in rows]
 
 
+def activate_exception(uow: UnitOfWork, exc_id: str, expires_at: datetime) -> None:
+    uow.conn.execute(update(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id)
+                     .values(state="active", expires_at=expires_at))
+
+
 def set_exception_state(uow: UnitOfWork, exc_id: str, state: str) -> None:
     uow.conn.execute(update(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id).values(state=state))
 
@@ -224,11 +255,12 @@ def active_exceptions(uow: UnitOfWork, asset: str, zone: str, at: datetime) -> f
 # -- policy proposals ---------------------------------------------------------------------
 
 
-def add_proposal(uow: UnitOfWork, *, catalog_hash: str, files: dict[str, str], purpose: str, proposer: str) -> str:
+def add_proposal(uow: UnitOfWork, *, catalog_hash: str, base_hash: str | None, files: dict[str, str], purpose: str,
+                 proposer: str) -> str:
     pid = new_id()
-    uow.conn.execute(insert(t.policy_proposals).values(id=pid, catalog_hash=catalog_hash, files=files,
-                                                       purpose=purpose, proposer=proposer, state="proposed",
-                                                       created_at=now()))
+    uow.conn.execute(insert(t.policy_proposals).values(id=pid, catalog_hash=catalog_hash, base_hash=base_hash,
+                                                       files=files, purpose=purpose, proposer=proposer,
+                                                       state="proposed", created_at=now()))
     return pid
 
 
@@ -236,7 +268,7 @@ def proposal_by_id(uow: UnitOfWork, pid: str) -> dict:
     row = uow.conn.execute(select(t.policy_proposals).where(t.policy_proposals.c.id == pid)).first()
     if row is None:
         raise NotFound(f"no policy proposal {pid}")
-    return dict(row._mapping)
+    return dict(row._mapping) | {"created_at": _utc(row.created_at)}
 
 
 def set_proposal_state(uow: UnitOfWork, pid: str, state: str) -> None:

@@ -44,6 +44,7 @@ principals = Table(
     Column("token_hash", String(64), nullable=False),
     Column("suspended", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("created_by", String(64)),  # who added this principal: their own requests it cannot approve
 )
 
 zones = Table(
@@ -225,7 +226,8 @@ mfa = Table(
     "mfa",
     metadata,
     Column("principal", String(64), primary_key=True),
-    Column("secret_sealed", LargeBinary, nullable=False),  # encrypted by the custodian
+    Column("secret_sealed", LargeBinary),  # the seed in force, encrypted by the custodian
+    Column("pending_sealed", LargeBinary),  # a new seed: in force once a code from it is verified
     Column("enrolled_at", DateTime(timezone=True), nullable=False),
     Column("last_step", BigInteger),  # the last TOTP time step accepted: codes are single use
 )
@@ -264,6 +266,7 @@ policy_proposals = Table(
     Column("files", JSON, nullable=False),
     Column("purpose", Text, nullable=False),
     Column("proposer", String(64), nullable=False),
+    Column("base_hash", String(64)),  # the catalog it changes: a proposal made on an older one is stale
     Column("state", String(16), nullable=False),  # proposed | applied | superseded
     Column("created_at", DateTime(timezone=True), nullable=False),
 )

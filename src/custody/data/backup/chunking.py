@@ -2,9 +2,10 @@
 
 Safetensors files are cut along their own structure: the 8-byte length plus header JSON is
 one piece, and every tensor's bytes are one piece, or fixed PIECE_SIZE pieces aligned to the
-tensor's start when the tensor is larger. A fine-tune that rewrites some tensors, adds one, or
-reorders the header then changes only the pieces of what changed: every untouched tensor is cut
-exactly as before wherever it now sits in the file. Content-defined chunking would also find
+tensor's start when the tensor is larger (a header over PIECE_SIZE is cut the same way). A
+fine-tune that rewrites some tensors, adds one, or reorders the header then changes only the
+pieces of what changed: every untouched tensor is cut exactly as before wherever it now sits
+in the file. Content-defined chunking would also find
 most of them, but loses a chunk or two at each edit and cuts every tensor's edges apart.
 
 Everything else is cut with FastCDC (min 256 KiB, avg 1 MiB, max 4 MiB), so an insertion moves

@@ -10,6 +10,7 @@ killed part-way leaves a stray file that listing ignores and pruning removes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import threading
@@ -39,7 +40,7 @@ class ObjectStore:
 
     # -- writing -------------------------------------------------------------------------------
 
-    def put(self, rel: str, data: bytes | memoryview) -> None:
+    def put(self, rel: str, data: bytes | bytearray | memoryview) -> None:
         """Store `data` at `rel` atomically (replacing an object already there)."""
         path = self.path(rel)
         folder = path.rsplit("/", 1)[0]
@@ -187,7 +188,5 @@ def _parents(folder: str, root: str) -> Iterator[str]:
 
 
 def _unlink(path: str) -> None:
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass

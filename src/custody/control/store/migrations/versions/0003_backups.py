@@ -1,4 +1,4 @@
-"""Backups: policies, deduplicating repositories, signed snapshots; requests that read snapshots.
+"""Backups (policies, repositories, snapshots; requests that read snapshots) and tighter approvals.
 
 Revision ID: 0003
 Revises: 0002
@@ -16,6 +16,13 @@ TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("principals") as batch:
+        batch.add_column(sa.Column("created_by", sa.String(64)))
+    with op.batch_alter_table("mfa") as batch:
+        batch.alter_column("secret_sealed", existing_type=sa.LargeBinary, nullable=True)
+        batch.add_column(sa.Column("pending_sealed", sa.LargeBinary))
+    with op.batch_alter_table("policy_proposals") as batch:
+        batch.add_column(sa.Column("base_hash", sa.String(64)))
     with op.batch_alter_table("requests") as batch:
         batch.alter_column("source_replica", existing_type=sa.String(36), nullable=True)
         batch.add_column(sa.Column("source_snapshot", sa.String(36)))

@@ -1,0 +1,182 @@
+"""Backups: schedules and retention per asset, snapshots into a deduplicating repository, status.
+
+A backup is a request of kind `backup` with method `snapshot`, decided and ledgered like any copy
+(the default catalog lets backup operators run it without approvals); running it writes new
+chunks into the repository of (backup zone, asset lineage) and records a signed snapshot.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from custody.control import schedule, views
+from custody.control.door import Act, act
+from custody.control.policy.catalog import parse_duration
+from custody.control.retention import keeps_until
+from custody.control.services import copies, requests
+from custody.control.store import backups_repo as br
+from custody.control.store import repositories as repo
+from custody.control.workspace import Workspace
+from custody.data.backup import backup as backup_plane
+from custody.data.backup.keys import derive
+from custody.data.backup.repository import Repository
+from custody.data.backup.snapshot import SnapshotManifest
+from custody.domain.errors import CustodyError, IntegrityError, InvalidInput, InvalidState
+from custody.domain.manifest import Manifest
+from custody.domain.model import ZoneKind, new_id
+from custody.domain.requests import Request
+from custody.keys import bundle, granted
+from custody.keys.custodian import CustodianSigner
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def set_policy(ws: Workspace, token: str | None, asset: str, *, zone: str, every: str, keep_daily: int,
+               keep_weekly: int, keep_monthly: int, rpo: str, rto: str) -> dict:
+    with act(ws, token, "backup.policy", subject=asset, destination=zone) as a:
+        repo.asset_by_name(a.uow, asset)
+        z = repo.zone_by_name(a.uow, zone)
+        if z.kind not in (ZoneKind.BACKUP, ZoneKind.ARCHIVE):
+            raise InvalidInput(f"zone {zone} is a {z.kind.value} zone; backups go to backup or archive zones")
+        cron = schedule.parse(every)
+        if min(keep_daily, keep_weekly, keep_monthly) < 0 or max(keep_daily, keep_weekly, keep_monthly) == 0:
+            raise InvalidInput("retention keeps nothing: give --keep-daily, --keep-weekly or --keep-monthly")
+        policy = br.BackupPolicy(asset, zone, cron.text, keep_daily, keep_weekly, keep_monthly,
+                                 parse_duration(rpo), parse_duration(rto))
+        br.set_policy(a.uow, policy, a.principal.name)
+        a.record(details=policy.to_dict())
+        return policy.to_dict()
+
+
+def list_policies(ws: Workspace, token: str | None) -> list[dict]:
+    with act(ws, token, "backup.read") as a:
+        return [p.to_dict() for p in br.policies(a.uow)]
+
+
+def run(ws: Workspace, token: str | None, asset: str | None = None, *, due: bool = False, progress=None) -> list[dict]:  # noqa: ANN001
+    """Back up one asset, or every asset whose schedule has fired since its last snapshot."""
+    if (asset is None) == (not due):
+        raise InvalidInput("name an ASSET or pass --due")
+    with act(ws, token, "backup.read", details={"due": due}) as a:
+        if asset:
+            targets = [br.policy_of(a.uow, asset)]
+        else:
+            now = _now()
+            targets = [p for p in br.policies(a.uow)
+                       if schedule.parse(p.schedule).due(_last_snapshot_time(a.uow, p.asset), now)]
+    out = []
+    for p in targets:
+        req = requests.create(ws, token, p.asset, to=p.zone, kind="backup", method="snapshot",
+                              purpose="scheduled backup" if due else "backup")
+        if req["state"] != "approved":
+            out.append(req)
+            continue
+        out.append(copies.run(ws, token, req["id"], progress))
+    return out
+
+
+def _last_snapshot_time(uow, asset: str) -> datetime | None:  # noqa: ANN001
+    snaps = br.snapshots(uow, asset=asset)
+    return snaps[-1].created_at if snaps else None
+
+
+def open_repository(ws: Workspace, uow, repo_id: str) -> Repository:  # noqa: ANN001
+    """The repository with its keys unwrapped: a shredded repository key is a clear refusal."""
+    info = br.repository_by_id(uow, repo_id)
+    wrapped = repo.data_key(uow, info["key_id"])
+    if wrapped is None:
+        raise InvalidState(f"backup repository {repo_id} was shredded: its key is destroyed, nothing can be restored")
+    zone = repo.zone_by_name(uow, info["zone"])
+    return Repository(ws.zone_storage(zone), repo_id, derive(ws.custodian().unwrap(wrapped), repo_id))
+
+
+def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected):  # noqa: ANN201
+    from custody.control.services.copies import Job, reserve_egress
+    from custody.control.services.replicas import check_signed
+
+    custodian = ws.custodian()
+    source = repo.replica_by_id(a.uow, request.source_replica)
+    if not source.readable:
+        raise InvalidState(f"source replica {source.id} is {source.state.value}")
+    src_zone = repo.zone_by_name(a.uow, source.zone)
+    version = repo.version_by_id(a.uow, request.version_id)
+    manifest = Manifest.from_json(version.manifest_json)
+    check_signed(ws, repo.replica_bundle(a.uow, source.id) or version.bundle_json, manifest, f"replica {source.id}")
+    src_wrapped = repo.data_key(a.uow, source.key_id)
+    if src_wrapped is None:
+        raise InvalidState(f"source replica {source.id}: its data key was shredded")
+    src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
+    asset = repo.asset_by_name(a.uow, request.asset)
+    policy = br.policy_of(a.uow, request.asset)
+    found = br.repository(a.uow, request.destination_zone, asset.id)
+    if found is None:  # the lineage's first backup in this zone: a repository key, made under the grant
+        repo_id, key_id = new_id(), new_id()
+        repo.lock_zone(a.uow, request.destination_zone)
+        master, wrapped = granted.new_destination_key(custodian, grant_token, claims, key_id)
+        repo.add_data_key(a.uow, wrapped)
+        br.add_repository(a.uow, repo_id, request.destination_zone, asset.id, key_id)
+        repository = Repository(ws.zone_storage(repo.zone_by_name(a.uow, request.destination_zone)), repo_id,
+                                derive(master, repo_id))
+    else:
+        granted.check(custodian, grant_token, claims, "wrap-destination")
+        repo_id = found[0]
+        repository = open_repository(ws, a.uow, repo_id)
+    reserve_egress(a.uow, src_zone.name, version.total_size, request.id)
+
+    def execute(progress):  # noqa: ANN001, ANN202
+        return backup_plane.backup_replica(ws.zone_storage(src_zone), source.id, source.key_id, src_dek, manifest,
+                                           repository, progress)
+
+    def finish(a: Act, request: Request, report) -> dict:  # noqa: ANN001
+        snap_manifest: SnapshotManifest = report.manifest
+        if snap_manifest.manifest().digest != request.version_digest:
+            raise IntegrityError("the snapshot's files do not hash to the version's digest")
+        created = _now()
+        signed = bundle.sign_manifest(snap_manifest.manifest(), request.asset, CustodianSigner(ws.custodian()))
+        snap = br.Snapshot(
+            id=new_id(), repo_id=repo_id, asset=request.asset, version_id=request.version_id, request_id=request.id,
+            created_at=created, manifest_json=snap_manifest.to_json(), bundle_json=signed.decode(),
+            logical_bytes=snap_manifest.logical_bytes, added_bytes=report.bytes_added,
+            immutable_until=keeps_until(created, policy.keep_daily, policy.keep_weekly, policy.keep_monthly),
+            state="active", verified_at=None,
+        )
+        br.add_snapshot(a.uow, snap)
+        return {"snapshot": snap.id, "repository": repo_id, "bytes_added": report.bytes_added,
+                "chunks_new": report.chunks_new, "chunks_reused": report.chunks_reused,
+                "immutable_until": views.ts(snap.immutable_until)}
+
+    return Job(src_zone.name, {"repository": repo_id, "bytes": version.total_size}, execute, finish, None)
+
+
+def status(ws: Workspace, token: str | None) -> list[dict]:
+    """Per asset: newest snapshot, its age against the RPO, repository and logical size, dedup ratio."""
+    with act(ws, token, "backup.read") as a:
+        now = _now()
+        rows = []
+        for p in br.policies(a.uow):
+            snaps = br.snapshots(a.uow, asset=p.asset)
+            last = snaps[-1] if snaps else None
+            age = (now - last.created_at).total_seconds() if last else None
+            if age is None or age > p.rpo_seconds:
+                rpo_state = "breached"
+            elif age > 0.75 * p.rpo_seconds:
+                rpo_state = "at risk"
+            else:
+                rpo_state = "ok"
+            stored = logical = 0
+            if last is not None:
+                try:
+                    stored = open_repository(ws, a.uow, last.repo_id).stored_bytes()
+                except CustodyError:
+                    stored = 0
+                logical = sum(s.logical_bytes for s in snaps)
+            rows.append({"asset": p.asset, "zone": p.zone, "last_snapshot": last.id if last else None,
+                         "last_at": views.ts(last.created_at) if last else None,
+                         "age_seconds": round(age) if age is not None else None, "rpo_seconds": p.rpo_seconds,
+                         "rpo": rpo_state, "snapshots": len(snaps), "repository_bytes": stored,
+                         "logical_bytes": logical, "dedup_ratio": round(logical / stored, 2) if stored else None})
+        return rows
+
+

@@ -1,0 +1,146 @@
+"""Snapshots: list, show, verify, and forget under retention (immutable until retention ends)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from custody.control import views
+from custody.control.door import act, data_step, record_after
+from custody.control.retention import keep
+from custody.control.services.backups import open_repository
+from custody.control.services.signoffs import counting, sign_off
+from custody.control.store import backups_repo as br
+from custody.control.store.db import UnitOfWork
+from custody.control.workspace import Workspace
+from custody.data.backup import prune as prune_plane
+from custody.data.backup import verify as verify_plane
+from custody.data.backup.snapshot import SnapshotManifest
+from custody.domain.errors import Denied, InvalidInput, InvalidState
+from custody.keys import bundle
+
+EARLY_DELETE_APPROVALS = 2
+APPROVING_ROLES = ("ml-lead", "security")
+
+
+def _view(s: br.Snapshot) -> dict:
+    return {"id": s.id, "asset": s.asset, "version_id": s.version_id, "repository": s.repo_id,
+            "created_at": views.ts(s.created_at), "logical_bytes": s.logical_bytes, "added_bytes": s.added_bytes,
+            "immutable_until": views.ts(s.immutable_until), "state": s.state, "verified_at": views.ts(s.verified_at)}
+
+
+def list_snapshots(ws: Workspace, token: str | None, asset: str | None = None) -> list[dict]:
+    with act(ws, token, "snapshot.read") as a:
+        return [_view(s) for s in br.snapshots(a.uow, asset=asset)]
+
+
+def show(ws: Workspace, token: str | None, snapshot_id: str) -> dict:
+    with act(ws, token, "snapshot.read", subject=snapshot_id) as a:
+        s = br.snapshot_by_id(a.uow, snapshot_id)
+        out = _view(s)
+        out["files"] = [{"path": f.path, "size": f.size, "sha256": f.sha256, "chunks": len(f.chunks)}
+                        for f in SnapshotManifest.from_json(s.manifest_json).files]
+        return out
+
+
+def signed_manifest(ws: Workspace, s: br.Snapshot) -> SnapshotManifest:
+    """The snapshot's manifest, checked against its signature before anything trusts it (T7)."""
+    snap = SnapshotManifest.from_json(s.manifest_json)
+    signed = bundle.verify_bundle(s.bundle_json.encode(), load_pem_public_key(ws.public_key_pem("signing")))
+    signed.check_against(snap.manifest())
+    return snap
+
+
+def verify(ws: Workspace, token: str | None, snapshot_id: str, *, read_data: bool = False,
+           subset: float | None = None) -> dict:
+    if subset is not None and not 0 < subset <= 100:
+        raise InvalidInput("--read-data-subset is a percentage in (0, 100]")
+    with act(ws, token, "snapshot.verify", subject=snapshot_id, deferred=True) as a:
+        s = br.snapshot_by_id(a.uow, snapshot_id)
+        snap = signed_manifest(ws, s)
+        repository = open_repository(ws, a.uow, s.repo_id)
+    with data_step(ws, a):
+        report = verify_plane.verify(repository, snap, read_data=read_data, subset=subset)
+    with ws.uow() as uow:
+        if read_data and subset is None:
+            br.mark_verified(uow, snapshot_id)
+    out = {"snapshot": snapshot_id, "signature": "ok", "chunks_present": report.chunks_present,
+           "chunks_checked": report.chunks_checked, "files_checked": report.files_checked,
+           "bytes_read": report.bytes_read, "read_data": read_data, "subset": subset}
+    record_after(ws, a, details=out)
+    return out
+
+
+def forget(ws: Workspace, token: str | None, asset: str, *, prune: bool = False) -> dict:
+    """Apply the asset's keep rules; snapshots still immutable stay. With prune, drop unreferenced chunks."""
+    now = datetime.now(timezone.utc)
+    with act(ws, token, "snapshot.forget", subject=asset) as a:
+        policy = br.policy_of(a.uow, asset)
+        snaps = br.snapshots(a.uow, asset=asset)
+        kept = keep([(s.id, s.created_at) for s in snaps], policy.keep_daily, policy.keep_weekly, policy.keep_monthly)
+        forgotten, immutable = [], []
+        for s in snaps:
+            if s.id in kept:
+                continue
+            if s.immutable_until > now and _delete_approvals(ws, a.uow, s) < EARLY_DELETE_APPROVALS:
+                immutable.append(s.id)
+                continue
+            br.set_snapshot_state(a.uow, s.id, "forgotten")
+            forgotten.append(s.id)
+        repos = {s.repo_id for s in snaps}
+        keep_chunks = {r: _referenced(a.uow, r) for r in repos}
+        a.record(details={"forgotten": forgotten, "kept": sorted(kept), "immutable": immutable})
+        repositories = {r: open_repository(ws, a.uow, r) for r in repos} if prune else {}
+    pruned = {"deleted": 0, "bytes_freed": 0}
+    if prune:
+        with data_step(ws, a):
+            for r, repository in repositories.items():
+                rep = prune_plane.prune(repository, keep_chunks[r])
+                pruned["deleted"] += rep.deleted
+                pruned["bytes_freed"] += rep.bytes_freed
+        record_after(ws, a, details={"pruned": pruned})
+    return {"asset": asset, "kept": sorted(kept), "forgotten": forgotten, "immutable": immutable, "pruned": pruned}
+
+
+def _referenced(uow: UnitOfWork, repo_id: str) -> set[str]:
+    ids: set[str] = set()
+    for s in br.snapshots(uow, repo_id=repo_id):
+        ids |= SnapshotManifest.from_json(s.manifest_json).chunk_ids()
+    return ids
+
+
+def _delete_approvals(ws: Workspace, uow: UnitOfWork, s: br.Snapshot) -> int:
+    return len(counting(ws, uow, "snapshot-delete", s.id, {"snapshot": s.id, "asset": s.asset},
+                        roles=APPROVING_ROLES, exclude=""))
+
+
+def approve_delete(ws: Workspace, token: str | None, snapshot_id: str, reason: str, otp: str | None = None) -> dict:
+    """One of the two approvals an immutable snapshot needs before it can be forgotten early (NIST CP-9(7))."""
+    with act(ws, token, "snapshot.approve-delete", subject=snapshot_id, rationale=reason) as a:
+        if not reason or not reason.strip():
+            raise InvalidInput("approving an early deletion needs a reason")
+        s = br.snapshot_by_id(a.uow, snapshot_id)
+        if s.state != "active":
+            raise InvalidState(f"snapshot {snapshot_id} is {s.state}")
+        sign_off(ws, a, "snapshot-delete", snapshot_id, {"snapshot": snapshot_id, "asset": s.asset}, otp=otp,
+                 comment=reason, mfa_required=False)
+        count = _delete_approvals(ws, a.uow, s)
+        a.record(details={"approvals": count, "needed": EARLY_DELETE_APPROVALS})
+    return {"snapshot": snapshot_id, "approvals": count, "needed": EARLY_DELETE_APPROVALS}
+
+
+def delete(ws: Workspace, token: str | None, snapshot_id: str, reason: str) -> dict:
+    """Forget one snapshot now: allowed once its retention ended, or with two approvals before."""
+    with act(ws, token, "snapshot.forget", subject=snapshot_id, rationale=reason) as a:
+        if not reason or not reason.strip():
+            raise InvalidInput("deleting a snapshot needs a reason")
+        s = br.snapshot_by_id(a.uow, snapshot_id)
+        if s.state != "active":
+            raise InvalidState(f"snapshot {snapshot_id} is {s.state}")
+        if s.immutable_until > datetime.now(timezone.utc) and _delete_approvals(ws, a.uow, s) < EARLY_DELETE_APPROVALS:
+            raise Denied(f"snapshot {snapshot_id} is immutable until {views.ts(s.immutable_until)}; deleting it "
+                         f"earlier needs {EARLY_DELETE_APPROVALS} approvals (custody snapshot approve-delete)")
+        br.set_snapshot_state(a.uow, snapshot_id, "forgotten")
+        a.record(details={"immutable_until": views.ts(s.immutable_until)})
+    return {"snapshot": snapshot_id, "state": "forgotten"}
