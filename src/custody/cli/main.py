@@ -21,9 +21,12 @@ asset_app = typer.Typer(help="Registered models and their versions.", no_args_is
 replica_app = typer.Typer(help="Copies of asset versions in zones.", no_args_is_help=True)
 keys_app = typer.Typer(help="Key-encryption keys, rotation, public keys.", no_args_is_help=True)
 audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
+from custody.cli.backups import backup_app, drill_app, restore_cmd, snapshot_app  # noqa: E402
 from custody.cli.governed import exception_app, mfa_app, policy_app, request_app, review_app  # noqa: E402
 
-for sub, name in ((policy_app, "policy"), (request_app, "request"), (mfa_app, "mfa"), (review_app, "review"),
+command(app, "restore")(restore_cmd)
+
+for sub, name in ((backup_app, "backup"), (snapshot_app, "snapshot"), (drill_app, "drill"), (policy_app, "policy"), (request_app, "request"), (mfa_app, "mfa"), (review_app, "review"),
                   (exception_app, "exception"), (zone_app, "zone"), (principal_app, "principal"), (asset_app, "asset"), (replica_app, "replica"),
                   (keys_app, "keys"), (audit_app, "audit")):
     app.add_typer(sub, name=name)

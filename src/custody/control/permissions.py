@@ -53,6 +53,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "exception.read": frozenset(ROLES),
     "backup.policy": frozenset({"admin", "backup-operator"}),
     "backup.read": frozenset(ROLES),
+    "backup.shred": frozenset({"admin", "security"}),
     "snapshot.read": frozenset(ROLES),
     "snapshot.verify": frozenset({"admin", "backup-operator", "security", "auditor"}),
     "snapshot.forget": frozenset({"admin", "backup-operator"}),

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from custody.control import schedule, views
-from custody.control.door import Act, act
+from custody.control.door import Act, act, data_step
 from custody.control.policy.catalog import parse_duration
 from custody.control.retention import keeps_until
 from custody.control.services import copies, requests
@@ -21,7 +21,7 @@ from custody.data.backup import backup as backup_plane
 from custody.data.backup.keys import derive
 from custody.data.backup.repository import Repository
 from custody.data.backup.snapshot import SnapshotManifest
-from custody.domain.errors import CustodyError, IntegrityError, InvalidInput, InvalidState
+from custody.domain.errors import CustodyError, IntegrityError, InvalidInput, InvalidState, NotFound
 from custody.domain.manifest import Manifest
 from custody.domain.model import ZoneKind, new_id
 from custody.domain.requests import Request
@@ -148,6 +148,32 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
                 "immutable_until": views.ts(snap.immutable_until)}
 
     return Job(src_zone.name, {"repository": repo_id, "bytes": version.total_size}, execute, finish, None)
+
+
+def shred_repository(ws: Workspace, token: str | None, asset: str, zone: str, reason: str) -> dict:
+    """Destroy the repository key of (zone, asset lineage): every backup of it is unreadable at once
+    (legal deletion); its chunk files are removed after the key is gone."""
+    from custody.control.store.db import purge_freed
+
+    with act(ws, token, "backup.shred", subject=asset, destination=zone, rationale=reason) as a:
+        if not reason or not reason.strip():
+            raise InvalidInput("shredding a backup repository needs a reason")
+        found = br.repository(a.uow, zone, repo.asset_by_name(a.uow, asset).id)
+        if found is None:
+            raise NotFound(f"no backup repository of {asset} in zone {zone}")
+        repo_id, key_id = found
+        if repo.data_key(a.uow, key_id) is None:
+            raise InvalidState(f"backup repository {repo_id} is already shredded")
+        repo.shred_data_key(a.uow, key_id)
+        forgotten = [s.id for s in br.snapshots(a.uow, repo_id=repo_id)]
+        for sid in forgotten:
+            br.set_snapshot_state(a.uow, sid, "forgotten")
+        storage = ws.zone_storage(repo.zone_by_name(a.uow, zone))
+        a.record(details={"repository": repo_id, "snapshots": forgotten})
+    purge_freed(ws.engine)
+    with data_step(ws, a):
+        storage.delete_tree(f"repos/{repo_id}")
+    return {"asset": asset, "zone": zone, "repository": repo_id, "snapshots_destroyed": len(forgotten)}
 
 
 def status(ws: Workspace, token: str | None) -> list[dict]:

@@ -72,7 +72,10 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
             rq.use_grant(a.uow, use_id, request.id)  # single use, in this transaction
         elif not rq.grant_used(a.uow, use_id):
             raise InvalidState(f"request {request_id} has no spent grant to resume under")
+        if request.state is RequestState.RUNNING and writer_alive(rq.writer_of(a.uow, request.id)):
+            raise InvalidState(f"request {request_id} is already running ({rq.writer_of(a.uow, request.id)})")
         job = _prepare(ws, a, request, grant_token, claims)
+        rq.set_writer(a.uow, request.id, writer_tag())
         if request.state is not RequestState.RUNNING:
             rq.move_request(a.uow, request, RequestState.RUNNING, result_replica=job.replica_id)
         elif job.replica_id and job.replica_id != request.result_replica:
@@ -92,7 +95,7 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
              destination=started.fields.get("destination")) as a:
         request = rq.request_by_id(a.uow, request_id)
         extra = job.finish(a, request, report)
-        rq.move_request(a.uow, request, RequestState.DONE)  # refused if the request was revoked meanwhile
+        rq.move_request(a.uow, request, RequestState.DONE, writer=None)  # refused if the request was revoked meanwhile
         extra.update({"bytes": report.bytes, "seconds": round(report.seconds, 3),
                       "mb_per_s": round(report.bytes / 1e6 / report.seconds, 1) if report.seconds else None})
         a.record(details=extra)

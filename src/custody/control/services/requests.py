@@ -83,8 +83,10 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
             asset, version = asset_service.resolve_version(a.uow, ref)
             src = _source_replica(a.uow, asset.name, version, source)
             src_zone, src_replica_id = repo.zone_by_name(a.uow, src.zone), src.id
-        if (snapshot is not None) != (request_kind in SNAPSHOT_KINDS):
-            raise InvalidInput("restore and drill requests read a snapshot; other kinds read a replica")
+        if request_kind in SNAPSHOT_KINDS and snapshot is None:
+            raise InvalidInput("restore and drill requests read a snapshot")
+        if snapshot is not None and request_kind not in SNAPSHOT_KINDS | {RequestKind.DR}:
+            raise InvalidInput("a snapshot is restored by a restore, dr or drill request")
         dest = repo.zone_by_name(a.uow, to)
         decision = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, request_kind.value,
                            ttl_seconds, purpose, break_glass)

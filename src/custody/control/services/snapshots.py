@@ -44,6 +44,12 @@ def show(ws: Workspace, token: str | None, snapshot_id: str) -> dict:
         return out
 
 
+def signature_bundle(ws: Workspace, token: str | None, snapshot_id: str) -> bytes:
+    """The snapshot's signature bundle: restored files verify against it with `model_signing verify key`."""
+    with act(ws, token, "snapshot.read", subject=snapshot_id, details={"what": "bundle"}) as a:
+        return br.snapshot_by_id(a.uow, snapshot_id).bundle_json.encode()
+
+
 def signed_manifest(ws: Workspace, s: br.Snapshot) -> SnapshotManifest:
     """The snapshot's manifest, checked against its signature before anything trusts it (T7)."""
     snap = SnapshotManifest.from_json(s.manifest_json)
@@ -88,6 +94,9 @@ def forget(ws: Workspace, token: str | None, asset: str, *, prune: bool = False)
                 continue
             br.set_snapshot_state(a.uow, s.id, "forgotten")
             forgotten.append(s.id)
+        if prune and _backup_running(a.uow, asset):
+            raise InvalidState(f"a backup of {asset} is running: prune after it finishes (its new chunks are in "
+                               "no snapshot yet)")
         repos = {s.repo_id for s in snaps}
         keep_chunks = {r: _referenced(a.uow, r) for r in repos}
         a.record(details={"forgotten": forgotten, "kept": sorted(kept), "immutable": immutable})
@@ -101,6 +110,14 @@ def forget(ws: Workspace, token: str | None, asset: str, *, prune: bool = False)
                 pruned["bytes_freed"] += rep.bytes_freed
         record_after(ws, a, details={"pruned": pruned})
     return {"asset": asset, "kept": sorted(kept), "forgotten": forgotten, "immutable": immutable, "pruned": pruned}
+
+
+def _backup_running(uow: UnitOfWork, asset: str) -> bool:
+    from custody.control.services.sweep import writer_alive
+    from custody.control.store import requests_repo as rq
+
+    return any(r.method == "snapshot" and r.asset == asset and writer_alive(rq.writer_of(uow, r.id))
+               for r in rq.list_requests(uow, state="running"))
 
 
 def _referenced(uow: UnitOfWork, repo_id: str) -> set[str]:

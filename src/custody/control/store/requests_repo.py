@@ -88,6 +88,14 @@ def move_request(uow: UnitOfWork, request: Request, state: RequestState, **value
         raise InvalidState(f"request {request.id} changed while this action ran; try again")
 
 
+def set_writer(uow: UnitOfWork, request_id: str, writer: str | None) -> None:
+    uow.conn.execute(update(t.requests).where(t.requests.c.id == request_id).values(writer=writer))
+
+
+def writer_of(uow: UnitOfWork, request_id: str) -> str | None:
+    return uow.conn.execute(select(t.requests.c.writer).where(t.requests.c.id == request_id)).scalar_one_or_none()
+
+
 def set_result_replica(uow: UnitOfWork, request_id: str, replica_id: str) -> None:
     uow.conn.execute(update(t.requests).where(t.requests.c.id == request_id).values(result_replica=replica_id,
                                                                                      updated_at=now()))

@@ -185,6 +185,7 @@ requests = Table(
     Column("grant_expires_at", DateTime(timezone=True)),
     Column("result_replica", String(36)),
     Column("error", Text),
+    Column("writer", String(128)),  # "host:pid" of the process running it
     Index("ix_requests_state", "state"),
 )
 

@@ -58,6 +58,11 @@ class BackupReport:
     chunks_reused: int
     seconds: float
 
+    @property
+    def bytes(self) -> int:
+        """Plaintext bytes processed, as every data-plane report names them."""
+        return self.bytes_read
+
 
 @dataclass(frozen=True, slots=True)
 class _Stored:

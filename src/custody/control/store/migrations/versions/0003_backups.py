@@ -27,6 +27,7 @@ def upgrade() -> None:
         batch.alter_column("source_replica", existing_type=sa.String(36), nullable=True)
         batch.add_column(sa.Column("source_snapshot", sa.String(36)))
         batch.add_column(sa.Column("method", sa.String(16), nullable=False, server_default="replica"))
+        batch.add_column(sa.Column("writer", sa.String(128)))
     op.create_table(
         "backup_policies",
         sa.Column("asset_name", sa.String(64), primary_key=True),
