@@ -27,6 +27,7 @@ test: install
 	CUSTODY_TEST_PG_URL="$$(scripts/postgres-test-db.sh)" $(BIN)/pytest -q -p no:cacheprovider
 
 bench: install
+	@command -v restic >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic)
 	$(BIN)/python bench/run.py
 
 clean:
