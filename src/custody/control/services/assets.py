@@ -18,6 +18,7 @@ from custody.control import views
 from custody.control.door import act, data_step
 from custody.control.ledger import store as ledger
 from custody.control.store import repositories as repo
+from custody.control.store.db import purge_freed
 from custody.control.workspace import Workspace
 from custody.data import ingest, replica_files
 from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
@@ -198,6 +199,7 @@ def _abandon(ws: Workspace, replica_id: str, storage) -> None:  # noqa: ANN001
                 ledger.append(uow, actor=replica.created_by, action="replica.abandon", outcome="ok",
                               subject=replica_id, destination=replica.zone,
                               details={"why": "registration did not finish; key shredded, files removed"})
+        purge_freed(ws.engine)
         replica_files.delete_replica_files(storage, replica_id)
     except Exception:  # noqa: BLE001
         pass  # the sweeper finishes what could not be cleaned here

@@ -72,9 +72,13 @@ def policy_of(uow: UnitOfWork, asset: str) -> BackupPolicy:
 
 
 def repository(uow: UnitOfWork, zone: str, asset_id: str) -> tuple[str, str] | None:
-    """(repo id, key id) of the repository for this zone and lineage, if it exists."""
-    r = t.repositories.c
-    row = uow.conn.execute(select(r.id, r.key_id).where(r.zone == zone, r.asset_id == asset_id)).first()
+    """(repo id, key id) of the live repository for this zone and lineage (its key not shredded)."""
+    r, k = t.repositories.c, t.data_keys.c
+    row = uow.conn.execute(
+        select(r.id, r.key_id).join(t.data_keys, k.id == r.key_id)
+        .where(r.zone == zone, r.asset_id == asset_id, k.wrapped.is_not(None))
+        .order_by(r.created_at.desc())
+    ).first()
     return None if row is None else (row.id, row.key_id)
 
 

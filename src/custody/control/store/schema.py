@@ -298,7 +298,7 @@ backup_policies = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-repositories = Table(  # one per (backup zone, asset lineage)
+repositories = Table(  # one live per (backup zone, asset lineage); a shredded one is kept for the record
     "repositories",
     metadata,
     Column("id", String(36), primary_key=True),
@@ -306,7 +306,6 @@ repositories = Table(  # one per (backup zone, asset lineage)
     Column("asset_id", String(36), ForeignKey("assets.id"), nullable=False),
     Column("key_id", String(36), ForeignKey("data_keys.id"), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
-    UniqueConstraint("zone", "asset_id"),
 )
 
 snapshots = Table(

@@ -48,7 +48,6 @@ def upgrade() -> None:
         sa.Column("asset_id", sa.String(36), sa.ForeignKey("assets.id"), nullable=False),
         sa.Column("key_id", sa.String(36), sa.ForeignKey("data_keys.id"), nullable=False),
         sa.Column("created_at", TS, nullable=False),
-        sa.UniqueConstraint("zone", "asset_id"),
     )
     op.create_table(
         "snapshots",
