@@ -28,11 +28,23 @@ def ops(env: Env, model_dir: Path):  # noqa: ANN201
                           ("carol", "security", "security")):
         tokens[name] = cli("principal", "add", name, "--role", role, "--team", t, "--json",
                            token=env.token).json["token"]
+    for name in ("bob", "carol"):
+        secret = cli("mfa", "enroll", "--json", token=tokens[name]).json["secret"]
+        tokens[name + "_otp"] = secret
+        assert cli("mfa", "verify", pyotp.TOTP(secret).now(), "--json", token=tokens[name]).code == 0
     register(env, model_dir, "tiny", "--jurisdiction", "US")
     r = cli("backup", "policy", "set", "tiny", "--zone", "backup", "--every", "@daily", "--keep-daily", "2",
             "--keep-weekly", "0", "--keep-monthly", "0", "--rpo", "24h", "--rto", "10m", "--json", token=tokens["dave"])
     assert r.code == 0, r.stdout
     return tokens
+
+
+def next_code(secret: str) -> str:
+    """The next step's code: the current one was spent moments ago (the server accepts +1 step)."""
+    import time
+
+    totp = pyotp.TOTP(secret)
+    return totp.at(time.time() + totp.interval)
 
 
 def backup(env: Env, token: str, asset: str = "tiny") -> dict:
@@ -136,7 +148,7 @@ def test_damaged_chunks_are_found_and_nothing_is_restored(env: Env, ops: dict, d
     assert cli("replica", "list", "--zone", "dr", "--state", "active", "--json", token=ops["admin"]).json == []
 
 
-@pytest.mark.parametrize("tamper", ["edited_manifest", "other_key"])
+@pytest.mark.parametrize("tamper", ["edited_manifest", "swapped_chunks", "other_key"])
 def test_snapshot_manifest_tampering_is_refused(env: Env, ops: dict, tamper: str) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -150,6 +162,10 @@ def test_snapshot_manifest_tampering_is_refused(env: Env, ops: dict, tamper: str
     if tamper == "edited_manifest":
         doc["files"][0]["size"] += 1
         column, value = "manifest_json", json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    elif tamper == "swapped_chunks":
+        shard = max(doc["files"], key=lambda f: len(f["chunks"]))
+        shard["chunks"][0], shard["chunks"][1] = shard["chunks"][1], shard["chunks"][0]
+        column, value = "manifest_json", json.dumps(doc, sort_keys=True, separators=(",", ":"))
     else:
         forged = sign_manifest(SnapshotManifest.from_json(s.manifest_json).manifest(), "tiny",
                                ec.generate_private_key(ec.SECP256R1()))
@@ -157,12 +173,12 @@ def test_snapshot_manifest_tampering_is_refused(env: Env, ops: dict, tamper: str
     with ws.engine.begin() as conn:
         conn.execute(text(f"UPDATE snapshots SET {column} = :v WHERE id = :i"), {"v": value, "i": snap})
     ws.close()
-    assert cli("snapshot", "verify", snap, "--json", token=ops["dave"]).code == 5
-    assert cli("restore", snap, "--to", "dr", "--purpose", "x", "--json", token=ops["dave"]).code in (0, 5)
-    req = [r for r in cli("request", "list", "--json", token=ops["dave"]).json if r["kind"] == "restore"]
-    if req and req[0]["state"] == "awaiting_approval":
-        cli("request", "approve", req[0]["id"], "--json", token=ops["bob"])
-        assert cli("request", "run", req[0]["id"], "--json", token=ops["dave"]).code == 5
+    verified = cli("snapshot", "verify", snap, "--json", token=ops["dave"])  # no data read: signatures alone
+    assert verified.code == 5, verified.stdout
+    req = cli("restore", snap, "--to", "dr", "--purpose", "x", "--json", token=ops["dave"]).json
+    cli("request", "approve", req["id"], "--json", token=ops["bob"])
+    assert cli("request", "run", req["id"], "--json", token=ops["dave"]).code == 5
+    assert cli("replica", "list", "--zone", "dr", "--json", token=ops["admin"]).json == []
 
 
 def test_retention_immutability_and_early_deletion(env: Env, ops: dict) -> None:
@@ -180,15 +196,26 @@ def test_retention_immutability_and_early_deletion(env: Env, ops: dict) -> None:
         snaps.append(sid)
     r = cli("snapshot", "forget", "--asset", "tiny", "--apply-retention", "--json", token=ops["dave"]).json
     assert r["forgotten"] == [] and r["immutable"] == [snaps[0]]  # still within its immutability window
-    assert cli("snapshot", "delete", snaps[0], "--reason", "x", "--json", token=ops["dave"]).code == 3
-    assert cli("snapshot", "approve-delete", snaps[0], "--reason", "legal hold over", "--json",
-               token=ops["bob"]).json["approvals"] == 1
-    assert cli("snapshot", "approve-delete", snaps[0], "--reason", "legal hold over", "--json",
-               token=ops["carol"]).json["approvals"] == 2
-    r = cli("snapshot", "forget", "--asset", "tiny", "--apply-retention", "--prune", "--json", token=ops["dave"]).json
-    assert r["forgotten"] == [snaps[0]]
+    asked = cli("snapshot", "delete", snaps[0], "--reason", "legal hold over", "--json", token=ops["dave"]).json
+    assert asked["state"] == "awaiting_approval" and asked["needed"] == 2 and asked["approvals"] == 0
+    deletion = asked["deletion"]
+    # approvers the proposer could mint, or without a second factor, do not count
+    assert cli("snapshot", "approve-delete", deletion, "--reason", "ok", "--json", token=ops["bob"]).code == 3
+    assert cli("snapshot", "approve-delete", deletion, "--reason", "ok", "--json", token=ops["dave"]).code == 3
+    late = cli("principal", "add", "late", "--role", "security", "--team", "x", "--json", token=ops["admin"]).json
+    code = pyotp.TOTP(cli("mfa", "enroll", "--json", token=late["token"]).json["secret"])
+    cli("mfa", "verify", code.now(), "--json", token=late["token"])
+    assert cli("snapshot", "approve-delete", deletion, "--reason", "ok", "--otp", next_code(code.secret), "--json",
+               token=late["token"]).code == 3
+    for who in ("bob", "carol"):
+        r = cli("snapshot", "approve-delete", deletion, "--reason", "legal hold over", "--otp",
+                next_code(ops[who + "_otp"]), "--json", token=ops[who])
+        assert r.code == 0, r.stdout
+    assert r.json["approvals"] == 2
+    assert cli("snapshot", "delete", snaps[0], "--reason", "legal hold over", "--json",
+               token=ops["dave"]).json["state"] == "forgotten"
     assert [s["id"] for s in cli("snapshot", "list", "--json", token=ops["dave"]).json] == snaps[1:]
-    assert any(e["action"] == "snapshot.approve-delete" for e in events(env))
+    assert any(e["action"] == "snapshot.approve-delete" and e["outcome"] == "ok" for e in events(env))
 
 
 def test_killed_backup_leaves_no_snapshot_and_prune_removes_orphans(env: Env, ops: dict, tmp_path: Path) -> None:
@@ -234,6 +261,16 @@ def test_killed_backup_leaves_no_snapshot_and_prune_removes_orphans(env: Env, op
 def test_shredded_repository_restores_nothing(env: Env, ops: dict) -> None:
     snap = backup(env, ops["dave"])["snapshot"]
     assert cli("backup", "shred", "tiny", "--zone", "backup", "--reason", "x", "--json", token=ops["dave"]).code == 3
+    sam = cli("principal", "add", "sam", "--role", "security", "--team", "grc", "--json", token=ops["admin"]).json
+    sam_otp = cli("mfa", "enroll", "--json", token=sam["token"]).json["secret"]
+    cli("mfa", "verify", pyotp.TOTP(sam_otp).now(), "--json", token=sam["token"])
+    asked = cli("backup", "shred", "tiny", "--zone", "backup", "--reason", "legal deletion", "--json", token=ops["carol"])
+    assert asked.code == 0 and asked.json["state"] == "awaiting_approval"  # the snapshot is still immutable
+    assert cli("snapshot", "verify", snap, "--read-data", "--json", token=ops["dave"]).code == 0
+    for token, secret in ((ops["bob"], ops["bob_otp"]), (sam["token"], sam_otp)):
+        r = cli("snapshot", "approve-delete", asked.json["deletion"], "--reason", "court order", "--otp",
+                next_code(secret), "--json", token=token)
+        assert r.code == 0, r.stdout
     r = cli("backup", "shred", "tiny", "--zone", "backup", "--reason", "legal deletion", "--json", token=ops["carol"])
     assert r.code == 0 and r.json["snapshots_destroyed"] == 1
     assert not (env.home / "zones" / "backup" / "repos").exists() or not chunk_files(env)
@@ -279,3 +316,14 @@ def test_bad_policies_and_names(env: Env, ops: dict) -> None:
     assert cli("backup", "run", "nothing", "--json", token=ops["dave"]).code == 4
     assert cli("snapshot", "show", "nope", "--json", token=ops["dave"]).code == 4
     assert cli("restore", "nope", "--to", "dr", "--purpose", "x", "--json", token=ops["dave"]).code == 4
+    snap = backup(env, ops["dave"])["snapshot"]
+    assert cli("restore", snap, "--to", "dr", "--kind", "drill", "--purpose", "x", "--json", token=ops["dave"]).code == 2
+    cli("zone", "add", "dr-jp", "--url", (env.home / "dr-jp").as_uri(), "--kind", "dr", "--region", "ap",
+        "--jurisdiction", "JP", "--security-level", "4", "--json", token=ops["admin"])
+    r = cli("restore", snap, "--to", "dr-jp", "--purpose", "x", "--json", token=ops["dave"])
+    assert r.code == 3 and "jurisdiction" in r.json["error"]
+    part = cli("snapshot", "verify", snap, "--read-data-subset", "50", "--json", token=ops["dave"]).json
+    assert 0 < part["chunks_checked"] < part["chunks_present"]
+    assert cli("snapshot", "verify", snap, "--read-data-subset", "0", "--json", token=ops["dave"]).code == 2
+    assert cli("backup", "policy", "set", "tiny", "--zone", "backup", "--every", "0 0 31 2 *", "--json",
+               token=ops["dave"]).code == 2

@@ -9,7 +9,7 @@ import typer
 
 from custody.cli import output
 from custody.cli.common import Ctx, command, emit, fail
-from custody.control.services import backups, copies, drills, restores, snapshots
+from custody.control.services import backups, copies, deletions, drills, restores, snapshots
 
 backup_app = typer.Typer(help="Scheduled, deduplicated, signed backups.", no_args_is_help=True)
 backup_policy_app = typer.Typer(help="Backup schedules, retention, RPO and RTO.", no_args_is_help=True)
@@ -70,7 +70,10 @@ def backup_status(ctx: Ctx) -> None:
 def backup_shred(ctx: Ctx, asset: str, zone: Annotated[str, typer.Option()], reason: Annotated[str, typer.Option()]) -> None:
     """Destroy a backup repository's key: every backup of the asset in that zone, at once."""
     r = backups.shred_repository(ctx.ws, ctx.token, asset, zone, reason)
-    emit(ctx, r, lambda: output.out.print(f"repository {r['repository']} shredded: {r['snapshots_destroyed']} snapshots gone"))
+    emit(ctx, r, lambda: output.out.print(
+        f"repository {r['repository']} shredded: {r['snapshots_destroyed']} snapshots gone" if "deletion" not in r else
+        f"repository {r['repository']} holds immutable snapshots: deletion {r['deletion']} needs two approvals "
+        f"(custody snapshot approve-delete {r['deletion']}); then run this again"))
 
 
 @command(snapshot_app, "bundle")
@@ -80,7 +83,10 @@ def snapshot_bundle(ctx: Ctx, snapshot_id: Annotated[str, typer.Argument(metavar
     from pathlib import Path
 
     data = snapshots.signature_bundle(ctx.ws, ctx.token, snapshot_id)
-    Path(out).write_bytes(data)
+    try:
+        Path(out).write_bytes(data)
+    except OSError as exc:
+        fail(ctx, f"cannot write {out}: {exc.strerror}", 1)
     emit(ctx, {"out": out, "bytes": len(data)}, lambda: output.out.print(f"bundle written to {out}"))
 
 
@@ -133,21 +139,25 @@ def snapshot_delete(ctx: Ctx, snapshot_id: Annotated[str, typer.Argument(metavar
                     reason: Annotated[str, typer.Option()]) -> None:
     """Forget one snapshot now (before its retention ends only with two approvals)."""
     r = snapshots.delete(ctx.ws, ctx.token, snapshot_id, reason)
-    emit(ctx, r, lambda: output.out.print(f"snapshot {snapshot_id} forgotten"))
+    emit(ctx, r, lambda: output.out.print(
+        f"snapshot {snapshot_id} forgotten" if r["state"] == "forgotten" else
+        f"snapshot {snapshot_id} is immutable: deletion {r['deletion']} needs {r['needed'] - r['approvals']} more "
+        f"approvals (custody snapshot approve-delete {r['deletion']}); then run this again"))
 
 
 @command(snapshot_app, "approve-delete")
-def snapshot_approve_delete(ctx: Ctx, snapshot_id: Annotated[str, typer.Argument(metavar="ID")],
+def snapshot_approve_delete(ctx: Ctx, deletion_id: Annotated[str, typer.Argument(metavar="DELETION")],
                             reason: Annotated[str, typer.Option()],
                             otp: Annotated[Optional[str], typer.Option("--otp")] = None) -> None:
-    """Approve deleting an immutable snapshot early (two approvals needed)."""
-    r = snapshots.approve_delete(ctx.ws, ctx.token, snapshot_id, reason, otp)
-    emit(ctx, r, lambda: output.out.print(f"snapshot {snapshot_id}: {r['approvals']} of {r['needed']} approvals"))
+    """Approve destroying backups before their retention ends (two approvals, with MFA)."""
+    r = deletions.approve(ctx.ws, ctx.token, deletion_id, reason, otp)
+    emit(ctx, r, lambda: output.out.print(f"deletion {deletion_id} of {r['target_kind']} {r['target']}: "
+                                          f"{r['approvals']} of {r['needed']} approvals"))
 
 
 def restore_cmd(ctx: Ctx, snapshot_id: Annotated[str, typer.Argument(metavar="SNAPSHOT")],
                 to: Annotated[str, typer.Option("--to")], purpose: Annotated[str, typer.Option()],
-                kind: Annotated[str, typer.Option(help="restore or dr")] = "restore",
+                kind: Annotated[str, typer.Option(help="restore or dr (drills restore through `custody drill dr`)")] = "restore",
                 run: Annotated[bool, typer.Option("--run", help="Run at once if approved.")] = False) -> None:
     """Restore a snapshot into a zone: a request decided and approved like any copy."""
     r = restores.restore(ctx.ws, ctx.token, snapshot_id, to=to, purpose=purpose, kind=kind)

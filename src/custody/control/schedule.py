@@ -59,7 +59,16 @@ def parse(text: str) -> Cron:
         raise InvalidInput(f"bad schedule {text!r}: use 5 cron fields (minute hour day month weekday) or @daily")
     sets = [_field(p, name, lo, hi, text) for p, (name, lo, hi) in zip(parts, _FIELDS)]
     weekdays = frozenset(d % 7 for d in sets[4])
-    return Cron(expr, sets[0], sets[1], sets[2], sets[3], weekdays, parts[2] == "*", parts[4] == "*")
+    # as cron does: a day field starting with "*" (even "*/2") does not restrict the other one
+    cron = Cron(expr, sets[0], sets[1], sets[2], sets[3], weekdays, parts[2].startswith("*"),
+                parts[4].startswith("*"))
+    if not any(_possible(m, d) for m in cron.months for d in cron.days) and not cron.any_day:
+        raise InvalidInput(f"bad schedule {text!r}: it names no day that exists")
+    return cron
+
+
+def _possible(month: int, day: int) -> bool:
+    return day <= (29 if month == 2 else 30 if month in (4, 6, 9, 11) else 31)
 
 
 def _field(part: str, name: str, lo: int, hi: int, text: str) -> frozenset[int]:

@@ -56,6 +56,7 @@ class ReplicaKind(str, Enum):
     RESEARCH = "research"
     DERIVATIVE = "derivative"
     MIGRATION = "migration"
+    DRILL = "drill"  # a DR drill's restore: checked, then shredded; never a source of copies
 
 
 class ReplicaState(str, Enum):

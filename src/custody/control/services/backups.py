@@ -7,13 +7,19 @@ chunks into the repository of (backup zone, asset lineage) and records a signed 
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime, timedelta, timezone
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from custody.control import schedule, views
 from custody.control.door import Act, act, data_step
 from custody.control.policy.catalog import parse_duration
 from custody.control.retention import keeps_until
-from custody.control.services import copies, requests
+from custody.control.services import copies, deletions, requests
 from custody.control.store import backups_repo as br
 from custody.control.store import repositories as repo
 from custody.control.workspace import Workspace
@@ -66,20 +72,52 @@ def run(ws: Workspace, token: str | None, asset: str | None = None, *, due: bool
             now = _now()
             targets = [p for p in br.policies(a.uow)
                        if schedule.parse(p.schedule).due(_last_snapshot_time(a.uow, p.asset), now)]
+        if due:  # an asset whose backup is already asked for or under way is not asked for again
+            from custody.control.store import requests_repo as rq
+
+            busy = {r.asset for st in ("awaiting_approval", "approved", "running") for r in rq.list_requests(a.uow, state=st)
+                    if r.method == "snapshot"}
+            targets = [p for p in targets if p.asset not in busy]
     out = []
     for p in targets:
-        req = requests.create(ws, token, p.asset, to=p.zone, kind="backup", method="snapshot",
-                              purpose="scheduled backup" if due else "backup")
-        if req["state"] != "approved":
-            out.append(req)
-            continue
-        out.append(copies.run(ws, token, req["id"], progress))
+        try:
+            req = requests.create(ws, token, p.asset, to=p.zone, kind="backup", method="snapshot",
+                                  purpose="scheduled backup" if due else "backup")
+            out.append(copies.run(ws, token, req["id"], progress) if req["state"] == "approved" else req)
+        except CustodyError as exc:
+            if not due:
+                raise
+            # one asset's failure (already ledgered by its request) must not stop the others' backups
+            out.append({"asset": p.asset, "state": "failed", "error": exc.message})
     return out
 
 
 def _last_snapshot_time(uow, asset: str) -> datetime | None:  # noqa: ANN001
     snaps = br.snapshots(uow, asset=asset)
     return snaps[-1].created_at if snaps else None
+
+
+def _snapshot_statement(snapshot_id: str, repo_id: str, manifest: SnapshotManifest) -> bytes:
+    return f"custody-snapshot-v1|{snapshot_id}|{repo_id}|{manifest.digest}".encode()
+
+
+def sign_snapshot(ws: Workspace, snapshot_id: str, repo_id: str, manifest: SnapshotManifest) -> str:
+    """The control plane's signature over the chunk list itself, its repository and its id: the
+    model-signing bundle covers file digests only, not which chunks make them up."""
+    return base64.b64encode(ws.custodian().sign("signing", _snapshot_statement(snapshot_id, repo_id, manifest))).decode()
+
+
+def check_snapshot(ws: Workspace, s: br.Snapshot) -> SnapshotManifest:
+    """The snapshot's manifest, once both its signatures check out (T7); IntegrityError otherwise."""
+    manifest = SnapshotManifest.from_json(s.manifest_json)
+    key = load_pem_public_key(ws.public_key_pem("signing"))
+    try:
+        key.verify(base64.b64decode(s.manifest_signature), _snapshot_statement(s.id, s.repo_id, manifest),
+                   ec.ECDSA(hashes.SHA256()))
+    except (InvalidSignature, ValueError):
+        raise IntegrityError(f"snapshot {s.id}: its chunk list does not match its signature") from None
+    bundle.verify_bundle(s.bundle_json.encode(), key).check_against(manifest.manifest())
+    return manifest
 
 
 def open_repository(ws: Workspace, uow, repo_id: str) -> Repository:  # noqa: ANN001
@@ -110,10 +148,10 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
     src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
     asset = repo.asset_by_name(a.uow, request.asset)
     policy = br.policy_of(a.uow, request.asset)
+    repo.lock_zone(a.uow, request.destination_zone)  # two first backups must not make two repositories
     found = br.repository(a.uow, request.destination_zone, asset.id)
-    if found is None:  # the lineage's first backup in this zone: a repository key, made under the grant
+    if found is None:  # the lineage's first backup in this zone (or the first since a shred)
         repo_id, key_id = new_id(), new_id()
-        repo.lock_zone(a.uow, request.destination_zone)
         master, wrapped = granted.new_destination_key(custodian, grant_token, claims, key_id)
         repo.add_data_key(a.uow, wrapped)
         br.add_repository(a.uow, repo_id, request.destination_zone, asset.id, key_id)
@@ -133,11 +171,17 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
         snap_manifest: SnapshotManifest = report.manifest
         if snap_manifest.manifest().digest != request.version_digest:
             raise IntegrityError("the snapshot's files do not hash to the version's digest")
+        missing = snap_manifest.chunk_ids() - repository.list_chunks()
+        if missing:  # a prune ran while this backup deduplicated against chunks it then removed
+            raise IntegrityError(f"{len(missing)} chunks this snapshot needs are gone from the repository: run the "
+                                 "backup again")
         created = _now()
         signed = bundle.sign_manifest(snap_manifest.manifest(), request.asset, CustodianSigner(ws.custodian()))
+        snap_id = new_id()
         snap = br.Snapshot(
-            id=new_id(), repo_id=repo_id, asset=request.asset, version_id=request.version_id, request_id=request.id,
+            id=snap_id, repo_id=repo_id, asset=request.asset, version_id=request.version_id, request_id=request.id,
             created_at=created, manifest_json=snap_manifest.to_json(), bundle_json=signed.decode(),
+            manifest_signature=sign_snapshot(ws, snap_id, repo_id, snap_manifest),
             logical_bytes=snap_manifest.logical_bytes, added_bytes=report.bytes_added,
             immutable_until=keeps_until(created, policy.keep_daily, policy.keep_weekly, policy.keep_monthly),
             state="active", verified_at=None,
@@ -162,10 +206,14 @@ def shred_repository(ws: Workspace, token: str | None, asset: str, zone: str, re
         if found is None:
             raise NotFound(f"no backup repository of {asset} in zone {zone}")
         repo_id, key_id = found
-        if repo.data_key(a.uow, key_id) is None:
-            raise InvalidState(f"backup repository {repo_id} is already shredded")
+        live = br.snapshots(a.uow, repo_id=repo_id)
+        if any(s.immutable_until > _now() for s in live):
+            pending = deletions.approved(ws, a, "repository", repo_id, reason)
+            if pending is not None:  # immutable backups go only with two approvals, like one snapshot
+                a.record(outcome="awaiting_approval", details=pending)
+                return {"asset": asset, "zone": zone, "repository": repo_id, **pending}
         repo.shred_data_key(a.uow, key_id)
-        forgotten = [s.id for s in br.snapshots(a.uow, repo_id=repo_id)]
+        forgotten = [s.id for s in live]
         for sid in forgotten:
             br.set_snapshot_state(a.uow, sid, "forgotten")
         storage = ws.zone_storage(repo.zone_by_name(a.uow, zone))
@@ -174,6 +222,13 @@ def shred_repository(ws: Workspace, token: str | None, asset: str, zone: str, re
     with data_step(ws, a):
         storage.delete_tree(f"repos/{repo_id}")
     return {"asset": asset, "zone": zone, "repository": repo_id, "snapshots_destroyed": len(forgotten)}
+
+
+def stored_bytes(ws: Workspace, uow, repo_id: str) -> int:  # noqa: ANN001
+    """Bytes a repository holds, from a listing: no key is unwrapped to count them."""
+    info = br.repository_by_id(uow, repo_id)
+    storage = ws.zone_storage(repo.zone_by_name(uow, info["zone"]))
+    return sum(storage.size(p) for p in storage.files_under(f"repos/{repo_id}/chunks"))
 
 
 def status(ws: Workspace, token: str | None) -> list[dict]:
@@ -191,13 +246,10 @@ def status(ws: Workspace, token: str | None) -> list[dict]:
                 rpo_state = "at risk"
             else:
                 rpo_state = "ok"
-            stored = logical = 0
-            if last is not None:
-                try:
-                    stored = open_repository(ws, a.uow, last.repo_id).stored_bytes()
-                except CustodyError:
-                    stored = 0
-                logical = sum(s.logical_bytes for s in snaps)
+            stored = 0
+            for repo_id in {s.repo_id for s in snaps}:
+                stored += stored_bytes(ws, a.uow, repo_id)
+            logical = sum(s.logical_bytes for s in snaps)
             rows.append({"asset": p.asset, "zone": p.zone, "last_snapshot": last.id if last else None,
                          "last_at": views.ts(last.created_at) if last else None,
                          "age_seconds": round(age) if age is not None else None, "rpo_seconds": p.rpo_seconds,

@@ -65,7 +65,7 @@ def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: str, ve
 
 def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: str, purpose: str,
            ttl: str | None = None, source: str | None = None, break_glass: bool = False,
-           snapshot: str | None = None, method: str = "replica") -> dict:
+           snapshot: str | None = None, method: str = "replica", drill: bool = False) -> dict:
     """Ask for a copy of ASSET[@VERSION] (from a replica), or a restore of a snapshot (`snapshot`)."""
     with act(ws, token, "request.create", subject=ref or snapshot, destination=to, rationale=purpose) as a:
         try:
@@ -83,6 +83,8 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
             asset, version = asset_service.resolve_version(a.uow, ref)
             src = _source_replica(a.uow, asset.name, version, source)
             src_zone, src_replica_id = repo.zone_by_name(a.uow, src.zone), src.id
+        if (request_kind is RequestKind.DRILL) != drill:
+            raise InvalidInput("drill requests are made by `custody drill dr` only")
         if request_kind in SNAPSHOT_KINDS and snapshot is None:
             raise InvalidInput("restore and drill requests read a snapshot")
         if snapshot is not None and request_kind not in SNAPSHOT_KINDS | {RequestKind.DR}:

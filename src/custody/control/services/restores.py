@@ -22,8 +22,9 @@ from custody.keys import granted
 
 
 def restore(ws: Workspace, token: str | None, snapshot_id: str, *, to: str, purpose: str, kind: str = "restore",
-            ttl: str | None = None) -> dict:
-    return requests.create(ws, token, None, snapshot=snapshot_id, to=to, kind=kind, purpose=purpose, ttl=ttl)
+            ttl: str | None = None, drill: bool = False) -> dict:
+    return requests.create(ws, token, None, snapshot=snapshot_id, to=to, kind=kind, purpose=purpose, ttl=ttl,
+                           drill=drill)
 
 
 def prepare_restore(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected):  # noqa: ANN201
@@ -34,7 +35,10 @@ def prepare_restore(ws: Workspace, a: Act, request: Request, grant_token: str, c
     repository = open_repository(ws, a.uow, snap.repo_id)  # refused if the repository key was shredded
     source_zone = br.repository_by_id(a.uow, snap.repo_id)["zone"]
     dst_zone = repo.zone_by_name(a.uow, request.destination_zone)
-    kind = ReplicaKind.DR if dst_zone.kind is ZoneKind.DR or request.kind is RequestKind.DRILL else ReplicaKind.PRIMARY
+    if request.kind is RequestKind.DRILL:
+        kind = ReplicaKind.DRILL
+    else:
+        kind = ReplicaKind.DR if dst_zone.kind is ZoneKind.DR else ReplicaKind.PRIMARY
     dst = copies.destination(ws, a, request, grant_token, claims, kind, source_zone, snap.logical_bytes)
 
     def execute(progress):  # noqa: ANN001, ANN202

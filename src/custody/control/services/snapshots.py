@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
 from custody.control import views
 from custody.control.door import act, data_step, record_after
 from custody.control.retention import keep
-from custody.control.services.backups import open_repository
-from custody.control.services.signoffs import counting, sign_off
+from custody.control.services.backups import check_snapshot, open_repository
+from custody.control.services import deletions
 from custody.control.store import backups_repo as br
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
@@ -18,10 +16,7 @@ from custody.data.backup import prune as prune_plane
 from custody.data.backup import verify as verify_plane
 from custody.data.backup.snapshot import SnapshotManifest
 from custody.domain.errors import Denied, InvalidInput, InvalidState
-from custody.keys import bundle
 
-EARLY_DELETE_APPROVALS = 2
-APPROVING_ROLES = ("ml-lead", "security")
 
 
 def _view(s: br.Snapshot) -> dict:
@@ -51,11 +46,8 @@ def signature_bundle(ws: Workspace, token: str | None, snapshot_id: str) -> byte
 
 
 def signed_manifest(ws: Workspace, s: br.Snapshot) -> SnapshotManifest:
-    """The snapshot's manifest, checked against its signature before anything trusts it (T7)."""
-    snap = SnapshotManifest.from_json(s.manifest_json)
-    signed = bundle.verify_bundle(s.bundle_json.encode(), load_pem_public_key(ws.public_key_pem("signing")))
-    signed.check_against(snap.manifest())
-    return snap
+    """The snapshot's manifest, checked against its signatures before anything trusts it (T7)."""
+    return check_snapshot(ws, s)
 
 
 def verify(ws: Workspace, token: str | None, snapshot_id: str, *, read_data: bool = False,
@@ -89,14 +81,16 @@ def forget(ws: Workspace, token: str | None, asset: str, *, prune: bool = False)
         for s in snaps:
             if s.id in kept:
                 continue
-            if s.immutable_until > now and _delete_approvals(ws, a.uow, s) < EARLY_DELETE_APPROVALS:
+            if s.immutable_until > now:
+                immutable.append(s.id)  # forgotten early only by `snapshot delete` with two approvals
+                continue
+            if _in_use(a.uow, s.id):
                 immutable.append(s.id)
                 continue
             br.set_snapshot_state(a.uow, s.id, "forgotten")
             forgotten.append(s.id)
-        if prune and _backup_running(a.uow, asset):
-            raise InvalidState(f"a backup of {asset} is running: prune after it finishes (its new chunks are in "
-                               "no snapshot yet)")
+        if prune and _busy(a.uow, asset):
+            raise InvalidState(f"a backup or restore of {asset} is under way: prune after it finishes")
         repos = {s.repo_id for s in snaps}
         keep_chunks = {r: _referenced(a.uow, r) for r in repos}
         a.record(details={"forgotten": forgotten, "kept": sorted(kept), "immutable": immutable})
@@ -112,11 +106,12 @@ def forget(ws: Workspace, token: str | None, asset: str, *, prune: bool = False)
     return {"asset": asset, "kept": sorted(kept), "forgotten": forgotten, "immutable": immutable, "pruned": pruned}
 
 
-def _backup_running(uow: UnitOfWork, asset: str) -> bool:
+def _busy(uow: UnitOfWork, asset: str) -> bool:
+    """A backup writing new chunks, or a restore reading them, for this asset right now."""
     from custody.control.services.sweep import writer_alive
     from custody.control.store import requests_repo as rq
 
-    return any(r.method == "snapshot" and r.asset == asset and writer_alive(rq.writer_of(uow, r.id))
+    return any(r.asset == asset and (r.method == "snapshot" or r.source_snapshot) and writer_alive(rq.writer_of(uow, r.id))
                for r in rq.list_requests(uow, state="running"))
 
 
@@ -127,37 +122,30 @@ def _referenced(uow: UnitOfWork, repo_id: str) -> set[str]:
     return ids
 
 
-def _delete_approvals(ws: Workspace, uow: UnitOfWork, s: br.Snapshot) -> int:
-    return len(counting(ws, uow, "snapshot-delete", s.id, {"snapshot": s.id, "asset": s.asset},
-                        roles=APPROVING_ROLES, exclude=""))
-
-
-def approve_delete(ws: Workspace, token: str | None, snapshot_id: str, reason: str, otp: str | None = None) -> dict:
-    """One of the two approvals an immutable snapshot needs before it can be forgotten early (NIST CP-9(7))."""
-    with act(ws, token, "snapshot.approve-delete", subject=snapshot_id, rationale=reason) as a:
-        if not reason or not reason.strip():
-            raise InvalidInput("approving an early deletion needs a reason")
-        s = br.snapshot_by_id(a.uow, snapshot_id)
-        if s.state != "active":
-            raise InvalidState(f"snapshot {snapshot_id} is {s.state}")
-        sign_off(ws, a, "snapshot-delete", snapshot_id, {"snapshot": snapshot_id, "asset": s.asset}, otp=otp,
-                 comment=reason, mfa_required=False)
-        count = _delete_approvals(ws, a.uow, s)
-        a.record(details={"approvals": count, "needed": EARLY_DELETE_APPROVALS})
-    return {"snapshot": snapshot_id, "approvals": count, "needed": EARLY_DELETE_APPROVALS}
-
-
 def delete(ws: Workspace, token: str | None, snapshot_id: str, reason: str) -> dict:
-    """Forget one snapshot now: allowed once its retention ended, or with two approvals before."""
+    """Forget one snapshot now: at once once its retention ended; before that, the first call
+    proposes the deletion and a later call by the same principal completes it once approved."""
     with act(ws, token, "snapshot.forget", subject=snapshot_id, rationale=reason) as a:
         if not reason or not reason.strip():
             raise InvalidInput("deleting a snapshot needs a reason")
         s = br.snapshot_by_id(a.uow, snapshot_id)
         if s.state != "active":
             raise InvalidState(f"snapshot {snapshot_id} is {s.state}")
-        if s.immutable_until > datetime.now(timezone.utc) and _delete_approvals(ws, a.uow, s) < EARLY_DELETE_APPROVALS:
-            raise Denied(f"snapshot {snapshot_id} is immutable until {views.ts(s.immutable_until)}; deleting it "
-                         f"earlier needs {EARLY_DELETE_APPROVALS} approvals (custody snapshot approve-delete)")
+        if _in_use(a.uow, snapshot_id):
+            raise InvalidState(f"snapshot {snapshot_id} is the source of a restore under way")
+        if s.immutable_until > datetime.now(timezone.utc):
+            pending = deletions.approved(ws, a, "snapshot", snapshot_id, reason)
+            if pending is not None:
+                a.record(outcome="awaiting_approval", details=pending)
+                return {"snapshot": snapshot_id, **pending}
         br.set_snapshot_state(a.uow, snapshot_id, "forgotten")
         a.record(details={"immutable_until": views.ts(s.immutable_until)})
     return {"snapshot": snapshot_id, "state": "forgotten"}
+
+
+def _in_use(uow: UnitOfWork, snapshot_id: str) -> bool:
+    """Whether an approved or running restore or drill reads this snapshot."""
+    from custody.control.store import requests_repo as rq
+
+    return any(r.source_snapshot == snapshot_id for state in ("approved", "running")
+               for r in rq.list_requests(uow, state=state))

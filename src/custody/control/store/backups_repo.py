@@ -40,6 +40,7 @@ class Snapshot:
     created_at: datetime
     manifest_json: str
     bundle_json: str
+    manifest_signature: str
     logical_bytes: int
     added_bytes: int
     immutable_until: datetime
@@ -96,7 +97,7 @@ def add_repository(uow: UnitOfWork, repo_id: str, zone: str, asset_id: str, key_
 
 def _snapshot(r) -> Snapshot:  # noqa: ANN001
     return Snapshot(r.id, r.repo_id, r.asset_name, r.version_id, r.request_id, _utc(r.created_at), r.manifest_json,
-                    r.bundle_json, r.logical_bytes, r.added_bytes, _utc(r.immutable_until), r.state,
+                    r.bundle_json, r.manifest_signature, r.logical_bytes, r.added_bytes, _utc(r.immutable_until), r.state,
                     _utc(r.verified_at))
 
 
@@ -104,6 +105,7 @@ def add_snapshot(uow: UnitOfWork, s: Snapshot) -> None:
     uow.conn.execute(insert(t.snapshots).values(
         id=s.id, repo_id=s.repo_id, asset_name=s.asset, version_id=s.version_id, request_id=s.request_id,
         created_at=s.created_at, manifest_json=s.manifest_json, bundle_json=s.bundle_json,
+        manifest_signature=s.manifest_signature,
         logical_bytes=s.logical_bytes, added_bytes=s.added_bytes, immutable_until=s.immutable_until,
         state=s.state, verified_at=None))
 
@@ -133,3 +135,31 @@ def set_snapshot_state(uow: UnitOfWork, snapshot_id: str, state: str) -> None:
 
 def mark_verified(uow: UnitOfWork, snapshot_id: str) -> None:
     uow.conn.execute(update(t.snapshots).where(t.snapshots.c.id == snapshot_id).values(verified_at=now()))
+
+
+# -- deletions before retention ends ------------------------------------------------------
+
+
+def add_deletion(uow: UnitOfWork, deletion_id: str, target_kind: str, target_id: str, proposer: str,
+                 reason: str) -> None:
+    uow.conn.execute(insert(t.deletions).values(id=deletion_id, target_kind=target_kind, target_id=target_id,
+                                                proposer=proposer, reason=reason, created_at=now(), state="proposed"))
+
+
+def deletion_by_id(uow: UnitOfWork, deletion_id: str) -> dict:
+    row = uow.conn.execute(select(t.deletions).where(t.deletions.c.id == deletion_id)).first()
+    if row is None:
+        raise NotFound(f"no deletion proposal {deletion_id}")
+    return dict(row._mapping) | {"created_at": _utc(row.created_at)}
+
+
+def open_deletion(uow: UnitOfWork, target_kind: str, target_id: str, proposer: str) -> dict | None:
+    d = t.deletions.c
+    row = uow.conn.execute(select(t.deletions).where(d.target_kind == target_kind, d.target_id == target_id,
+                                                     d.proposer == proposer, d.state == "proposed")
+                           .order_by(d.created_at.desc())).first()
+    return None if row is None else dict(row._mapping) | {"created_at": _utc(row.created_at)}
+
+
+def close_deletion(uow: UnitOfWork, deletion_id: str) -> None:
+    uow.conn.execute(update(t.deletions).where(t.deletions.c.id == deletion_id).values(state="done"))

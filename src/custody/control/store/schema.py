@@ -319,12 +319,25 @@ snapshots = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("manifest_json", Text, nullable=False),  # files -> chunk ids, sizes, digests
     Column("bundle_json", Text, nullable=False),  # the files' digests, signed (model-signing format)
+    Column("manifest_signature", Text, nullable=False),  # the chunk list itself, signed with its repository and id
     Column("logical_bytes", BigInteger, nullable=False),
     Column("added_bytes", BigInteger, nullable=False),
     Column("immutable_until", DateTime(timezone=True), nullable=False),
     Column("state", String(16), nullable=False),  # active | forgotten
     Column("verified_at", DateTime(timezone=True)),
     Index("ix_snapshots_asset", "asset_name", "created_at"),
+)
+
+deletions = Table(  # asking to destroy backups before their retention ends: needs two approvals
+    "deletions",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("target_kind", String(16), nullable=False),  # snapshot | repository
+    Column("target_id", String(36), nullable=False),
+    Column("proposer", String(64), nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("state", String(16), nullable=False),  # proposed | done
 )
 
 APPEND_ONLY_TABLES = ("ledger_events", "ledger_nodes", "ledger_checkpoints")

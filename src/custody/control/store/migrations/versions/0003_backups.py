@@ -59,6 +59,7 @@ def upgrade() -> None:
         sa.Column("created_at", TS, nullable=False),
         sa.Column("manifest_json", sa.Text, nullable=False),
         sa.Column("bundle_json", sa.Text, nullable=False),
+        sa.Column("manifest_signature", sa.Text, nullable=False),
         sa.Column("logical_bytes", sa.BigInteger, nullable=False),
         sa.Column("added_bytes", sa.BigInteger, nullable=False),
         sa.Column("immutable_until", TS, nullable=False),
@@ -66,6 +67,16 @@ def upgrade() -> None:
         sa.Column("verified_at", TS),
     )
     op.create_index("ix_snapshots_asset", "snapshots", ["asset_name", "created_at"])
+    op.create_table(
+        "deletions",
+        sa.Column("id", sa.String(36), primary_key=True),
+        sa.Column("target_kind", sa.String(16), nullable=False),
+        sa.Column("target_id", sa.String(36), nullable=False),
+        sa.Column("proposer", sa.String(64), nullable=False),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("created_at", TS, nullable=False),
+        sa.Column("state", sa.String(16), nullable=False),
+    )
 
 
 def downgrade() -> None:
