@@ -25,11 +25,15 @@ def keep(snapshots: list[tuple[str, datetime]], daily: int, weekly: int, monthly
     return kept
 
 
-def keeps_until(at: datetime, daily: int, weekly: int, monthly: int) -> datetime:
-    """The latest a snapshot taken at `at` can still be kept by the policy: its immutability window."""
+MIN_IMMUTABLE_DAYS = 1
+
+
+def immutable_floor(at: datetime) -> datetime:
+    """A snapshot is immutable while the keep rules keep it, and never less than a day: a rule
+    change or a burst of new snapshots cannot make a fresh backup deletable at once."""
     from datetime import timedelta
 
-    return at + max(timedelta(days=daily), timedelta(weeks=weekly), timedelta(days=31 * monthly))
+    return at + timedelta(days=MIN_IMMUTABLE_DAYS)
 
 
 def _day(t: datetime) -> tuple:

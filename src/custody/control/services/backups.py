@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from custody.control import schedule, views
 from custody.control.door import Act, act, data_step
 from custody.control.policy.catalog import parse_duration
-from custody.control.retention import keeps_until
+from custody.control.retention import immutable_floor
 from custody.control.services import copies, deletions, requests
 from custody.control.store import backups_repo as br
 from custody.control.store import repositories as repo
@@ -183,7 +183,7 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
             created_at=created, manifest_json=snap_manifest.to_json(), bundle_json=signed.decode(),
             manifest_signature=sign_snapshot(ws, snap_id, repo_id, snap_manifest),
             logical_bytes=snap_manifest.logical_bytes, added_bytes=report.bytes_added,
-            immutable_until=keeps_until(created, policy.keep_daily, policy.keep_weekly, policy.keep_monthly),
+            immutable_until=immutable_floor(created),
             state="active", verified_at=None,
         )
         br.add_snapshot(a.uow, snap)
@@ -207,9 +207,9 @@ def shred_repository(ws: Workspace, token: str | None, asset: str, zone: str, re
             raise NotFound(f"no backup repository of {asset} in zone {zone}")
         repo_id, key_id = found
         live = br.snapshots(a.uow, repo_id=repo_id)
-        if any(s.immutable_until > _now() for s in live):
+        if live:  # backups within retention, or fresh, go only with two approvals, like one snapshot
             pending = deletions.approved(ws, a, "repository", repo_id, reason)
-            if pending is not None:  # immutable backups go only with two approvals, like one snapshot
+            if pending is not None:
                 a.record(outcome="awaiting_approval", details=pending)
                 return {"asset": asset, "zone": zone, "repository": repo_id, **pending}
         repo.shred_data_key(a.uow, key_id)

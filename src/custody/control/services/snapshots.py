@@ -74,9 +74,9 @@ def forget(ws: Workspace, token: str | None, asset: str, *, prune: bool = False)
     """Apply the asset's keep rules; snapshots still immutable stay. With prune, drop unreferenced chunks."""
     now = datetime.now(timezone.utc)
     with act(ws, token, "snapshot.forget", subject=asset) as a:
-        policy = br.policy_of(a.uow, asset)
+        br.policy_of(a.uow, asset)  # an asset without keep rules has nothing to apply: NotFound
         snaps = br.snapshots(a.uow, asset=asset)
-        kept = keep([(s.id, s.created_at) for s in snaps], policy.keep_daily, policy.keep_weekly, policy.keep_monthly)
+        kept = _kept(a.uow, asset)
         forgotten, immutable = [], []
         for s in snaps:
             if s.id in kept:
@@ -133,7 +133,7 @@ def delete(ws: Workspace, token: str | None, snapshot_id: str, reason: str) -> d
             raise InvalidState(f"snapshot {snapshot_id} is {s.state}")
         if _in_use(a.uow, snapshot_id):
             raise InvalidState(f"snapshot {snapshot_id} is the source of a restore under way")
-        if s.immutable_until > datetime.now(timezone.utc):
+        if s.immutable_until > datetime.now(timezone.utc) or snapshot_id in _kept(a.uow, s.asset):
             pending = deletions.approved(ws, a, "snapshot", snapshot_id, reason)
             if pending is not None:
                 a.record(outcome="awaiting_approval", details=pending)
@@ -141,6 +141,13 @@ def delete(ws: Workspace, token: str | None, snapshot_id: str, reason: str) -> d
         br.set_snapshot_state(a.uow, snapshot_id, "forgotten")
         a.record(details={"immutable_until": views.ts(s.immutable_until)})
     return {"snapshot": snapshot_id, "state": "forgotten"}
+
+
+def _kept(uow: UnitOfWork, asset: str) -> set[str]:
+    """Snapshots the asset's keep rules keep now: within their retention."""
+    policy = br.policy_of(uow, asset)
+    snaps = br.snapshots(uow, asset=asset)
+    return keep([(s.id, s.created_at) for s in snaps], policy.keep_daily, policy.keep_weekly, policy.keep_monthly)
 
 
 def _in_use(uow: UnitOfWork, snapshot_id: str) -> bool:
