@@ -253,6 +253,14 @@ def exception_approve(ctx: Ctx, exception_id: Annotated[str, typer.Argument(meta
     emit(ctx, r, lambda: output.out.print(f"exception {exception_id}: {r['state']}"))
 
 
+@command(exception_app, "revoke")
+def exception_revoke(ctx: Ctx, exception_id: Annotated[str, typer.Argument(metavar="ID")],
+                     reason: Annotated[str, typer.Option()]) -> None:
+    """End an exception now: its policy applies again."""
+    r = exceptions.revoke(ctx.ws, ctx.token, exception_id, reason)
+    emit(ctx, r, lambda: output.out.print(f"exception {exception_id}: {r['state']}"))
+
+
 @command(exception_app, "list")
 def exception_list(ctx: Ctx) -> None:
     """List exceptions."""

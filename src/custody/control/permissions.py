@@ -51,6 +51,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "exception.propose": frozenset({"admin", "security", "ml-lead"}),
     "exception.approve": frozenset({"ml-lead", "security"}),
     "exception.read": frozenset(ROLES),
+    "exception.revoke": frozenset({"admin", "security"}),
     "backup.policy": frozenset({"admin", "backup-operator"}),
     "backup.read": frozenset(ROLES),
     "backup.shred": frozenset({"admin", "security"}),

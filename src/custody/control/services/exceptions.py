@@ -69,6 +69,19 @@ def approve(ws: Workspace, token: str | None, exc_id: str, otp: str | None = Non
         return _view(a.uow, rq.exception_by_id(a.uow, exc_id))
 
 
+def revoke(ws: Workspace, token: str | None, exc_id: str, reason: str) -> dict:
+    """End an exception before it expires: the policy it switched off applies again at once."""
+    with act(ws, token, "exception.revoke", subject=exc_id, rationale=reason) as a:
+        if not reason or not reason.strip():
+            raise InvalidInput("revoking an exception needs a reason")
+        e = rq.exception_by_id(a.uow, exc_id)
+        if e["state"] not in ("proposed", "active"):
+            raise InvalidState(f"exception {exc_id} is {e['state']}")
+        rq.set_exception_state(a.uow, exc_id, "revoked")
+        a.record(details={"policy": e["policy_id"], "asset": e["asset_name"], "zone": e["zone"]})
+        return _view(a.uow, rq.exception_by_id(a.uow, exc_id))
+
+
 def list_exceptions(ws: Workspace, token: str | None) -> list[dict]:
     with act(ws, token, "exception.read") as a:
         return [_view(a.uow, e) for e in rq.list_exceptions(a.uow)]
