@@ -64,6 +64,25 @@ def demo(ctx: Ctx,
     run_demo(ctx, keep)
 
 
+@command(app, "serve")
+def serve(ctx: Ctx, host: Annotated[str, typer.Option()] = "127.0.0.1",
+          port: Annotated[int, typer.Option()] = 8700,
+          workers: Annotated[int, typer.Option(help="Server processes (several share one PostgreSQL store).")] = 1) -> None:
+    """Serve the REST API (OpenAPI at /openapi.json, /docs), /metrics, /healthz and /readyz."""
+    import os
+
+    import uvicorn
+
+    from custody.control.workspace import Workspace
+
+    Workspace.open(ctx.home).close()  # fail now, with a clear message, if there is no workspace
+    os.environ["CUSTODY_HOME"] = str(ctx.home.resolve())
+    if not ctx.json:
+        output.err.print(f"custody serving {ctx.home.resolve()} on http://{host}:{port} (API docs: /docs)")
+    uvicorn.run("custody.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
+                log_level="warning")
+
+
 @command(app, "sweep")
 def sweep(ctx: Ctx, every: Annotated[Optional[str], typer.Option("--every", help="Keep sweeping at this interval: 60s, 5m.")] = None) -> None:
     """Shred expired replicas, lapse stale requests, remove what interrupted writes left behind."""

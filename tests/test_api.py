@@ -1,0 +1,99 @@
+"""The REST API over HTTP against a real `custody serve` process."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+
+from conftest import CUSTODY_BIN, Env, hf_model
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def server(env: Env):  # noqa: ANN201
+    port = free_port()
+    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port)], env=env.environ(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail("custody serve did not come up: " + proc.stderr.read().decode()[-500:])
+    yield base
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def call(base: str, method: str, path: str, token: str | None = None, **kw) -> httpx.Response:  # noqa: ANN003
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.request(method, f"{base}{path}", headers=headers, timeout=60, **kw)
+
+
+def test_health_docs_and_auth(server: str, env: Env) -> None:
+    assert call(server, "GET", "/readyz").json() == {"ready": True, "problems": []}
+    spec = call(server, "GET", "/openapi.json").json()
+    assert "/api/v1/requests" in spec["paths"] and spec["info"]["title"] == "custody"
+    r = call(server, "GET", "/api/v1/zones")
+    assert r.status_code == 401 and r.json() == {"error": "no token: set CUSTODY_TOKEN or pass --token", "exit_code": 3}
+    assert call(server, "GET", "/api/v1/zones", token="cst_bad").status_code == 401
+    zones = call(server, "GET", "/api/v1/zones", token=env.token).json()
+    assert {z["name"] for z in zones} >= {"prod", "backup", "dr", "research"}
+    assert call(server, "GET", "/api/v1/zones/mars", token=env.token).status_code == 404
+
+
+def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    hf_model(model)
+    admin = env.token
+    tokens, secrets = {}, {}
+    for name, role, team in (("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
+                             ("carol", "security", "security")):
+        r = call(server, "POST", "/api/v1/principals", admin, json={"name": name, "roles": [role], "team": team})
+        assert r.status_code == 201, r.text
+        tokens[name] = r.json()["token"]
+    for name in ("bob", "carol"):
+        secrets[name] = call(server, "POST", "/api/v1/mfa/enroll", tokens[name], json={}).json()["secret"]
+        assert call(server, "POST", "/api/v1/mfa/verify", tokens[name],
+                    json={"code": pyotp.TOTP(secrets[name]).now()}).json()["activated"] is True
+    r = call(server, "POST", "/api/v1/assets", admin, json={"name": "tiny", "path": str(model),
+                                                            "sensitivity": "confidential", "jurisdictions": ["US"]})
+    assert r.status_code == 201, r.text
+    denied = call(server, "POST", "/api/v1/requests", tokens["alice"],
+                  json={"asset": "tiny", "to": "prod", "kind": "research", "purpose": "x", "ttl": "1d"})
+    assert denied.status_code == 403 and denied.json()["decision"]["policy_ids"]
+    req = call(server, "POST", "/api/v1/requests", tokens["alice"],
+               json={"asset": "tiny", "to": "research", "kind": "research", "purpose": "eval", "ttl": "7d"}).json()
+    assert req["state"] == "awaiting_approval"
+    assert call(server, "POST", f"/api/v1/requests/{req['id']}/approve", tokens["alice"], json={}).status_code == 403
+    totp = {n: pyotp.TOTP(s) for n, s in secrets.items()}
+    for name in ("bob", "carol"):
+        code = totp[name].at(time.time() + totp[name].interval)  # the current step was spent verifying
+        r = call(server, "POST", f"/api/v1/requests/{req['id']}/approve", tokens[name], json={"otp": code})
+        assert r.status_code == 200, r.text
+    assert r.json()["state"] == "approved"
+    done = call(server, "POST", f"/api/v1/requests/{req['id']}/run", tokens["alice"])
+    assert done.status_code == 200 and done.json()["state"] == "done", done.text
+    again = call(server, "POST", f"/api/v1/requests/{req['id']}/run", tokens["alice"])
+    assert again.status_code == 409 and again.json()["exit_code"] == 6
+    text = call(server, "GET", "/metrics").text
+    assert 'custody_copy_requests{kind="research",state="done"} 1' in text
+    assert 'custody_replicas_active{kind="research",zone="research"} 1' in text
+    assert "custody_approval_cycle_seconds_count 1" in text and "custody_ledger_events" in text
+    assert call(server, "POST", "/api/v1/audit/verify", admin).json()["verified"] is True
