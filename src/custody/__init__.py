@@ -11,7 +11,7 @@ __all__ = ["open_safetensors"]
 
 def __getattr__(name: str):  # noqa: ANN202
     if name == "open_safetensors":  # imported lazily: the CLI should not pay for NumPy at start-up
-        from custody.api import open_safetensors
+        from custody.library import open_safetensors
 
         return open_safetensors
     raise AttributeError(name)

@@ -15,7 +15,7 @@ import pyotp
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from rich.text import Text
 
-from custody.api import open_safetensors
+from custody.library import open_safetensors
 from custody.cli import output
 from custody.cli.common import Ctx, emit
 from custody.control.services import (

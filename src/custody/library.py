@@ -1,4 +1,4 @@
-"""The Python API for programs that use weights under custody."""
+"""The Python library API for programs that use weights under custody (`custody.open_safetensors`)."""
 
 from __future__ import annotations
 
