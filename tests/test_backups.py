@@ -235,6 +235,10 @@ def test_killed_backup_leaves_no_snapshot_and_prune_removes_orphans(env: Env, op
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert cli("snapshot", "list", "--asset", "big", "--json", token=ops["dave"]).json == []
+    killed = [r for r in cli("request", "list", "--json", token=ops["dave"]).json if r["asset"] == "big"]
+    assert [r["state"] for r in killed] == ["running"]
+    assert cli("sweep", "--json", token=ops["admin"]).json["dead_runs"] == [killed[0]["id"]]
+    assert cli("request", "show", killed[0]["id"], "--json", token=ops["dave"]).json["state"] == "failed"
     orphans = len(chunk_files(env))
     assert 0 < orphans < 96, "the kill came too early or too late to test anything"
     # the next run completes, reusing what is there

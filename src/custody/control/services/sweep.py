@@ -53,8 +53,9 @@ def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> di
                 shred(a, replica)
                 expired.append(replica.id)
         lapsed = _lapse_requests(a.uow, now)
+        dead = _dead_runs(a.uow)
         zones = repo.list_zones(a.uow)
-        a.record(details={"failed": failed, "expired": expired, "lapsed": lapsed})
+        a.record(details={"failed": failed, "expired": expired, "lapsed": lapsed, "dead_runs": dead})
     removed = []
     with data_step(ws, a):
         for zone in zones:
@@ -72,7 +73,7 @@ def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> di
     purge_freed(ws.engine)
     if removed:
         record_after(ws, a, "ok", details={"removed": removed})
-    return {"failed": failed, "expired": expired, "lapsed": lapsed, "removed": removed}
+    return {"failed": failed, "expired": expired, "lapsed": lapsed, "dead_runs": dead, "removed": removed}
 
 
 def _copy_failed(uow, replica) -> bool:  # noqa: ANN001
@@ -82,6 +83,19 @@ def _copy_failed(uow, replica) -> bool:  # noqa: ANN001
 
     return replica.request_id is not None and rq.request_by_id(uow, replica.request_id).state in (
         RequestState.FAILED, RequestState.CANCELLED, RequestState.LAPSED)
+
+
+def _dead_runs(uow) -> list[str]:  # noqa: ANN001
+    """Running requests whose process is gone: failed, so they show as such and can be run again."""
+    from custody.control.store import requests_repo as rq
+    from custody.domain.requests import RequestState
+
+    dead = []
+    for request in rq.list_requests(uow, state=RequestState.RUNNING.value):
+        if not writer_alive(rq.writer_of(uow, request.id)):
+            rq.move_request(uow, request, RequestState.FAILED, error="its process died", writer=None)
+            dead.append(request.id)
+    return dead
 
 
 def _lapse_requests(uow, now: datetime) -> list[str]:  # noqa: ANN001
