@@ -21,7 +21,7 @@ from uuid import UUID
 
 from custody.data import sealed
 from custody.data.formats.detect import inspect as inspect_format
-from custody.data.sealed_io import BUFFERS, FILES_IN_PARALLEL  # noqa: F401 - BUFFERS re-exported
+from custody.data.sealed_io import FILES_IN_PARALLEL
 from custody.data.sealed_io import FileChunks as _Reader
 from custody.data.sealed_io import spot_check as _spot_check
 from custody.data.sealed_io import write_all as _write_all

@@ -22,7 +22,7 @@ from custody.control.ledger import checkpoint, merkle
 from custody.control.ledger import store as ledger
 from custody.control.store import schema as t
 from custody.control.workspace import Workspace
-from custody.domain.errors import CustodyError, IntegrityError, InvalidInput, NotFound
+from custody.domain.errors import CustodyError, IntegrityError, InvalidInput
 
 
 def export(ws: Workspace, token: str | None, out: Path) -> dict:

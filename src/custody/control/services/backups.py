@@ -8,7 +8,7 @@ chunks into the repository of (backup zone, asset lineage) and records a signed 
 from __future__ import annotations
 
 import base64
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -147,7 +147,7 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
         raise InvalidState(f"source replica {source.id}: its data key was shredded")
     src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
     asset = repo.asset_by_name(a.uow, request.asset)
-    policy = br.policy_of(a.uow, request.asset)
+    br.policy_of(a.uow, request.asset)  # a backup needs the asset's policy (retention, RPO): NotFound otherwise
     repo.lock_zone(a.uow, request.destination_zone)  # two first backups must not make two repositories
     found = br.repository(a.uow, request.destination_zone, asset.id)
     if found is None:  # the lineage's first backup in this zone (or the first since a shred)

@@ -13,7 +13,7 @@ from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
-from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
+from custody.domain.errors import InvalidInput, InvalidState, NotFound
 
 APPROVALS_NEEDED = 2
 APPROVING_ROLES = ("ml-lead", "security")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 from custody.control import views
-from custody.control.door import Act, act, data_step
+from custody.control.door import Act, act
 from custody.control.policy.catalog import parse_duration
 from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
 from custody.control.services import assets as asset_service

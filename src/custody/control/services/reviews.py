@@ -10,7 +10,7 @@ from custody.control.services.signoffs import counting, sign_off
 from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
-from custody.domain.errors import Denied, InvalidInput, InvalidState
+from custody.domain.errors import InvalidInput, InvalidState
 
 CLOSERS_NEEDED = 2
 OVERDUE_AFTER = timedelta(hours=24)

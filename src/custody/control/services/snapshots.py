@@ -15,7 +15,7 @@ from custody.control.workspace import Workspace
 from custody.data.backup import prune as prune_plane
 from custody.data.backup import verify as verify_plane
 from custody.data.backup.snapshot import SnapshotManifest
-from custody.domain.errors import Denied, InvalidInput, InvalidState
+from custody.domain.errors import InvalidInput, InvalidState
 
 
 

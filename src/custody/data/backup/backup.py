@@ -26,7 +26,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from custody.data.backup.chunking import PIECE_SIZE, cdc_pieces, safetensors_plan

@@ -10,7 +10,6 @@ a file custody registers is one a safetensors loader will open. Only the header 
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass, field
