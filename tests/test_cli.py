@@ -80,6 +80,7 @@ def test_init_and_demo_in_real_processes(tmp_path: Path) -> None:
     assert doc["plaintext_matches"] == 0 and doc["bundle_matches"] and doc["tensor_equal"]
     assert doc["read_after_shred"].startswith("refused")
     assert doc["ledger"]["verified"] is True
+    assert doc["drill_passed"] is True
 
 
 paths = st.lists(st.from_regex(r"[a-z0-9_]{1,8}(/[a-z0-9_.-]{1,8}){0,2}", fullmatch=True).filter(
