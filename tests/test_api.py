@@ -97,3 +97,15 @@ def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> Non
     assert 'custody_replicas_active{kind="research",zone="research"} 1' in text
     assert "custody_approval_cycle_seconds_count 1" in text and "custody_ledger_events" in text
     assert call(server, "POST", "/api/v1/audit/verify", admin).json()["verified"] is True
+
+
+def test_readiness_names_a_sealed_custodian(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    from custody.control.services import health
+
+    ws = env.open()
+    assert health.problems(ws) == []
+    ws.close()
+    monkeypatch.setenv("CUSTODY_PASSPHRASE", "not it")
+    ws = env.open()
+    assert health.problems(ws) == ["custodian: wrong passphrase: the keyring did not unseal"]
+    ws.close()

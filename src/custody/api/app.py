@@ -7,6 +7,7 @@ the same way. Served by `custody serve` (Uvicorn); the OpenAPI document is at /o
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -14,7 +15,6 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import text
 
 from custody import __version__
 from custody.control.services import (
@@ -25,6 +25,7 @@ from custody.control.services import (
     deletions,
     drills,
     exceptions,
+    health,
     keys,
     metrics,
     mfa,
@@ -184,16 +185,7 @@ def create_app(home: Path | None = None) -> FastAPI:
 
     @app.get("/readyz")
     def readyz() -> JSONResponse:
-        problems = []
-        try:
-            with ws.engine.connect() as conn:
-                conn.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"database: {type(exc).__name__}")
-        try:
-            ws.custodian()
-        except CustodyError as exc:
-            problems.append(f"custodian: {exc.message}")
+        problems = health.problems(ws)
         return JSONResponse({"ready": not problems, "problems": problems}, status_code=200 if not problems else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse)
@@ -245,7 +237,7 @@ def create_app(home: Path | None = None) -> FastAPI:
 
     @app.get(f"{v1}/assets/{{ref}}/bundle")
     def asset_bundle(ref: str, token: Token) -> Any:
-        return JSONResponse(content=__import__("json").loads(assets.signature_bundle(ws, token, ref)))
+        return JSONResponse(content=json.loads(assets.signature_bundle(ws, token, ref)))
 
     @app.get(f"{v1}/replicas")
     def replica_list(token: Token, asset: str | None = None, zone: str | None = None, state: str | None = None) -> Any:

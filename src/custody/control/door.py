@@ -118,9 +118,3 @@ def record_after(ws: Workspace, done: Act, outcome: str = "ok", **fields) -> Eve
     merged = {"subject": done.subject, **done.fields, **fields}
     with ws.uow() as uow:
         return ledger.append(uow, actor=done.principal.name, action=done.action, outcome=outcome, **merged)
-
-
-def record_system(ws: Workspace, action: str, outcome: str = "ok", **fields) -> Event:  # noqa: ANN003
-    """An event with no principal behind it (e.g. workspace creation)."""
-    with ws.uow() as uow:
-        return ledger.append(uow, actor="system", action=action, outcome=outcome, **fields)
