@@ -176,8 +176,6 @@ def destination(ws: Workspace, a: Act, request: Request, grant_token: str, claim
     whose data key is created only through the grant."""
     custodian = ws.custodian()
     dst = repo.replica_by_id(a.uow, request.result_replica) if request.result_replica else None
-    if request.state is RequestState.RUNNING and dst is not None and writer_alive(dst.writer):
-        raise InvalidState(f"request {request.id} is already running ({dst.writer})")
     if dst is not None and dst.state is ReplicaState.PENDING:
         granted.check(custodian, grant_token, claims, "wrap-destination")
         repo.set_replica_writer(a.uow, dst.id, writer_tag())
