@@ -176,7 +176,7 @@ def bench_copy(work: Path, size: int, rounds: int) -> dict:
 
     src = make_model(work / "src-copy", 1, size)
     ws, token = fresh_workspace(work / "ws-copy")
-    _, dave = principals.add_principal(ws, token, name="dave", roles=["backup-operator"], team="infra", attributes={})
+    dave = principals.add_principal(ws, token, name="dave", roles=["backup-operator"], team="infra", attributes={})["token"]
     reg = assets.register(ws, token, "copy-src", src, assets.RegisterOptions())
     sealed_dir = work / "ws-copy" / "zones" / "prod" / "replicas" / reg["replica"]
     sealed_files = sorted(sealed_dir.rglob("*.sealed"))
@@ -218,7 +218,7 @@ def bench_revocation(work: Path, rounds: int) -> dict:
 
     src = make_model(work / "src-revoke", 1, 8 * MiB)
     ws, token = fresh_workspace(work / "ws-revoke")
-    _, dave = principals.add_principal(ws, token, name="dave", roles=["backup-operator"], team="infra", attributes={})
+    dave = principals.add_principal(ws, token, name="dave", roles=["backup-operator"], team="infra", attributes={})["token"]
     assets.register(ws, token, "rev", src, assets.RegisterOptions())
     returned, unreadable = [], []
     for r in range(rounds):
@@ -262,8 +262,8 @@ def bench_backup(work: Path, size: int, rounds: int) -> dict:
     _write_model(model, tensors)
     logical = model.stat().st_size
     ws, admin = fresh_workspace(work / "ws-bk")
-    _, dave = principals.add_principal(ws, admin, name="dave", roles=["backup-operator"], team="infra", attributes={})
-    _, bob = principals.add_principal(ws, admin, name="bob", roles=["ml-lead"], team="platform", attributes={})
+    dave = principals.add_principal(ws, admin, name="dave", roles=["backup-operator"], team="infra", attributes={})["token"]
+    bob = principals.add_principal(ws, admin, name="bob", roles=["ml-lead"], team="platform", attributes={})["token"]
     assets.register(ws, admin, "m", model_dir, assets.RegisterOptions())
     backups.set_policy(ws, dave, "m", zone="backup", every="@daily", keep_daily=7, keep_weekly=4, keep_monthly=6,
                        rpo="24h", rto="1h")

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import struct
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from sqlalchemy import create_engine, text
@@ -124,6 +128,38 @@ def cli(*args: str, token: str | None = None, env: dict[str, str] | None = None)
         full_env["CUSTODY_TOKEN"] = token
     r = runner.invoke(app, list(args), env=full_env, catch_exceptions=False)
     return Result(r.exit_code, r.stdout, r.stderr)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serving(env: Env, *args: str):  # noqa: ANN201
+    """A real `custody serve` process on the workspace; yields its base URL."""
+    port = free_port()
+    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port), *args], env=env.environ(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    try:
+        while True:
+            try:
+                if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail("custody serve did not come up: " + proc.stderr.read().decode()[-500:])
+                time.sleep(0.1)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def run_custody(*args: str, env: dict[str, str], timeout: float = 120) -> Result:

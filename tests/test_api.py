@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -11,34 +9,13 @@ import httpx
 import pyotp
 import pytest
 
-from conftest import CUSTODY_BIN, Env, hf_model
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import Env, hf_model, serving
 
 
 @pytest.fixture
 def server(env: Env):  # noqa: ANN201
-    port = free_port()
-    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port)], env=env.environ(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{base}/healthz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.fail("custody serve did not come up: " + proc.stderr.read().decode()[-500:])
-    yield base
-    proc.terminate()
-    proc.wait(timeout=10)
+    with serving(env) as base:
+        yield base
 
 
 def call(base: str, method: str, path: str, token: str | None = None, **kw) -> httpx.Response:  # noqa: ANN003
@@ -72,14 +49,14 @@ def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> Non
         secrets[name] = call(server, "POST", "/api/v1/mfa/enroll", tokens[name], json={}).json()["secret"]
         assert call(server, "POST", "/api/v1/mfa/verify", tokens[name],
                     json={"code": pyotp.TOTP(secrets[name]).now()}).json()["activated"] is True
-    r = call(server, "POST", "/api/v1/assets", admin, json={"name": "tiny", "path": str(model),
-                                                            "sensitivity": "confidential", "jurisdictions": ["US"]})
+    r = call(server, "POST", "/api/v1/assets", admin, json={"name": "tiny", "path": str(model), "opts": {
+                 "classification": "confidential", "jurisdictions": ["US"]}})
     assert r.status_code == 201, r.text
     denied = call(server, "POST", "/api/v1/requests", tokens["alice"],
-                  json={"asset": "tiny", "to": "prod", "kind": "research", "purpose": "x", "ttl": "1d"})
+                  json={"ref": "tiny", "to": "prod", "kind": "research", "purpose": "x", "ttl": "1d"})
     assert denied.status_code == 403 and denied.json()["decision"]["policy_ids"]
     req = call(server, "POST", "/api/v1/requests", tokens["alice"],
-               json={"asset": "tiny", "to": "research", "kind": "research", "purpose": "eval", "ttl": "7d"}).json()
+               json={"ref": "tiny", "to": "research", "kind": "research", "purpose": "eval", "ttl": "7d"}).json()
     assert req["state"] == "awaiting_approval"
     assert call(server, "POST", f"/api/v1/requests/{req['id']}/approve", tokens["alice"], json={}).status_code == 403
     totp = {n: pyotp.TOTP(s) for n, s in secrets.items()}

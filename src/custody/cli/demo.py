@@ -153,7 +153,7 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
         admin = init.admin_token
         people = {}
         for name, role, team in PEOPLE:
-            _, people[name] = principals.add_principal(ws, admin, name=name, roles=[role], team=team, attributes={})
+            people[name] = principals.add_principal(ws, admin, name=name, roles=[role], team=team, attributes={})["token"]
         lead = people["lena"]
         say("   " + ", ".join(f"{n} ({r}, {t})" for n, r, t in PEOPLE) + " join; each token is shown once and "
             "stored only as a hash.")

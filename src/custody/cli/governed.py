@@ -8,8 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from custody.cli import output
-from custody.cli.common import Ctx, command, emit, fail, progress_bar
+from custody.cli.common import Ctx, command, emit, progress_bar
 from custody.control.services import copies, exceptions, mfa, policy, requests, reviews
+from custody.domain.errors import CustodyError
 
 policy_app = typer.Typer(help="The policy catalog: show, test, explain, change.", no_args_is_help=True)
 request_app = typer.Typer(help="Ask for copies, approve them, run them.", no_args_is_help=True)
@@ -41,7 +42,7 @@ def _request_human(r: dict) -> None:
 @command(policy_app, "show")
 def policy_show(ctx: Ctx) -> None:
     """The active catalog: policies, approval rules, hash."""
-    d = policy.show(ctx.ws, ctx.token)
+    d = ctx.call(policy.show)
 
     def human() -> None:
         output.out.print(f"catalog {d['hash']}")
@@ -55,21 +56,18 @@ def policy_show(ctx: Ctx) -> None:
 def policy_test(ctx: Ctx, folder: Annotated[Optional[Path], typer.Argument(help="A candidate catalog folder (default: the active one).")] = None) -> None:
     """Run the catalog's own cases; exit 1 on any mismatch."""
     try:
-        r = policy.test(ctx.ws, ctx.token, folder)
-    except policy.PolicyTestsFailed as exc:
-        if ctx.json:
-            output.emit_json({**exc.result, "error": exc.message, "exit_code": 1})
-            raise typer.Exit(1)
-        output.table(exc.result["results"], ["name", "passed", "detail"], "cases")
-        fail(ctx, exc.message, 1)
-        return
+        r = ctx.call(policy.test, folder)
+    except CustodyError as exc:
+        if not ctx.json and exc.details.get("results"):
+            output.table(exc.details["results"], ["name", "passed", "detail"], "cases")
+        raise
     emit(ctx, r, lambda: output.out.print(f"{r['cases']} catalog cases pass ({r['hash'][:16]}…)"))
 
 
 @command(policy_app, "explain")
 def policy_explain(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="REQUEST")]) -> None:
     """The decision for a request, the policies behind it, and the approvals still missing."""
-    r = requests.explain(ctx.ws, ctx.token, request_id)
+    r = ctx.call(requests.explain, request_id)
 
     def human() -> None:
         for label, d in (("recorded", r["recorded"]), ("now", r["now"])):
@@ -87,7 +85,7 @@ def policy_explain(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="
 @command(policy_app, "propose")
 def policy_propose(ctx: Ctx, folder: Path, purpose: Annotated[str, typer.Option(help="Why the catalog changes.")]) -> None:
     """Propose a new catalog (validated now; needs two security approvals)."""
-    r = policy.propose(ctx.ws, ctx.token, folder, purpose)
+    r = ctx.call(policy.propose, folder, purpose)
     emit(ctx, r, lambda: output.out.print(f"proposal {r['proposal']}: catalog {r['hash'][:16]}… needs "
                                           f"{r['approvals_needed']} security approvals"))
 
@@ -96,14 +94,14 @@ def policy_propose(ctx: Ctx, folder: Path, purpose: Annotated[str, typer.Option(
 def policy_approve(ctx: Ctx, proposal: str, otp: Annotated[Optional[str], typer.Option("--otp")] = None,
                    comment: Annotated[Optional[str], typer.Option()] = None) -> None:
     """Approve a catalog proposal (security role)."""
-    r = policy.approve(ctx.ws, ctx.token, proposal, otp, comment)
+    r = ctx.call(policy.approve, proposal, otp, comment)
     emit(ctx, r, lambda: output.out.print(f"proposal {proposal}: {r['approvals']} of {r['needed']} approvals"))
 
 
 @command(policy_app, "apply")
 def policy_apply(ctx: Ctx, proposal: str) -> None:
     """Activate an approved proposal."""
-    r = policy.apply(ctx.ws, ctx.token, proposal)
+    r = ctx.call(policy.apply, proposal)
     emit(ctx, r, lambda: output.out.print(f"catalog {r['new_hash'][:16]}… is active (was {str(r['old_hash'])[:16]}…)"))
 
 
@@ -120,15 +118,8 @@ def request_create(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="ASSET[@
                    break_glass: Annotated[bool, typer.Option("--break-glass", help="On-call DR without approvals; opens a review.")] = False,
                    run: Annotated[bool, typer.Option("--run", help="Run at once if approved.")] = False) -> None:
     """Ask for a copy; the policy decides at once."""
-    try:
-        r = requests.create(ctx.ws, ctx.token, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source,
-                            break_glass=break_glass)
-    except requests.RequestDenied as exc:
-        if ctx.json:
-            output.emit_json({"error": exc.message, "exit_code": exc.exit_code, "request": exc.request.id,
-                              "decision": exc.decision.to_dict()})
-            raise typer.Exit(exc.exit_code)
-        raise
+    r = ctx.call(requests.create, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source,
+                 break_glass=break_glass)
     if run and r["state"] == "approved":
         r = _run(ctx, r["id"])
     emit(ctx, r, lambda: _request_human(r))
@@ -137,10 +128,10 @@ def request_create(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="ASSET[@
 def _run(ctx: Ctx, request_id: str) -> dict:
     bar = progress_bar(ctx, 1 << 40, "copying")
     if bar is None:
-        return copies.run(ctx.ws, ctx.token, request_id)
+        return ctx.call(copies.run, request_id)
     with bar:
         task = bar.add_task("copying", total=None)
-        return copies.run(ctx.ws, ctx.token, request_id, progress=lambda n: bar.advance(task, n))
+        return ctx.call(copies.run, request_id, progress=lambda n: bar.advance(task, n))
 
 
 @command(request_app, "list")
@@ -148,14 +139,14 @@ def request_list(ctx: Ctx, mine: Annotated[bool, typer.Option("--mine")] = False
                  awaiting_me: Annotated[bool, typer.Option("--awaiting-me")] = False,
                  state: Annotated[Optional[str], typer.Option()] = None) -> None:
     """List requests."""
-    rows = requests.list_requests(ctx.ws, ctx.token, mine=mine, awaiting_me=awaiting_me, state=state)
+    rows = ctx.call(requests.list_requests, mine=mine, awaiting_me=awaiting_me, state=state)
     emit(ctx, rows, lambda: output.table(rows, REQUEST_COLUMNS, "requests"))
 
 
 @command(request_app, "show")
 def request_show(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Show a request with its decision and approvals."""
-    r = requests.show_request(ctx.ws, ctx.token, request_id)
+    r = ctx.call(requests.show_request, request_id)
     emit(ctx, r, lambda: _request_human(r))
 
 
@@ -164,7 +155,7 @@ def request_approve(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar=
                     otp: Annotated[Optional[str], typer.Option("--otp", help="TOTP code.")] = None,
                     comment: Annotated[Optional[str], typer.Option()] = None) -> None:
     """Approve someone else's request."""
-    r = requests.approve(ctx.ws, ctx.token, request_id, otp=otp, comment=comment)
+    r = ctx.call(requests.approve, request_id, otp=otp, comment=comment)
     emit(ctx, r, lambda: _request_human(r))
 
 
@@ -172,14 +163,14 @@ def request_approve(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar=
 def request_deny(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")],
                  reason: Annotated[str, typer.Option()]) -> None:
     """Deny a request."""
-    r = requests.deny(ctx.ws, ctx.token, request_id, reason)
+    r = ctx.call(requests.deny, request_id, reason)
     emit(ctx, r, lambda: _request_human(r))
 
 
 @command(request_app, "cancel")
 def request_cancel(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Withdraw a request."""
-    r = requests.cancel(ctx.ws, ctx.token, request_id)
+    r = ctx.call(requests.cancel, request_id)
     emit(ctx, r, lambda: _request_human(r))
 
 
@@ -194,7 +185,7 @@ def request_run(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID"
 def request_revoke(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="ID")],
                    reason: Annotated[str, typer.Option()]) -> None:
     """Shred every replica the request produced."""
-    r = copies.revoke(ctx.ws, ctx.token, request_id, reason)
+    r = ctx.call(copies.revoke, request_id, reason)
     emit(ctx, r, lambda: output.out.print(f"request {request_id}: shredded {len(r['shredded'])} replicas"))
 
 
@@ -204,14 +195,14 @@ def request_revoke(ctx: Ctx, request_id: Annotated[str, typer.Argument(metavar="
 @command(mfa_app, "enroll")
 def mfa_enroll(ctx: Ctx, otp: Annotated[Optional[str], typer.Option("--otp", help="A code from the factor in force, to replace it.")] = None) -> None:
     """Enrol a TOTP second factor (shown once); it counts once `custody mfa verify CODE` accepts a code."""
-    r = mfa.enroll(ctx.ws, ctx.token, otp)
+    r = ctx.call(mfa.enroll, otp)
     emit(ctx, r, lambda: output.out.print(f"secret (shown once): {r['secret']}\n{r['otpauth_uri']}\n{r['next']}"))
 
 
 @command(mfa_app, "verify")
 def mfa_verify(ctx: Ctx, code: str) -> None:
     """Check a TOTP code."""
-    r = mfa.verify(ctx.ws, ctx.token, code)
+    r = ctx.call(mfa.verify, code)
     emit(ctx, r, lambda: output.out.print("code accepted"))
 
 
@@ -221,7 +212,7 @@ def mfa_verify(ctx: Ctx, code: str) -> None:
 @command(review_app, "list")
 def review_list(ctx: Ctx, open_only: Annotated[bool, typer.Option("--open")] = False) -> None:
     """List reviews; open ones older than 24 h are overdue."""
-    rows = reviews.list_reviews(ctx.ws, ctx.token, open_only)
+    rows = ctx.call(reviews.list_reviews, open_only)
     emit(ctx, rows, lambda: output.table(rows, ["id", "state", "overdue", "kind", "opened_by", "signed_by", "summary"], "reviews"))
 
 
@@ -229,7 +220,7 @@ def review_list(ctx: Ctx, open_only: Annotated[bool, typer.Option("--open")] = F
 def review_close(ctx: Ctx, review_id: Annotated[str, typer.Argument(metavar="ID")],
                  comment: Annotated[str, typer.Option()], otp: Annotated[Optional[str], typer.Option("--otp")] = None) -> None:
     """Sign a review closed (two approvers close it)."""
-    r = reviews.close(ctx.ws, ctx.token, review_id, comment, otp)
+    r = ctx.call(reviews.close, review_id, comment, otp)
     emit(ctx, r, lambda: output.out.print(f"review {review_id}: {r['state']} (signed by {', '.join(r['signed_by'])})"))
 
 
@@ -239,7 +230,7 @@ def exception_propose(ctx: Ctx, policy_id: Annotated[str, typer.Option("--policy
                       justification: Annotated[str, typer.Option()],
                       expires: Annotated[str, typer.Option(help="How long it lasts once active: 7d, 12h, ...")]) -> None:
     """Propose switching one policy off for one asset and zone (needs two approvals)."""
-    r = exceptions.propose(ctx.ws, ctx.token, policy=policy_id, asset=asset, zone=zone, justification=justification,
+    r = ctx.call(exceptions.propose, policy=policy_id, asset=asset, zone=zone, justification=justification,
                            expires=expires)
     emit(ctx, r, lambda: output.out.print(f"exception {r['id']} proposed: {r['policy']} off for {r['asset']} in {r['zone']}"))
 
@@ -249,7 +240,7 @@ def exception_approve(ctx: Ctx, exception_id: Annotated[str, typer.Argument(meta
                       otp: Annotated[Optional[str], typer.Option("--otp")] = None,
                       comment: Annotated[Optional[str], typer.Option()] = None) -> None:
     """Approve an exception."""
-    r = exceptions.approve(ctx.ws, ctx.token, exception_id, otp, comment)
+    r = ctx.call(exceptions.approve, exception_id, otp, comment)
     emit(ctx, r, lambda: output.out.print(f"exception {exception_id}: {r['state']}"))
 
 
@@ -257,12 +248,12 @@ def exception_approve(ctx: Ctx, exception_id: Annotated[str, typer.Argument(meta
 def exception_revoke(ctx: Ctx, exception_id: Annotated[str, typer.Argument(metavar="ID")],
                      reason: Annotated[str, typer.Option()]) -> None:
     """End an exception now: its policy applies again."""
-    r = exceptions.revoke(ctx.ws, ctx.token, exception_id, reason)
+    r = ctx.call(exceptions.revoke, exception_id, reason)
     emit(ctx, r, lambda: output.out.print(f"exception {exception_id}: {r['state']}"))
 
 
 @command(exception_app, "list")
 def exception_list(ctx: Ctx) -> None:
     """List exceptions."""
-    rows = exceptions.list_exceptions(ctx.ws, ctx.token)
+    rows = ctx.call(exceptions.list_exceptions)
     emit(ctx, rows, lambda: output.table(rows, ["id", "state", "policy", "asset", "zone", "expires_at", "approved_by"], "exceptions"))

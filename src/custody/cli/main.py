@@ -40,6 +40,7 @@ def init(ctx: Ctx,
          demo: Annotated[bool, typer.Option("--demo", help="Generate a throwaway passphrase (demos only).")] = False,
          jurisdiction: Annotated[str, typer.Option(help="Jurisdiction of the default zones.")] = "US") -> None:
     """Create a workspace: database, sealed keyring, keys, default zones, an admin token."""
+    ctx.local_only()
     log_n = int(os.environ.get("CUSTODY_SCRYPT_LOG_N", "17"))
     result = setup.init_workspace(ctx.home, passphrase=os.environ.get("CUSTODY_PASSPHRASE"), demo=demo,
                                   jurisdiction=jurisdiction, scrypt_log_n=log_n)
@@ -59,6 +60,7 @@ def init(ctx: Ctx,
 def demo(ctx: Ctx,
          keep: Annotated[Optional[Path], typer.Option(help="Keep the demo workspace in this folder.")] = None) -> None:
     """Tell the story of one model: register, seal, sign, read, rotate, shred, verify."""
+    ctx.local_only()
     from custody.cli.demo import run_demo
 
     run_demo(ctx, keep)
@@ -73,9 +75,7 @@ def serve(ctx: Ctx, host: Annotated[str, typer.Option()] = "127.0.0.1",
 
     import uvicorn
 
-    from custody.control.workspace import Workspace
-
-    Workspace.open(ctx.home).close()  # fail now, with a clear message, if there is no workspace
+    ctx.ws  # fail now, with a clear message, if there is no workspace (or --server was given)
     os.environ["CUSTODY_HOME"] = str(ctx.home.resolve())
     if not ctx.json:
         output.err.print(f"custody serving {ctx.home.resolve()} on http://{host}:{port} (API docs: /docs)")
@@ -92,7 +92,7 @@ def sweep(ctx: Ctx, every: Annotated[Optional[str], typer.Option("--every", help
 
     interval = parse_duration(every) if every else None
     while True:
-        result = sweeper.sweep(ctx.ws, ctx.token)
+        result = ctx.call(sweeper.sweep)
         emit(ctx, result, lambda: output.out.print(
             f"failed {len(result['failed'])} stale writes, shredded {len(result['expired'])} expired replicas, "
             f"lapsed {len(result['lapsed'])} requests, removed {len(result['removed'])} leftover folders"))
@@ -112,7 +112,7 @@ def zone_add(ctx: Ctx, name: str,
              jurisdiction: Annotated[str, typer.Option(help="Two-letter code: US, EU, DE, ...")],
              security_level: Annotated[int, typer.Option(help="1-5 (RAND SL)")]) -> None:
     """Register a zone."""
-    z = zones.add_zone(ctx.ws, ctx.token, name=name, url=url, kind=kind, region=region, jurisdiction=jurisdiction,
+    z = ctx.call(zones.add_zone, name=name, url=url, kind=kind, region=region, jurisdiction=jurisdiction,
                        security_level=security_level)
     emit(ctx, z, lambda: output.out.print(f"zone {z['name']} added ({z['kind']}, {z['jurisdiction']}, SL{z['security_level']})"))
 
@@ -120,7 +120,7 @@ def zone_add(ctx: Ctx, name: str,
 @command(zone_app, "list")
 def zone_list(ctx: Ctx) -> None:
     """List zones."""
-    rows = zones.list_zones(ctx.ws, ctx.token)
+    rows = ctx.call(zones.list_zones)
     emit(ctx, rows, lambda: output.table(rows, ["name", "kind", "region", "jurisdiction", "security_level", "url"], "zones"))
 
 
@@ -128,14 +128,14 @@ def zone_list(ctx: Ctx) -> None:
 def zone_budget(ctx: Ctx, name: str,
                 bytes_per_hour: Annotated[Optional[int], typer.Option(help="Egress budget; omit to remove it.")] = None) -> None:
     """Set how many bytes per hour copies may take out of a zone."""
-    z = zones.set_budget(ctx.ws, ctx.token, name, bytes_per_hour)
+    z = ctx.call(zones.set_budget, name, bytes_per_hour)
     emit(ctx, z, lambda: output.out.print(f"zone {name}: egress budget {z['egress_bytes_per_hour'] or 'none'} bytes/hour"))
 
 
 @command(zone_app, "show")
 def zone_show(ctx: Ctx, name: str) -> None:
     """Show one zone and what it holds."""
-    z = zones.show_zone(ctx.ws, ctx.token, name)
+    z = ctx.call(zones.show_zone, name)
     emit(ctx, z, lambda: output.fields(z))
 
 
@@ -154,26 +154,26 @@ def principal_add(ctx: Ctx, name: str,
         if not sep or not k:
             raise InvalidInput(f"bad --attr {item!r}: use key=value")
         attributes[k] = v
-    p, token = principals.add_principal(ctx.ws, ctx.token, name=name, roles=role, team=team, attributes=attributes)
+    p = ctx.call(principals.add_principal, name=name, roles=role, team=team, attributes=attributes)
 
     def human() -> None:
         output.out.print(f"principal {p['name']} added ({', '.join(p['roles'])}). Token (shown once):")
-        output.out.print(token)
+        output.out.print(p["token"])
 
-    emit(ctx, {**p, "token": token}, human)
+    emit(ctx, p, human)
 
 
 @command(principal_app, "list")
 def principal_list(ctx: Ctx) -> None:
     """List principals."""
-    rows = principals.list_principals(ctx.ws, ctx.token)
+    rows = ctx.call(principals.list_principals)
     emit(ctx, rows, lambda: output.table(rows, ["name", "roles", "team", "suspended"], "principals"))
 
 
 @command(principal_app, "suspend")
 def principal_suspend(ctx: Ctx, name: str) -> None:
     """Suspend a principal: its token stops working at once."""
-    p = principals.suspend_principal(ctx.ws, ctx.token, name)
+    p = ctx.call(principals.suspend_principal, name)
     emit(ctx, p, lambda: output.out.print(f"principal {name} suspended"))
 
 
@@ -193,11 +193,11 @@ def asset_register(ctx: Ctx, name: str, path: Path,
     total = _size_of(path)
     bar = progress_bar(ctx, total, "sealing")
     if bar is None:
-        result = assets.register(ctx.ws, ctx.token, name, path, opts)
+        result = ctx.call(assets.register, name, path, opts)
     else:
         with bar:
             task = bar.add_task(f"sealing {name}", total=total)
-            result = assets.register(ctx.ws, ctx.token, name, path, opts, progress=lambda n: bar.advance(task, n))
+            result = ctx.call(assets.register, name, path, opts, progress=lambda n: bar.advance(task, n))
     emit(ctx, result, lambda: output.out.print(
         f"registered {result['asset']}@{result['version']}: {result['files']} files, {result['bytes']:,} bytes, "
         f"{result['format']}, {result['parameters'] or '?'} parameters{' [UNSAFE: pickle]' if result['unsafe'] else ''}\n"
@@ -214,14 +214,14 @@ def _size_of(path: Path) -> int:
 @command(asset_app, "list")
 def asset_list(ctx: Ctx) -> None:
     """List assets with their newest version."""
-    rows = assets.list_assets(ctx.ws, ctx.token)
+    rows = ctx.call(assets.list_assets)
     emit(ctx, rows, lambda: output.table(rows, ["asset", "version", "classification", "format", "parameters", "bytes", "owner"], "assets"))
 
 
 @command(asset_app, "show")
 def asset_show(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]")]) -> None:
     """Show a version: manifest, formats, replicas."""
-    v = assets.show_asset(ctx.ws, ctx.token, ref)
+    v = ctx.call(assets.show_asset, ref)
 
     def human() -> None:
         output.fields(v)
@@ -235,7 +235,7 @@ def asset_show(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="NAME[@VERSI
 def asset_bundle(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="NAME[@VERSION]")],
                  out: Annotated[Path, typer.Option("--out", help="Where to write the Sigstore bundle.")]) -> None:
     """Write a version's signature bundle (verifiable with `model_signing verify key`)."""
-    data = assets.signature_bundle(ctx.ws, ctx.token, ref)
+    data = ctx.call(assets.signature_bundle, ref)
     out.write_bytes(data)
     emit(ctx, {"out": str(out), "bytes": len(data)}, lambda: output.out.print(f"bundle written to {out}"))
 
@@ -248,21 +248,21 @@ def replica_list(ctx: Ctx, asset: Annotated[Optional[str], typer.Option()] = Non
                  zone: Annotated[Optional[str], typer.Option()] = None,
                  state: Annotated[Optional[str], typer.Option()] = None) -> None:
     """List replicas."""
-    rows = replicas.list_replicas(ctx.ws, ctx.token, asset=asset, zone=zone, state=state)
+    rows = ctx.call(replicas.list_replicas, asset=asset, zone=zone, state=state)
     emit(ctx, rows, lambda: output.table(rows, ["id", "asset", "zone", "kind", "state", "expires_at"], "replicas"))
 
 
 @command(replica_app, "show")
 def replica_show(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Show one replica."""
-    r = replicas.show_replica(ctx.ws, ctx.token, replica_id)
+    r = ctx.call(replicas.show_replica, replica_id)
     emit(ctx, r, lambda: output.fields(r))
 
 
 @command(replica_app, "verify")
 def replica_verify(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="ID")]) -> None:
     """Decrypt every chunk and check every file against the signed manifest."""
-    r = replicas.verify_replica(ctx.ws, ctx.token, replica_id)
+    r = ctx.call(replicas.verify_replica, replica_id)
     emit(ctx, r, lambda: output.out.print(f"replica {replica_id} verified: {r['files']} files, {r['chunks']} chunks, {r['bytes']:,} bytes"))
 
 
@@ -270,7 +270,7 @@ def replica_verify(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="
 def replica_revoke(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="ID")],
                    reason: Annotated[str, typer.Option(help="Why; recorded in the ledger.")]) -> None:
     """Shred a replica: destroy its data key, then delete its sealed files."""
-    r = replicas.revoke_replica(ctx.ws, ctx.token, replica_id, reason)
+    r = ctx.call(replicas.revoke_replica, replica_id, reason)
     emit(ctx, r, lambda: output.out.print(f"replica {replica_id} shredded: its data key is destroyed"))
 
 
@@ -280,14 +280,14 @@ def replica_revoke(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="
 @command(keys_app, "status")
 def keys_status(ctx: Ctx) -> None:
     """KEK versions per zone, their age, and how many data keys each wraps."""
-    rows = keys.status(ctx.ws, ctx.token)
+    rows = ctx.call(keys.status)
     emit(ctx, rows, lambda: output.table(rows, ["zone", "kek_version", "state", "age_days", "data_keys", "custodian"], "key-encryption keys"))
 
 
 @command(keys_app, "rotate")
 def keys_rotate(ctx: Ctx, zone: str) -> None:
     """New KEK version for a zone; every data key rewrapped; no data re-encrypted."""
-    r = keys.rotate(ctx.ws, ctx.token, zone)
+    r = ctx.call(keys.rotate, zone)
     emit(ctx, r, lambda: output.out.print(f"zone {zone}: KEK v{r['kek_version']} active, {r['rewrapped']} data keys rewrapped, "
                                           f"retired v{', v'.join(map(str, r['retired']))}"))
 
@@ -296,7 +296,7 @@ def keys_rotate(ctx: Ctx, zone: str) -> None:
 def keys_public(ctx: Ctx, purpose: Annotated[str, typer.Option(help="signing|ledger")] = "signing",
                 out: Annotated[Optional[Path], typer.Option("--out")] = None) -> None:
     """Write or print a public key (PEM)."""
-    pem = keys.public_key(ctx.ws, ctx.token, purpose)
+    pem = ctx.call(keys.public_key, purpose)
     if out:
         out.write_bytes(pem)
     emit(ctx, {"purpose": purpose, "pem": pem.decode(), "out": str(out) if out else None},
@@ -309,28 +309,28 @@ def keys_public(ctx: Ctx, purpose: Annotated[str, typer.Option(help="signing|led
 @command(audit_app, "export")
 def audit_export(ctx: Ctx, out: Annotated[Path, typer.Option("--out")]) -> None:
     """Write every event as JSON Lines (leaf i = SHA-256(0x00 || line i))."""
-    r = audit.export(ctx.ws, ctx.token, out)
+    r = ctx.call(audit.export, out)
     emit(ctx, r, lambda: output.out.print(f"{r['events']} events written to {out}; root {r['root']}"))
 
 
 @command(audit_app, "checkpoint")
 def audit_checkpoint(ctx: Ctx) -> None:
     """Sign and print a checkpoint (C2SP signed note) of the ledger as it is now."""
-    r = audit.make_checkpoint(ctx.ws, ctx.token)
+    r = ctx.call(audit.make_checkpoint)
     emit(ctx, r, lambda: output.out.print(r["note"], end=""))
 
 
 @command(audit_app, "prove")
 def audit_prove(ctx: Ctx, seq: int, size: Annotated[Optional[int], typer.Option("--size")] = None) -> None:
     """Inclusion proof of one event."""
-    r = audit.prove(ctx.ws, ctx.token, seq, size)
+    r = ctx.call(audit.prove, seq, size)
     emit(ctx, r, lambda: output.emit_json(r))
 
 
 @command(audit_app, "consistency")
 def audit_consistency(ctx: Ctx, old: int, new: int) -> None:
     """Consistency proof between two tree sizes."""
-    r = audit.consistency(ctx.ws, ctx.token, old, new)
+    r = ctx.call(audit.consistency, old, new)
     emit(ctx, r, lambda: output.emit_json(r))
 
 
@@ -339,7 +339,7 @@ def audit_verify(ctx: Ctx,
                  checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A checkpoint saved earlier.")] = None,
                  public_key: Annotated[Optional[Path], typer.Option("--public-key", help="Pin the ledger key (PEM).")] = None) -> None:
     """Recompute the tree from the events and check it against every checkpoint."""
-    r = audit.verify(ctx.ws, ctx.token, checkpoint, public_key)
+    r = ctx.call(audit.verify, checkpoint, public_key)
     emit(ctx, r, lambda: output.out.print(
         f"ledger verified: {r['tree_size']} events, root {r['root']}, {r['checkpoints_checked']} checkpoints agree"))
 

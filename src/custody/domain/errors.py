@@ -17,6 +17,12 @@ class CustodyError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def details(self) -> dict:
+        """What a caller needs beyond the message (a denied request's decision, a failed drill's
+        report); rendered next to `error` and `exit_code` by the CLI's --json and the API alike."""
+        return {}
+
     def __str__(self) -> str:
         return self.message
 
@@ -64,3 +70,16 @@ class InvalidState(CustodyError):
 
 class FormatError(InvalidInput):
     """A model file is malformed (bad header, out-of-bounds offsets, ...)."""
+
+
+class RemoteError(CustodyError):
+    """An error a custody server returned: its message, exit code and details, as the server gave them."""
+
+    def __init__(self, message: str, exit_code: int, details: dict | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+        self._details = details or {}
+
+    @property
+    def details(self) -> dict:
+        return self._details

@@ -31,6 +31,10 @@ class DrillFailed(CustodyError):
                          f"a target or failed ({', '.join(missed[:5])}); report {report['files']['json']}")
         self.report = report
 
+    @property
+    def details(self) -> dict:
+        return self.report
+
 
 def drill_dr(ws: Workspace, token: str | None, *, asset: str | None = None, all_assets: bool = False,
              zone: str = "dr") -> dict:
@@ -45,6 +49,7 @@ def drill_dr(ws: Workspace, token: str | None, *, asset: str | None = None, all_
     results = [_drill_one(ws, token, p, newest[p.asset], zone, drill_id) for p in targets]
     report = {"id": drill_id, "at": views.ts(datetime.now(timezone.utc)), "zone": zone, "results": results,
               "passed": bool(results) and all(r["passed"] for r in results)}
+    report["table"] = _table(report)
     report["files"] = _write(ws, report)
     record_after(ws, a, "ok" if report["passed"] else "failed",
                  details={"drill": drill_id, "passed": report["passed"], "report": report["files"]["json"],
@@ -112,6 +117,11 @@ def _write(ws: Workspace, report: dict) -> dict:
     stem = folder / f"drill-{report['at'].replace(':', '').replace('-', '')[:15]}-{report['id'][:8]}"
     files = {"json": str(stem.with_suffix(".json")), "table": str(stem.with_suffix(".txt"))}
     stem.with_suffix(".json").write_text(json.dumps({**report, "files": files}, indent=2))
+    stem.with_suffix(".txt").write_text(report["table"] + "\n")
+    return files
+
+
+def _table(report: dict) -> str:
     lines = [f"DR drill {report['id']} at {report['at']} into zone {report['zone']}: "
              f"{'PASSED' if report['passed'] else 'FAILED'}", "",
              f"{'asset':<24} {'snapshot':<10} {'RTO s':>9} {'target':>8} {'RPO age s':>10} {'target':>8}  result"]
@@ -119,5 +129,4 @@ def _write(ws: Workspace, report: dict) -> dict:
         lines.append(f"{r['asset']:<24} {str(r['snapshot'])[:8]:<10} {str(r['rto_seconds']):>9} "
                      f"{r['rto_target_seconds']:>8} {str(r['rpo_age_seconds']):>10} {r['rpo_target_seconds']:>8}  "
                      f"{'ok' if r['passed'] else 'FAILED: ' + (r['error'] or 'target missed')}")
-    stem.with_suffix(".txt").write_text("\n".join(lines) + "\n")
-    return files
+    return "\n".join(lines)

@@ -74,6 +74,10 @@ class PolicyTestsFailed(CustodyError):
         super().__init__(message)
         self.result = result
 
+    @property
+    def details(self) -> dict:
+        return self.result
+
 
 def propose(ws: Workspace, token: str | None, folder: Path, purpose: str) -> dict:
     if not purpose or not purpose.strip():

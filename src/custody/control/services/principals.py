@@ -11,19 +11,21 @@ from custody.domain.model import Principal, check_name, new_id
 
 
 def add_principal(
-    ws: Workspace, token: str | None, *, name: str, roles: list[str], team: str | None, attributes: dict[str, str]
-) -> tuple[dict, str]:
+    ws: Workspace, token: str | None, *, name: str, roles: list[str], team: str | None = None,
+    attributes: dict[str, str] | None = None,
+) -> dict:
+    """The new principal, with its token under "token": shown this once, stored only as a hash."""
     with act(ws, token, "principal.add", subject=name) as a:
         check_name("principal", name)
         unknown = [r for r in roles if r not in permissions.ROLES]
         if not roles or unknown:
             raise InvalidInput(f"unknown role {unknown[0] if unknown else ''!r}: one of {', '.join(permissions.ROLES)}")
         new_token, token_id, token_hash = tokens.mint()
-        principal = Principal(id=new_id(), name=name, roles=tuple(roles), team=team, attributes=attributes,
+        principal = Principal(id=new_id(), name=name, roles=tuple(roles), team=team, attributes=attributes or {},
                               created_by=a.principal.name)
         repo.add_principal(a.uow, principal, token_id, token_hash)
         a.record(details={"roles": roles, "team": team})
-    return views.principal(principal), new_token
+    return {**views.principal(principal), "token": new_token}
 
 
 def list_principals(ws: Workspace, token: str | None) -> list[dict]:

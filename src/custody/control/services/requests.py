@@ -133,6 +133,10 @@ class RequestDenied(Denied):
         self.request = request
         self.decision = decision
 
+    @property
+    def details(self) -> dict:
+        return {"request": self.request.id, "decision": self.decision.to_dict()}
+
 
 SNAPSHOT_KINDS = frozenset({RequestKind.RESTORE, RequestKind.DRILL})
 
