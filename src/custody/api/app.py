@@ -18,7 +18,7 @@ from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, create_model
 
 from custody import __version__
@@ -95,7 +95,37 @@ def create_app(home: Path | None = None) -> FastAPI:
         app.add_api_route(op.path, _endpoint(ws, op), methods=[op.method], status_code=op.status,
                           name=op.name, summary=_summary(op), responses=ERRORS, tags=[op.name.split(".")[0]],
                           response_class=Response if op.media_type else JSONResponse)
+
+    from custody.portal.pages import portal_router
+
+    app.include_router(portal_router(ws))
+
+    @app.get("/", include_in_schema=False)
+    def root() -> RedirectResponse:
+        return RedirectResponse("/portal/", status_code=303)
+
+    app.middleware("http")(security_headers)
     return app
+
+
+PORTAL_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
+              "frame-ancestors 'none'; base-uri 'none'")
+
+
+async def security_headers(request: Request, call_next: Callable) -> Response:
+    """On every response: no framing, no referrer, no sniffing; on portal pages also a strict CSP
+    (no script at all, styles from this origin only) and no caching of pages that show secrets."""
+    response = await call_next(request)
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    if request.url.path.startswith("/portal"):
+        response.headers["Content-Security-Policy"] = PORTAL_CSP
+        if not request.url.path.startswith("/portal/static/"):
+            response.headers["Cache-Control"] = "no-store"
+    if request.url.scheme == "https":
+        response.headers["Strict-Transport-Security"] = "max-age=31536000"
+    return response
 
 
 def _endpoint(ws: Workspace, op: Operation) -> Callable:

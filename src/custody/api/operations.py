@@ -18,6 +18,7 @@ from custody.control.services import (
     audit,
     backups,
     copies,
+    dashboard,
     deletions,
     drills,
     exceptions,
@@ -87,6 +88,9 @@ OPERATIONS: tuple[Operation, ...] = (
     _op(policy.apply, "POST", "/policy/proposals/{proposal_id}/apply"),
     _op(requests.list_requests, "GET", "/requests"),
     _op(requests.create, "POST", "/requests", status=201, internal=("snapshot", "method", "drill")),
+    _op(requests.preview, "POST", "/requests/preview"),
+    _op(requests.choices, "GET", "/requests/choices"),
+    _op(requests.inbox, "GET", "/requests/inbox"),
     _op(requests.show_request, "GET", "/requests/{request_id}"),
     _op(requests.explain, "GET", "/requests/{request_id}/explain"),
     _op(requests.approve, "POST", "/requests/{request_id}/approve"),
@@ -121,6 +125,9 @@ OPERATIONS: tuple[Operation, ...] = (
     _op(audit.consistency, "GET", "/audit/consistency"),
     _op(audit.verify, "POST", "/audit/verify"),
     _op(audit.export, "POST", "/audit/export"),
+    _op(audit.search, "GET", "/audit/events"),
+    _op(dashboard.figures, "GET", "/dashboard"),
+    _op(principals.sign_in, "GET", "/whoami"),
     _op(sweep.sweep, "POST", "/sweep"),
 )
 

@@ -69,16 +69,34 @@ def demo(ctx: Ctx,
 @command(app, "serve")
 def serve(ctx: Ctx, host: Annotated[str, typer.Option()] = "127.0.0.1",
           port: Annotated[int, typer.Option()] = 8700,
-          workers: Annotated[int, typer.Option(help="Server processes (several share one PostgreSQL store).")] = 1) -> None:
-    """Serve the REST API (OpenAPI at /openapi.json, /docs), /metrics, /healthz and /readyz."""
-    import os
-
+          workers: Annotated[int, typer.Option(help="Server processes (several share one PostgreSQL store).")] = 1,
+          seed_demo: Annotated[bool, typer.Option("--seed-demo", help="No workspace at --home? Create the demo one "
+                                                  "(people, model, requests in every state) and print its tokens.")] = False) -> None:
+    """Serve the portal (/portal), the REST API (OpenAPI at /openapi.json, /docs), /metrics, /healthz and /readyz."""
     import uvicorn
 
-    ctx.ws  # fail now, with a clear message, if there is no workspace (or --server was given)
+    from custody.cli import portal_demo
+    from custody.control.workspace import CONFIG
+
+    ctx.local_only()
+    if seed_demo and not (ctx.home / CONFIG).exists():
+        if not ctx.json:
+            output.err.print(f"creating the demo workspace in {ctx.home} (a minute) ...")
+        portal_demo.seed(ctx.home)
+    ctx.ws  # fail now, with a clear message, if there is no workspace
+    people = portal_demo.load(ctx.home) if seed_demo else None
     os.environ["CUSTODY_HOME"] = str(ctx.home.resolve())
-    if not ctx.json:
-        output.err.print(f"custody serving {ctx.home.resolve()} on http://{host}:{port} (API docs: /docs)")
+    url = f"http://{host}:{port}/portal/"
+    if ctx.json:
+        output.emit_json({"url": url, "home": str(ctx.home.resolve()), "demo": people})
+    else:
+        output.err.print(f"custody serving {ctx.home.resolve()}: portal {url}  (API docs /docs, metrics /metrics)")
+        if people:
+            output.err.print("demo sign-in tokens (DEMO WORKSPACE: never keep real weights here):")
+            output.err.print(f"  {'admin':<6} admin            {people['admin']}", markup=False)
+            for name, p in people["people"].items():
+                totp = f"  TOTP seed {p['totp_secret']}" if p.get("totp_secret") else ""
+                output.err.print(f"  {name:<6} {p['role'] + ' (' + p['team'] + ')':<26} {p['token']}{totp}", markup=False)
     uvicorn.run("custody.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning")
 

@@ -30,6 +30,9 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "audit.prove": frozenset({"admin", "security", "auditor"}),
     "audit.verify": frozenset({"admin", "security", "auditor"}),
     "audit.checkpoint": frozenset({"admin", "security", "auditor"}),
+    "audit.search": frozenset({"admin", "security", "auditor"}),
+    "dashboard.read": frozenset({"admin", "security", "auditor", "ml-lead"}),
+    "session.sign_in": frozenset(ROLES),
     "sweep": frozenset({"admin", "backup-operator", "security"}),
     "zone.budget": frozenset({"admin"}),
     # Governed copies: the role table only says who may take part; the policy catalog decides.
@@ -39,6 +42,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "policy.apply": frozenset({"admin", "security"}),
     "request.create": frozenset(set(ROLES) - {"auditor"}),
     "request.read": frozenset(ROLES),
+    "request.preview": frozenset(set(ROLES) - {"auditor"}),
     "request.approve": frozenset({"ml-lead", "security"}),
     "request.deny": frozenset({"ml-lead", "security", "admin"}),
     "request.cancel": frozenset(set(ROLES) - {"auditor"}),

@@ -31,6 +31,7 @@ def version(v: AssetVersion, asset_name: str) -> dict:
         "files": v.file_count, "format": v.format, "parameters": v.parameters, "unsafe": v.unsafe,
         "classification": v.classification.value, "jurisdictions": list(v.jurisdictions),
         "min_security_level": v.min_security_level, "labels": v.labels, "previous": v.previous_id,
+        "signed": bool(v.bundle_json),
         "created_at": ts(v.created_at),
     }
 

@@ -68,36 +68,9 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
            snapshot: str | None = None, method: str = "replica", drill: bool = False) -> dict:
     """Ask for a copy of ASSET[@VERSION] (from a replica), or a restore of a snapshot (`snapshot`)."""
     with act(ws, token, "request.create", subject=ref or snapshot, destination=to, rationale=purpose) as a:
-        try:
-            request_kind = RequestKind(kind)
-        except ValueError:
-            raise InvalidInput(f"unknown kind {kind!r}: one of {', '.join(k.value for k in RequestKind)}") from None
-        if not purpose or not purpose.strip():
-            raise InvalidInput("a request needs a purpose (--purpose)")
-        ttl_seconds = parse_duration(ttl) if ttl else None
-        if break_glass and request_kind is not RequestKind.DR:
-            raise InvalidInput("--break-glass is only for dr requests")
-        if snapshot:
-            asset, version, src_zone, src_replica_id = _source_snapshot(a.uow, snapshot)
-        else:
-            asset, version = asset_service.resolve_version(a.uow, ref)
-            src = _source_replica(a.uow, asset.name, version, source)
-            src_zone, src_replica_id = repo.zone_by_name(a.uow, src.zone), src.id
-        if (request_kind is RequestKind.DRILL) != drill:
-            raise InvalidInput("drill requests are made by `custody drill dr` only")
-        if request_kind in SNAPSHOT_KINDS and snapshot is None:
-            raise InvalidInput("restore and drill requests read a snapshot")
-        if snapshot is not None and request_kind not in SNAPSHOT_KINDS | {RequestKind.DR}:
-            raise InvalidInput("a snapshot is restored by a restore, dr or drill request")
-        dest = repo.zone_by_name(a.uow, to)
-        decision = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, request_kind.value,
-                           ttl_seconds, purpose, break_glass)
-        if not snapshot:
-            _within_source_life(a.uow, src_replica_id, ttl_seconds, request_kind)
-        if decision.allowed and ttl_seconds is None and request_kind not in NO_EXPIRY:
-            ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
-            if ttl_seconds is None:
-                raise InvalidInput(f"{request_kind.value} copies need an expiry: pass --ttl")
+        plan = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source, break_glass=break_glass,
+                     snapshot=snapshot, drill=drill)
+        request_kind, asset, version, src_replica_id, dest, decision, ttl_seconds = plan
         request = Request(
             id=new_id(), requester=a.principal.name, asset=asset.name, version_id=version.id,
             version_digest=version.digest, source_replica=src_replica_id, destination_zone=dest.name,
@@ -122,6 +95,85 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
     if denied is not None:
         raise RequestDenied(denied, decision)
     return show_request(ws, token, request.id)
+
+
+def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose: str, ttl: str | None,
+          source: str | None, break_glass: bool, snapshot: str | None = None, drill: bool = False) -> tuple:
+    """Check a request's arguments and decide it: what `create` stores and `preview` shows."""
+    try:
+        request_kind = RequestKind(kind)
+    except ValueError:
+        raise InvalidInput(f"unknown kind {kind!r}: one of {', '.join(k.value for k in RequestKind)}") from None
+    if not purpose or not purpose.strip():
+        raise InvalidInput("a request needs a purpose (--purpose)")
+    ttl_seconds = parse_duration(ttl) if ttl else None
+    if break_glass and request_kind is not RequestKind.DR:
+        raise InvalidInput("--break-glass is only for dr requests")
+    if snapshot:
+        asset, version, src_zone, src_replica_id = _source_snapshot(a.uow, snapshot)
+    else:
+        asset, version = asset_service.resolve_version(a.uow, ref)
+        src = _source_replica(a.uow, asset.name, version, source)
+        src_zone, src_replica_id = repo.zone_by_name(a.uow, src.zone), src.id
+    if (request_kind is RequestKind.DRILL) != drill:
+        raise InvalidInput("drill requests are made by `custody drill dr` only")
+    if request_kind in SNAPSHOT_KINDS and snapshot is None:
+        raise InvalidInput("restore and drill requests read a snapshot")
+    if snapshot is not None and request_kind not in SNAPSHOT_KINDS | {RequestKind.DR}:
+        raise InvalidInput("a snapshot is restored by a restore, dr or drill request")
+    dest = repo.zone_by_name(a.uow, to)
+    decision = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, request_kind.value,
+                       ttl_seconds, purpose, break_glass)
+    if not snapshot:
+        _within_source_life(a.uow, src_replica_id, ttl_seconds, request_kind)
+    if decision.allowed and ttl_seconds is None and request_kind not in NO_EXPIRY:
+        ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
+        if ttl_seconds is None:
+            raise InvalidInput(f"{request_kind.value} copies need an expiry: pass --ttl")
+    return request_kind, asset, version, src_replica_id, dest, decision, ttl_seconds
+
+
+def preview(ws: Workspace, token: str | None, ref: str, *, to: str, kind: str, purpose: str,
+            ttl: str | None = None, source: str | None = None) -> dict:
+    """The decision a request would get and the approvals it would need; nothing is stored but the event."""
+    with act(ws, token, "request.preview", subject=ref, destination=to, rationale=purpose) as a:
+        _, asset, version, _, dest, decision, ttl_seconds = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose,
+                                                                   ttl=ttl, source=source, break_glass=False)
+        a.record(outcome="allow" if decision.allowed else "deny", details={"policy_ids": decision.policy_ids})
+    return {"asset": asset.name, "version": version.number, "destination": dest.name, "kind": kind,
+            "ttl_seconds": ttl_seconds, "decision": decision.to_dict()}
+
+
+def choices(ws: Workspace, token: str | None) -> list[dict]:
+    """The (asset, zone, kind) triples the caller may ask for: allowed outright or with approvals.
+
+    Decided with a placeholder purpose and a one-hour TTL, on each asset's newest version; a
+    purpose or TTL the catalog reads can still change the answer, which `preview` shows first.
+    """
+    with act(ws, token, "request.preview", subject="choices") as a:
+        out = []
+        zones = [z for z in repo.list_zones(a.uow)]
+        for asset in repo.list_assets(a.uow):
+            try:
+                _, version = asset_service.resolve_version(a.uow, asset.name)
+                src = _source_replica(a.uow, asset.name, version, None)
+            except (NotFound, InvalidState):
+                continue
+            src_zone = repo.zone_by_name(a.uow, src.zone)
+            for dest in zones:
+                for kind in ASKABLE_KINDS:
+                    d = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, kind.value,
+                                None if kind in NO_EXPIRY else 3600, "(choosing)", False)
+                    if d.allowed:
+                        req = d.requirement
+                        out.append({"asset": asset.name, "version": version.number, "zone": dest.name,
+                                    "kind": kind.value, "approvals": req.approvals if req else 0,
+                                    "max_ttl_seconds": req.max_ttl_seconds if req else None})
+        a.record(details={"choices": len(out)})
+        return out
+
+
+ASKABLE_KINDS = (RequestKind.RESEARCH, RequestKind.DERIVATIVE, RequestKind.BACKUP, RequestKind.DR, RequestKind.MIGRATION)
 
 
 class RequestDenied(Denied):
@@ -340,10 +392,30 @@ def list_requests(ws: Workspace, token: str | None, *, mine: bool = False, await
     with act(ws, token, "request.read") as a:
         rows = rq.list_requests(a.uow, requester=a.principal.name if mine else None, state=state)
         if awaiting_me:
-            rows = [r for r in rows if r.state is RequestState.AWAITING_APPROVAL and r.requester != a.principal.name
-                    and all(ap.approver != a.principal.name for ap in r.approvals)
-                    and any(role in r.decision.requirement.roles for role in a.principal.roles)]
+            rows = _awaiting(a.principal, rows)
         return [view(ws, a.uow, r) for r in rows]
+
+
+def _awaiting(principal: Principal, rows: list[Request]) -> list[Request]:
+    return [r for r in rows if r.state is RequestState.AWAITING_APPROVAL and r.requester != principal.name
+            and all(ap.approver != principal.name for ap in r.approvals)
+            and any(role in r.decision.requirement.roles for role in principal.roles)]
+
+
+def inbox(ws: Workspace, token: str | None) -> list[dict]:
+    """Requests awaiting my approval, with what an approver must see to decide: the asset's
+    classification and size, where it goes (jurisdiction, security level), who asks (team)."""
+    with act(ws, token, "request.read", details={"what": "inbox"}) as a:
+        out = []
+        for r in _awaiting(a.principal, rq.list_requests(a.uow, state=RequestState.AWAITING_APPROVAL.value)):
+            version = repo.version_by_id(a.uow, r.version_id)
+            dest = repo.zone_by_name(a.uow, r.destination_zone)
+            requester = repo.principal_by_name(a.uow, r.requester)
+            out.append({**view(ws, a.uow, r), "classification": version.classification.value,
+                        "version": version.number, "bytes": version.total_size, "parameters": version.parameters,
+                        "zone_kind": dest.kind.value, "jurisdiction": dest.jurisdiction,
+                        "security_level": dest.security_level, "requester_team": requester.team})
+        return out
 
 
 def decide_for(ws: Workspace, uow: UnitOfWork, r: Request, requester: Principal) -> Decision:

@@ -1,0 +1,299 @@
+"""The self-service portal: server-rendered pages over the same service functions as the CLI and API.
+
+Each handler reads the session, calls services with the principal's own token (which
+authenticate, decide and ledger as always), and renders a template. Forms are POSTs that carry
+the session's CSRF value and must come from this origin; a refusal is shown as the service's
+one-line message. Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
+
+from custody.api.app import status_for
+from custody.control.policy.catalog import parse_duration
+from custody.control.services import (
+    assets,
+    audit,
+    copies,
+    dashboard,
+    principals,
+    replicas,
+    requests,
+)
+from custody.control.workspace import Workspace
+from custody.domain.errors import CustodyError, Denied
+from custody.portal import charts
+from custody.portal.sessions import COOKIE, PRE_COOKIE, LIFETIME, Session, SessionBox, SignInThrottle, same
+
+WATCHERS = ("admin", "security", "auditor", "ml-lead")  # who sees the dashboard
+APPROVERS = ("ml-lead", "security")
+REVOKERS = ("admin", "security")
+LEDGER_READERS = ("admin", "security", "auditor")
+
+
+def _env() -> Environment:
+    env = Environment(loader=PackageLoader("custody.portal", "templates"), autoescape=select_autoescape(["html"]))
+    env.filters["size"] = _size
+    env.filters["duration"] = _duration
+    return env
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "none"
+    s = int(s)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= size and s % size == 0:
+            return f"{s // size}{unit}"
+    return f"{s}s"
+
+
+def portal_router(ws: Workspace) -> APIRouter:
+    box = SessionBox(ws.home)
+    throttle = SignInThrottle()
+    templates = _env()
+    router = APIRouter(prefix="/portal", include_in_schema=False)
+
+    def render(request: Request, name: str, session: Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+        html = templates.get_template(name).render(session=session, path=request.url.path, watchers=WATCHERS,
+                                                   approvers=APPROVERS, ledger_readers=LEDGER_READERS, **ctx)
+        return HTMLResponse(html, status_code=status)
+
+    def signed_in(request: Request) -> Session | None:
+        return box.open(request.cookies.get(COOKIE))
+
+    def to_signin() -> RedirectResponse:
+        return RedirectResponse("/portal/signin", status_code=303)
+
+    def same_origin(request: Request) -> bool:
+        """A form post must come from a page of this server (Origin, else Referer, when the browser sends one)."""
+        origin = request.headers.get("origin") or request.headers.get("referer")
+        if not origin:
+            return True  # SameSite=Strict and the CSRF value still stand
+        return origin.rstrip("/").startswith(f"{request.url.scheme}://{request.headers.get('host', '')}")
+
+    async def checked_form(request: Request, session: Session) -> dict[str, str] | None:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        if not same_origin(request) or not same(form.get("csrf"), session.csrf):
+            return None
+        return form
+
+    def refused(request: Request, session: Session | None) -> HTMLResponse:
+        return render(request, "error.html", session, status=403,
+                      message="This form was not sent from this portal (CSRF check failed). Reload the page and try again.")
+
+    def page(name: str, template: str, load: Callable[[Session, Request], dict]) -> None:
+        """A GET page: the session, one call to `load` for its data, a template; refusals shown in place."""
+
+        def handler(request: Request) -> Response:  # sync: FastAPI runs it on a worker thread
+            session = signed_in(request)
+            if session is None:
+                return to_signin()
+            try:
+                data = load(session, request)
+            except CustodyError as exc:
+                return render(request, "error.html", session, status=status_for(exc), message=exc.message)
+            return render(request, template, session, **data)
+
+        router.add_api_route(name, handler, methods=["GET"])
+
+    # -- sign in / out --------------------------------------------------------------------
+
+    @router.get("/signin")
+    def signin_form(request: Request) -> Response:
+        pre = request.cookies.get(PRE_COOKIE) or _fresh()
+        response = render(request, "signin.html", None, csrf=pre, error=None)
+        _cookie(request, response, PRE_COOKIE, pre, 600)
+        return response
+
+    @router.post("/signin")
+    async def signin(request: Request) -> Response:
+        form = {k: str(v) for k, v in (await request.form()).items()}
+        pre = request.cookies.get(PRE_COOKIE)
+        if not same_origin(request) or not same(form.get("csrf"), pre):
+            return refused(request, None)
+        address = request.client.host if request.client else "?"
+        wait = throttle.wait(address)
+        if wait:
+            response = render(request, "signin.html", None, status=429, csrf=pre,
+                              error=f"too many failed sign-ins from this address: try again in {wait} s")
+            response.headers["Retry-After"] = str(wait)
+            return response
+        token = form.get("token", "").strip()
+        try:
+            who = await run_in_threadpool(principals.sign_in, ws, token)
+        except Denied as exc:
+            throttle.failed(address)
+            return render(request, "signin.html", None, status=401, csrf=pre, error=exc.message)
+        throttle.succeeded(address)
+        cookie, _ = box.seal(token, who["name"], tuple(who["roles"]))
+        response = RedirectResponse("/portal/", status_code=303)
+        _cookie(request, response, COOKIE, cookie, LIFETIME)
+        response.delete_cookie(PRE_COOKIE, path="/portal")
+        return response
+
+    @router.post("/signout")
+    async def signout(request: Request) -> Response:
+        session = signed_in(request)
+        if session is not None and await checked_form(request, session) is None:
+            return refused(request, session)
+        response = to_signin()
+        response.delete_cookie(COOKIE, path="/portal")
+        return response
+
+    @router.get("/")
+    def home(request: Request) -> Response:
+        session = signed_in(request)
+        if session is None:
+            return to_signin()
+        return RedirectResponse("/portal/dashboard" if session.may(*WATCHERS) else "/portal/requests", status_code=303)
+
+    # -- requests -------------------------------------------------------------------------
+
+    page("/requests", "requests.html", lambda s, r: {
+        "rows": requests.list_requests(ws, s.token, mine=True)[::-1]})
+
+    def new_request_data(session: Session, form: dict[str, str] | None = None) -> dict:
+        offered = requests.choices(ws, session.token)
+        return {"offered": offered, "assets": sorted({c["asset"] for c in offered}),
+                "zones": sorted({c["zone"] for c in offered}), "kinds": sorted({c["kind"] for c in offered}),
+                "form": form or {}, "preview": None, "error": None}
+
+    page("/requests/new", "new_request.html", lambda s, r: new_request_data(s))
+
+    @router.post("/requests/new")
+    async def new_request(request: Request) -> Response:
+        session = signed_in(request)
+        if session is None:
+            return to_signin()
+        form = await checked_form(request, session)
+        if form is None:
+            return refused(request, session)
+        args = {"to": form.get("to", ""), "kind": form.get("kind", ""), "purpose": form.get("purpose", ""),
+                "ttl": form.get("ttl") or None}
+        try:
+            data = await run_in_threadpool(new_request_data, session, form)
+        except CustodyError as exc:
+            return render(request, "error.html", session, status=status_for(exc), message=exc.message)
+        try:
+            if form.get("action") == "preview":
+                data["preview"] = await run_in_threadpool(requests.preview, ws, session.token, form.get("asset", ""),
+                                                          **args)
+                return render(request, "new_request.html", session, **data)
+            created = await run_in_threadpool(requests.create, ws, session.token, form.get("asset", ""), **args)
+        except requests.RequestDenied as exc:
+            data["preview"] = {"decision": exc.decision.to_dict(), "denied_request": exc.request.id}
+            data["error"] = exc.message
+            return render(request, "new_request.html", session, status=403, **data)
+        except CustodyError as exc:
+            data["error"] = exc.message
+            return render(request, "new_request.html", session, status=status_for(exc), **data)
+        return RedirectResponse(f"/portal/requests?{urlencode({'created': created['id']})}", status_code=303)
+
+    @router.post("/requests/{request_id}/run")
+    async def run_request(request: Request, request_id: str) -> Response:
+        return await act_on(request, lambda s, f: copies.run(ws, s.token, request_id), "/portal/requests")
+
+    # -- approvals ------------------------------------------------------------------------
+
+    page("/approvals", "approvals.html", lambda s, r: {"rows": requests.inbox(ws, s.token),
+                                                       "done": r.query_params.get("done")})
+
+    @router.post("/approvals/{request_id}/approve")
+    async def approve(request: Request, request_id: str) -> Response:
+        return await act_on(request, lambda s, f: requests.approve(
+            ws, s.token, request_id, otp=f.get("otp") or None, comment=f.get("comment") or None),
+            f"/portal/approvals?{urlencode({'done': f'approved {request_id}'})}")
+
+    @router.post("/approvals/{request_id}/deny")
+    async def deny(request: Request, request_id: str) -> Response:
+        return await act_on(request, lambda s, f: requests.deny(ws, s.token, request_id, f.get("reason", "")),
+                            f"/portal/approvals?{urlencode({'done': f'denied {request_id}'})}")
+
+    # -- replicas, assets, ledger, dashboard ------------------------------------------------
+
+    def replica_data(session: Session, request: Request) -> dict:
+        rows = replicas.list_replicas(ws, session.token, state=request.query_params.get("state") or "active")
+        soon = parse_duration("24h")
+        return {"rows": sorted(rows, key=lambda r: (r["asset"], r["zone"])), "soon_seconds": soon,
+                "state": request.query_params.get("state") or "active", "done": request.query_params.get("done")}
+
+    page("/replicas", "replicas.html", replica_data)
+
+    @router.post("/replicas/{replica_id}/revoke")
+    async def revoke(request: Request, replica_id: str) -> Response:
+        return await act_on(request, lambda s, f: replicas.revoke_replica(ws, s.token, replica_id, f.get("reason", "")),
+                            f"/portal/replicas?{urlencode({'done': f'shredded {replica_id}'})}")
+
+    page("/assets", "assets.html", lambda s, r: {
+        "rows": [assets.show_asset(ws, s.token, a["asset"]) for a in assets.list_assets(ws, s.token)]})
+
+    page("/ledger", "ledger.html", lambda s, r: {
+        **audit.search(ws, s.token, r.query_params.get("q") or None, limit=50,
+                       before=int(r.query_params["before"]) if r.query_params.get("before", "").isdigit() else None),
+        "q": r.query_params.get("q", "")})
+
+    def dashboard_data(session: Session, request: Request) -> dict:
+        f = dashboard.figures(ws, session.token)
+        return {"f": f, "charts": {
+            "attempts": charts.stacked_bars("Copy attempts per day", f["days"], {
+                "allowed": [a["allowed"] for a in f["attempts"]], "denied": [a["denied"] for a in f["attempts"]]}),
+            "cycles": charts.stacked_bars("Approval cycle time (requests per bucket)",
+                                          [f"≤{_duration(b['le_seconds'])}" if b["le_seconds"] else "longer"
+                                           for b in f["approval_cycles"]],
+                                          {"approved requests": [b["count"] for b in f["approval_cycles"]]}),
+            "bytes": charts.horizontal_bars("Bytes copied out of each zone", f["bytes_by_zone"], "B"),
+            "replicas": charts.lines("Replicas by kind and zone", f["days"], f["replicas_over_time"]),
+        }}
+
+    page("/dashboard", "dashboard.html", dashboard_data)
+
+    @router.get("/static/portal.css")
+    def css() -> Response:
+        text = resources.files("custody.portal").joinpath("static/portal.css").read_text()
+        return Response(text, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
+
+    async def act_on(request: Request, action: Callable[[Session, dict], Any], then: str) -> Response:
+        """A form that changes something: session, CSRF, one service call, back to a page (or the refusal)."""
+        session = signed_in(request)
+        if session is None:
+            return to_signin()
+        form = await checked_form(request, session)
+        if form is None:
+            return refused(request, session)
+        try:
+            await run_in_threadpool(action, session, form)
+        except CustodyError as exc:
+            return render(request, "error.html", session, status=status_for(exc), message=exc.message)
+        return RedirectResponse(then, status_code=303)
+
+    return router
+
+
+def _fresh() -> str:
+    import secrets
+
+    return secrets.token_urlsafe(32)
+
+
+def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/portal", httponly=True, samesite="strict",
+                        secure=request.url.scheme == "https")
