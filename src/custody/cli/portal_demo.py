@@ -18,9 +18,11 @@ import pyotp
 from custody.cli.demo import PEOPLE, make_model
 from custody.control.services import assets, audit, copies, mfa, principals, requests, setup, zones
 from custody.control.workspace import Workspace
+from custody.keys.local import DEFAULT_LOG_N
 
 PEOPLE_FILE = "demo-people.json"
-APPROVERS = ("bob", "carol")
+SEEDERS = ("lena", "grace")  # approve the seeded requests, so bob's and carol's next codes stay unused
+MFA_PEOPLE = ("bob", "carol") + SEEDERS
 
 
 def code_for(secret: str, last_used: dict[str, int], who: str) -> str:
@@ -33,16 +35,17 @@ def code_for(secret: str, last_used: dict[str, int], who: str) -> str:
 
 def seed(home: Path) -> dict:
     """Create the demo workspace at `home`; returns {"admin": token, "people": {name: {...}}}."""
-    init = setup.init_workspace(home, passphrase=None, demo=True)
+    init = setup.init_workspace(home, passphrase=None, demo=True,
+                                scrypt_log_n=int(os.environ.get("CUSTODY_SCRYPT_LOG_N", DEFAULT_LOG_N)))
     ws = Workspace.open(home)
     try:
         admin = init.admin_token
         people = {name: {"role": role, "team": team,
                          "token": principals.add_principal(ws, admin, name=name, roles=[role], team=team)["token"]}
-                  for name, role, team in PEOPLE}
+                  for name, role, team in PEOPLE + (("grace", "security", "risk"),)}
         tok = {name: p["token"] for name, p in people.items()}
         used: dict[str, int] = {}
-        for who in APPROVERS:
+        for who in MFA_PEOPLE:
             secret = mfa.enroll(ws, tok[who])["secret"]
             mfa.verify(ws, tok[who], code_for(secret, used, who))
             people[who]["totp_secret"] = secret
@@ -57,7 +60,7 @@ def seed(home: Path) -> dict:
 
         def approved(purpose: str) -> str:
             r = requests.create(ws, tok["alice"], "demo-llm", to="research", kind="research", purpose=purpose, ttl="7d")
-            for who in APPROVERS:
+            for who in SEEDERS:
                 requests.approve(ws, tok[who], r["id"], otp=code_for(people[who]["totp_secret"], used, who))
             return r["id"]
 

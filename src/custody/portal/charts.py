@@ -16,7 +16,7 @@ def _frame(title: str, body: list[str], legend: list[tuple[str, str]], height: i
                    f'<text x="{PAD_L + 14 + i * 150}" y="15" font-size="11">{escape(k)}</text>'
                    for i, (k, c) in enumerate(legend))
     return Markup(f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {W} {height}" '
-                  f'width="{W}" height="{height}" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
+                  f'width="100%" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
                   f'{keys}{"".join(body)}</svg>')
 
 
@@ -26,6 +26,11 @@ def _axis(top: float, height: int = H) -> list[str]:
             f'<line x1="{PAD_L}" y1="{PAD_T}" x2="{PAD_L}" y2="{base}" stroke="#555"/>',
             f'<text x="{PAD_L - 6}" y="{PAD_T + 4}" font-size="10" text-anchor="end">{_num(top)}</text>',
             f'<text x="{PAD_L - 6}" y="{base}" font-size="10" text-anchor="end">0</text>']
+
+
+def _short(label: str) -> str:
+    """Days as MM-DD; other labels as they are."""
+    return label[5:] if len(label) == 10 and label[4] == "-" else label
 
 
 def _num(v: float) -> str:
@@ -54,7 +59,7 @@ def stacked_bars(title: str, labels: list[str], series: dict[str, list[float]]) 
                             f'{escape(n)}: {series[n][i]:g}</title></rect>')
         if len(labels) <= 16 or i % 2 == 0:
             body.append(f'<text x="{PAD_L + 4 + i * step + step * 0.35:.1f}" y="{H - PAD_B + 14}" font-size="9" '
-                        f'text-anchor="middle">{escape(label[-5:])}</text>')
+                        f'text-anchor="middle">{escape(_short(label))}</text>')
     return _frame(title, body, [(n, PALETTE[j % len(PALETTE)]) for j, n in enumerate(names)])
 
 
@@ -85,5 +90,5 @@ def lines(title: str, labels: list[str], series: dict[str, list[float]]) -> Mark
     for i, label in enumerate(labels):
         if i % max(1, len(labels) // 7) == 0:
             body.append(f'<text x="{PAD_L + i * step:.1f}" y="{H - PAD_B + 14}" font-size="9" '
-                        f'text-anchor="middle">{escape(label[-5:])}</text>')
+                        f'text-anchor="middle">{escape(_short(label))}</text>')
     return _frame(title, body, [(n, PALETTE[j % len(PALETTE)]) for j, n in enumerate(series)][:4])

@@ -1,0 +1,228 @@
+"""The portal in real headless Chromium (Debian's /usr/bin/chromium driven by Playwright) against a
+real `custody serve --seed-demo` process: three people in their own browser sessions, TOTP
+approvals, a refused request with its reason, the dashboard's charts, and forged form posts.
+Screenshots land in tests/artifacts/ (git-ignored)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+
+from conftest import CUSTODY_BIN, free_port
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).parent / "artifacts"
+
+pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (make test installs it)")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """The demo workspace `make run` serves, on a free port; yields (base URL, people)."""
+    home = tmp_path_factory.mktemp("portal") / "ws"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
+    env["CUSTODY_SCRYPT_LOG_N"] = "14"
+    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--seed-demo", "--home", str(home), "--port", str(port)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                break
+        except httpx.HTTPError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail("custody serve --seed-demo did not come up: " + proc.stderr.read().decode()[-800:])
+            time.sleep(0.2)
+    people = json.loads((home / "demo-people.json").read_text())
+    yield base, people
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def browser():  # noqa: ANN201
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
+
+
+def sign_in(browser, base: str, token: str):  # noqa: ANN001, ANN201
+    context = browser.new_context(base_url=base, viewport={"width": 1280, "height": 900})
+    page = context.new_page()
+    page.goto("/portal/signin")
+    page.fill("#token", token)
+    page.click("#signin")
+    arrive(page, r"/portal/(dashboard|requests)$")
+    return page
+
+
+def arrive(page, pattern: str) -> None:  # noqa: ANN001
+    """Wait for the page a form leads to; on a refusal, fail with what the portal said."""
+    try:
+        page.wait_for_url(re.compile(pattern), timeout=15000)
+    except Exception:  # noqa: BLE001
+        pytest.fail(f"expected {pattern}, got {page.url}: {page.inner_text('main')[:500]}")
+
+
+def totp_code(secret: str) -> str:
+    """The next step's code: the seed spent codes up to the current step (steps are single use)."""
+    totp = pyotp.TOTP(secret)
+    return totp.at(time.time() + totp.interval)
+
+
+def shot(page, name: str) -> None:  # noqa: ANN001
+    page.screenshot(path=str(ARTIFACTS / f"portal-{name}.png"), full_page=True)
+
+
+def test_a_research_clone_asked_approved_and_delivered_in_the_browser(demo, browser) -> None:  # noqa: ANN001
+    base, people = demo
+    who = people["people"]
+    alice = sign_in(browser, base, who["alice"]["token"])
+    assert "alice (researcher)" in alice.inner_text("#whoami")
+    cookie = next(c for c in alice.context.cookies() if c["name"] == "custody_session")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and who["alice"]["token"] not in cookie["value"]
+    assert who["alice"]["token"] not in alice.url
+
+    alice.goto("/portal/requests/new")
+    offered = alice.locator("#to option").all_inner_texts()
+    assert "research" in offered and "eu-research" not in offered  # demo-llm may not leave the US
+    alice.select_option("#asset", "demo-llm")
+    alice.select_option("#to", "research")
+    alice.select_option("#kind", "research")
+    alice.fill("#purpose", "probe attention heads")
+    alice.fill("#ttl", "5d")
+    alice.click("#preview")
+    preview = alice.inner_text("#preview-result")
+    assert "Allowed" in preview and "Needs 2 approvals from ml-lead or security, distinct teams, with MFA" in preview
+    shot(alice, "preview")
+    alice.click("#submit")
+    arrive(alice, r"/portal/requests\?created=")
+    rid = alice.url.rsplit("=", 1)[1]
+    card = alice.locator(f"#request-{rid}")
+    assert "awaiting approval" in card.inner_text()
+
+    for name in ("bob", "carol"):
+        approver = sign_in(browser, base, who[name]["token"])
+        approver.goto("/portal/approvals")
+        item = approver.locator(f"#approval-{rid}")
+        text = item.inner_text()
+        assert "alice (nlp)" in text and "confidential" in text and "research (research, US, SL3)" in text
+        assert "probe attention heads" in text and "MiB" in text
+        shot(approver, f"inbox-{name}")
+        item.locator("input[name=otp]").fill(totp_code(who[name]["totp_secret"]))
+        item.locator("button.approve").click()
+        arrive(approver, r"/portal/approvals\?done=")
+        assert f"approved {rid}" in approver.inner_text("main")
+        approver.context.close()
+
+    alice.goto("/portal/requests")
+    card = alice.locator(f"#request-{rid}")
+    assert "approved" in card.inner_text() and "bob (platform, MFA)" in card.inner_text()
+    card.locator("button.run").click()
+    arrive(alice, r"/portal/requests$")
+    card = alice.locator(f"#request-{rid}")
+    assert "done" in card.inner_text()
+    replica = card.locator(".replica a").inner_text()
+    alice.goto("/portal/replicas")
+    row = alice.locator(f"#replica-{replica}")
+    assert "research" in row.inner_text() and "demo-llm" in row.inner_text()
+    shot(alice, "replicas")
+    alice.context.close()
+
+
+def test_a_forbidden_request_shows_the_policy_reason(demo, browser) -> None:  # noqa: ANN001
+    base, people = demo
+    alice = sign_in(browser, base, people["people"]["alice"]["token"])
+    alice.goto("/portal/requests/new")
+    alice.select_option("#to", "research")
+    alice.select_option("#kind", "research")
+    alice.fill("#purpose", "a long study")
+    alice.fill("#ttl", "90d")
+    alice.click("#submit")
+    error = alice.inner_text(".error")
+    assert "denied" in error and "above the 30d that approval rule 'sensitive-copy' allows" in error
+    assert "Refused" in alice.inner_text("#preview-result")
+    shot(alice, "denied")
+    alice.context.close()
+
+
+def test_the_dashboard_renders_its_charts(demo, browser) -> None:  # noqa: ANN001
+    base, people = demo
+    carol = sign_in(browser, base, people["people"]["carol"]["token"])
+    assert carol.url.endswith("/portal/dashboard")
+    charts = carol.locator("svg.chart")
+    assert charts.count() == 4
+    labels = [charts.nth(i).get_attribute("aria-label") for i in range(4)]
+    assert labels == ["Copy attempts per day", "Approval cycle time (requests per bucket)",
+                      "Bytes copied out of each zone", "Replicas by kind and zone"]
+    assert charts.nth(0).locator("rect.bar").count() >= 2  # allowed and denied today
+    assert charts.nth(2).locator("rect.bar").count() >= 1 and charts.nth(3).locator("polyline.line").count() >= 1
+    box = charts.nth(0).bounding_box()
+    assert box and box["width"] > 300 and box["height"] > 100  # drawn, not collapsed
+    assert "alert.break_glass" in carol.inner_text("#alerts")
+    shot(carol, "dashboard")
+    carol.goto("/portal/ledger")
+    assert "Latest checkpoint verified" in carol.inner_text("#checkpoint")
+    assert carol.locator("#events tr.event").count() > 10 and "included ✓" in carol.inner_text("#events")
+    shot(carol, "ledger")
+    carol.context.close()
+
+
+def test_forged_form_posts_are_refused(demo, browser) -> None:  # noqa: ANN001
+    base, people = demo
+    alice = sign_in(browser, base, people["people"]["alice"]["token"])
+    form = {"asset": "demo-llm", "to": "research", "kind": "research", "purpose": "forged", "ttl": "1d",
+            "action": "submit"}
+    no_csrf = alice.request.post(f"{base}/portal/requests/new", form=form, max_redirects=0)
+    assert no_csrf.status == 403 and "CSRF check failed" in no_csrf.text()
+    alice.goto("/portal/requests/new")
+    csrf = alice.locator("input[name=csrf]").first.get_attribute("value")
+    cross = alice.request.post(f"{base}/portal/requests/new", form={**form, "csrf": csrf},
+                               headers={"Origin": "https://evil.example"}, max_redirects=0)
+    assert cross.status == 403
+    alice.goto("/portal/requests")
+    assert "forged" not in alice.inner_text("main")  # neither created a request
+    alice.context.close()
+
+
+def test_security_headers_and_sign_in_backoff(demo) -> None:  # noqa: ANN001
+    base, people = demo
+    page = httpx.get(f"{base}/portal/signin")
+    csp = page.headers["content-security-policy"]
+    assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp and "script-src" not in csp
+    assert page.headers["x-frame-options"] == "DENY" and page.headers["referrer-policy"] == "no-referrer"
+    assert "<script" not in page.text
+    with httpx.Client(base_url=base) as c:
+        pre = re.search(r'name="csrf" value="([^"]+)"', c.get("/portal/signin").text).group(1)
+        codes = [c.post("/portal/signin", data={"csrf": pre, "token": f"cst_{i:016x}_wrong"}).status_code
+                 for i in range(5)]
+        assert codes[:3] == [401, 401, 401] and codes[3] == 429
+        r = c.post("/portal/signin", data={"csrf": pre, "token": people["people"]["alice"]["token"]})
+        assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1  # even the right token waits
+    tampered = httpx.get(f"{base}/portal/requests", cookies={"custody_session": "A" * 80}, follow_redirects=False)
+    assert tampered.status_code == 303 and tampered.headers["location"] == "/portal/signin"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_stale_artifacts() -> None:
+    for old in ARTIFACTS.glob("portal-*.png") if ARTIFACTS.exists() else []:
+        old.unlink()
+    shutil.os.makedirs(ARTIFACTS, exist_ok=True)
