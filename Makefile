@@ -1,11 +1,12 @@
-# custody: `make run` shows the demo on the embedded default; `make test` installs and tests
-# everything (PostgreSQL included); `make bench` measures against cp.
+# custody: `make run` serves the portal on a demo workspace (embedded default: SQLite, local zones,
+# local custodian); `make story` tells the demo story; `make test` installs and tests everything
+# (PostgreSQL and Chromium included); `make bench` measures against cp, restic and load.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test bench install postgres clean
+.PHONY: run story test bench install postgres chromium clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,12 +19,19 @@ $(STAMP): pyproject.toml | $(BIN)/python
 install: $(STAMP)
 
 run: install
+	$(BIN)/custody serve --seed-demo --host 127.0.0.1 --port 8700
+
+story: install
 	$(BIN)/custody demo
+
+# Debian's Chromium, for the portal's browser tests.
+chromium:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 postgres:
 	@scripts/postgres-test-db.sh >/dev/null
 
-test: install
+test: install chromium
 	CUSTODY_TEST_PG_URL="$$(scripts/postgres-test-db.sh)" $(BIN)/pytest -q -p no:cacheprovider
 
 bench: install

@@ -137,10 +137,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(env: Env, *args: str):  # noqa: ANN201
+def serving(env: Env, *args: str, **environ: str):  # noqa: ANN201
     """A real `custody serve` process on the workspace; yields its base URL."""
     port = free_port()
-    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port), *args], env=env.environ(),
+    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port), *args], env=env.environ(**environ),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30

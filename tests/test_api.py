@@ -13,8 +13,8 @@ from conftest import Env, hf_model, serving
 
 
 @pytest.fixture
-def server(env: Env):  # noqa: ANN201
-    with serving(env) as base:
+def server(env: Env, tmp_path: Path):  # noqa: ANN201
+    with serving(env, CUSTODY_SERVER_PATHS=str(tmp_path)) as base:
         yield base
 
 

@@ -108,7 +108,7 @@ def twin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Env, Env, Pat
 def test_the_cli_behaves_the_same_through_a_server(twin: tuple[Env, Env, Path],
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     local, remote, model = twin
-    with serving(remote) as base:
+    with serving(remote, CUSTODY_SERVER_PATHS=str(model.parent)) as base:
         monkeypatch.setenv("CUSTODY_HOME", str(local.home))
         here = scenario(lambda *a, token: cli(*a, token=token), local, model)
         monkeypatch.setenv("CUSTODY_HOME", "/nonexistent")  # the remote CLI must not need a workspace
@@ -116,6 +116,20 @@ def test_the_cli_behaves_the_same_through_a_server(twin: tuple[Env, Env, Path],
     assert [(cmd, code) for cmd, code, _ in here] == [(cmd, code) for cmd, code, _ in there]
     for (cmd, _, a), (_, _, b) in zip(here, there):
         assert a == b, f"{cmd}: local and remote output differ\n--- local\n{a}\n--- remote\n{b}"
+
+
+def test_a_server_reads_and_writes_only_where_it_is_told(env: Env, tmp_path: Path) -> None:
+    model = tmp_path / "m"
+    hf_model(model)
+    with serving(env, CUSTODY_SERVER_PATHS=str(tmp_path / "allowed")) as base:
+        r = cli("asset", "register", "tiny", str(model), "--json", token=env.token, env={"CUSTODY_SERVER": base})
+        assert r.code == 2 and "is outside the folders this server may read or write" in r.json["error"]
+        r = cli("audit", "export", "--out", "/etc/custody-export.jsonl", "--json", token=env.token,
+                env={"CUSTODY_SERVER": base})
+        assert r.code == 2 and not Path("/etc/custody-export.jsonl").exists()
+        r = cli("audit", "export", "--out", str(tmp_path / "allowed" / ".." / "escape.jsonl"), "--json",
+                token=env.token, env={"CUSTODY_SERVER": base})
+        assert r.code == 2 and not (tmp_path / "escape.jsonl").exists()
 
 
 def test_remote_mode_refuses_what_only_a_local_workspace_can_do(env: Env) -> None:

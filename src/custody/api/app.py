@@ -25,7 +25,7 @@ from custody import __version__
 from custody.api.operations import OPERATIONS, SERVER_SIDE, Operation
 from custody.control.services import health, metrics
 from custody.control.workspace import Workspace
-from custody.domain.errors import AuthenticationError, CustodyError
+from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput
 
 STATUS = {1: 500, 2: 400, 3: 403, 4: 404, 5: 422, 6: 409}
 
@@ -153,10 +153,15 @@ def _endpoint(ws: Workspace, op: Operation) -> Callable:
         signature.append(inspect.Parameter("body", kw, annotation=Annotated[model | None if optional else model, Body()],
                                            default=None if optional else inspect.Parameter.empty))
 
+    paths = [p.name for p in params if hints[p.name] in (Path, Path | None)]
+
     def endpoint(**values: Any) -> Any:
         body = values.pop("body", None)
         token = values.pop("token")
         args = {**values, **({name: getattr(body, name) for name in body_fields} if body is not None else {})}
+        for name in paths:
+            if args.get(name) is not None:
+                args[name] = server_path(args[name])
         result = op.service(ws, token, **args)
         return Response(result, media_type=op.media_type) if op.media_type else JSONResponse(jsonable_encoder(result),
                                                                                              status_code=op.status)
@@ -164,6 +169,18 @@ def _endpoint(ws: Workspace, op: Operation) -> Callable:
     endpoint.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
     endpoint.__name__ = op.name.replace(".", "_")
     return endpoint
+
+
+def server_path(path: Path) -> Path:
+    """A file or folder a remote caller names on this server's machine (a model to register, a
+    catalog, an export): only inside the folders CUSTODY_SERVER_PATHS lists, so a token used over
+    the network cannot read or write anywhere the server process can."""
+    roots = [Path(p).resolve() for p in os.environ.get("CUSTODY_SERVER_PATHS", "").split(os.pathsep) if p]
+    resolved = Path(path).resolve()
+    if not any(resolved == root or root in resolved.parents for root in roots):
+        raise InvalidInput(f"{path} is outside the folders this server may read or write "
+                           f"(CUSTODY_SERVER_PATHS{': ' + os.pathsep.join(map(str, roots)) if roots else ' is not set'})")
+    return resolved
 
 
 def _summary(op: Operation) -> str:
