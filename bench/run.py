@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -359,11 +360,95 @@ def bench_backup(work: Path, size: int, rounds: int) -> dict:
     return out
 
 
+def _serve(home: Path, env: dict, workers: int):  # noqa: ANN202
+    import httpx
+
+    port = _free_port()
+    proc = subprocess.Popen([str(Path(sys.executable).with_name("custody")), "serve", "--home", str(home),
+                             "--port", str(port), "--workers", str(workers)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return proc, base
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError("custody serve did not come up: " + proc.stderr.read().decode()[-500:])
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pg_url() -> str:
+    """A fresh database on the local PostgreSQL cluster (started, and installed if missing)."""
+    from sqlalchemy import create_engine, text
+
+    base = subprocess.run([str(HERE.parent / "scripts" / "postgres-test-db.sh")], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    admin = create_engine(base.replace("postgresql://", "postgresql+psycopg://", 1), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text('DROP DATABASE IF EXISTS "custody_bench" WITH (FORCE)'))
+        conn.execute(text('CREATE DATABASE "custody_bench"'))
+    admin.dispose()
+    return base.rsplit("/", 1)[0] + "/custody_bench"
+
+
+def bench_load(work: Path, backend: str, seconds: float, workers: int = 2, concurrency: int = 32) -> dict:
+    """`custody serve --workers 2`; a load generator in its own process creates requests (policy
+    decision, state and ledger in one transaction each), then lists replicas."""
+    from custody.control.services import principals
+
+    env = dict(os.environ, CUSTODY_PASSPHRASE=PASS)
+    if backend == "postgresql":
+        env["CUSTODY_DB_URL"] = os.environ["CUSTODY_DB_URL"] = _pg_url()
+    try:
+        ws, admin = fresh_workspace(work / f"load-{backend}")
+        model = make_model(work / "load-model", 1, 4 * MiB)
+        assets.register(ws, admin, "bench-model", model, assets.RegisterOptions(classification="internal"))
+        alice = principals.add_principal(ws, admin, name="alice", roles=["researcher"], team="nlp")["token"]
+        ws.close()
+    finally:
+        os.environ.pop("CUSTODY_DB_URL", None)
+    proc, base = _serve(work / f"load-{backend}", env, workers)
+    out: dict = {"backend": backend, "workers": workers, "load_generator": f"wrk -t1 -c{concurrency}"}
+    try:
+        for op, path, script in (("create", "/api/v1/requests", "create_request.lua"), ("list", "/api/v1/replicas", None)):
+            out[op] = _wrk(f"{base}{path}", alice, seconds, concurrency, HERE / script if script else None)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return out
+
+
+def _wrk(url: str, token: str, seconds: float, concurrency: int, script: Path | None) -> dict:
+    """wrk (from Debian) in its own process: requests/s, p50/p99 latency, non-2xx count."""
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "-H", f"Authorization: Bearer {token}"]
+    text = subprocess.run(cmd + (["-s", str(script)] if script else []) + [url], capture_output=True, text=True,
+                          check=True).stdout
+
+    def ms(label: str) -> float:
+        value = re.search(rf"^\s+{label}\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
+        n, unit = float(value.group(1)), value.group(2)
+        return round(n / 1000 if unit == "us" else n * 1000 if unit == "s" else n, 2)
+
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    return {"per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)), "p50_ms": ms("50%"),
+            "p99_ms": ms("99%"), "errors": int(bad.group(1)) if bad else 0}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", choices=["register", "ledger", "policy", "copy", "revocation", "backup"], default=None)
+    ap.add_argument("--only", choices=["register", "ledger", "policy", "copy", "revocation", "backup", "load"],
+                    default=None)
     args = ap.parse_args()
     work = HERE / "work"
     work.mkdir(exist_ok=True)
@@ -382,6 +467,8 @@ def main() -> None:
             results["revocation"] = bench_revocation(work, 5 if args.quick else 20)
         if args.only in (None, "backup"):
             results["backup_vs_restic_2GiB"] = bench_backup(work, 2048 * MiB // scale, args.rounds)
+        if args.only in (None, "load"):
+            results["load"] = [bench_load(work, b, 3 if args.quick else 15) for b in ("sqlite", "postgresql")]
         if args.only in (None, "ledger"):
             results["ledger_appends"] = bench_appends(work, 2000 if args.quick else 10000)
             results["ledger_at_size"] = bench_ledger_at(work, [10_000, 50_000] if args.quick else [100_000, 1_000_000])
@@ -423,6 +510,12 @@ def print_table(r: dict) -> None:
     if "revocation" in r:
         x = r["revocation"]
         print(f"{'revoke -> unreadable (median)':<34} {x['unreadable_after_ms_median']:>11.2f} ms {'target < 1000 ms':>16}")
+    for x in r.get("load", []):
+        for op, label in (("create", "create request"), ("list", "list replicas")):
+            y = x[op]
+            target = "target >= 300/s" if op == "create" and x["backend"] == "postgresql" else ""
+            print(f"{'API ' + label + ' (' + x['backend'] + ', ' + str(x['workers']) + 'w)':<34} {y['per_s']:>9.0f} /s  "
+                  f"p99 {y['p99_ms']:>7.1f} ms {target:>16}{'  errors ' + str(y['errors']) if y['errors'] else ''}")
     if "ledger_appends" in r:
         print(f"{'ledger appends (1 per txn, sqlite)':<34} {r['ledger_appends']['appends_per_s']:>9.0f} /s   {'target 2000/s':>16}")
     for row in r.get("ledger_at_size", []):

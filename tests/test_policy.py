@@ -6,7 +6,9 @@ Real cedarpy throughout; hand-made catalogs are written to tmp folders.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -513,3 +515,20 @@ def test_bench_runs() -> None:
     result = bench_decisions(n=50)
     assert result["decisions"] == 50 and result["assets"] == 1000 and result["zones"] == 50
     assert result["copy_p50_us"] > 0 and result["copy_p99_us"] >= result["copy_p50_us"]
+
+
+def test_the_catalog_hash_notices_every_edit_even_when_cached(tmp_path: Path) -> None:
+    folder = tmp_path / "cat"
+    shutil.copytree(Catalog.default_folder(), folder)
+    first = Catalog.folder_hash(folder)
+    assert Catalog.folder_hash(folder) == first  # cached
+    (folder / "sub").mkdir()
+    assert Catalog.folder_hash(folder) == first  # an empty folder holds no catalog file
+    (folder / "sub" / "extra.cedar").write_text('forbid (principal, action, resource);\n')
+    second = Catalog.folder_hash(folder)
+    assert second != first
+    target = folder / "sub" / "extra.cedar"
+    st = target.stat()
+    target.write_text('forbid (principal, action, resource) when { true };\n'[:len(target.read_text())])
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, mtime put back: ctime still moves
+    assert Catalog.folder_hash(folder) != second

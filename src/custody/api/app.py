@@ -104,7 +104,16 @@ def create_app(home: Path | None = None) -> FastAPI:
     def root() -> RedirectResponse:
         return RedirectResponse("/portal/", status_code=303)
 
-    app.middleware("http")(security_headers)
+    app.add_middleware(SecurityHeaders)
+
+    @app.on_event("startup")
+    async def _threads() -> None:
+        # Few threads per process: the services are short and hold the ledger's row lock at the
+        # end of each transaction; dozens of threads fighting for the GIL stretch that lock.
+        import anyio.to_thread
+
+        anyio.to_thread.current_default_thread_limiter().total_tokens = int(os.environ.get("CUSTODY_SERVER_THREADS", "4"))
+
     return app
 
 
@@ -112,20 +121,34 @@ PORTAL_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-
               "frame-ancestors 'none'; base-uri 'none'")
 
 
-async def security_headers(request: Request, call_next: Callable) -> Response:
+class SecurityHeaders:
     """On every response: no framing, no referrer, no sniffing; on portal pages also a strict CSP
-    (no script at all, styles from this origin only) and no caching of pages that show secrets."""
-    response = await call_next(request)
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    if request.url.path.startswith("/portal"):
-        response.headers["Content-Security-Policy"] = PORTAL_CSP
-        if not request.url.path.startswith("/portal/static/"):
-            response.headers["Cache-Control"] = "no-store"
-    if request.url.scheme == "https":
-        response.headers["Strict-Transport-Security"] = "max-age=31536000"
-    return response
+    (no script at all, styles from this origin only) and no caching of pages that show secrets.
+    A plain ASGI middleware: it only adds headers, so it never buffers a body."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        extra = [(b"x-frame-options", b"DENY"), (b"referrer-policy", b"no-referrer"),
+                 (b"x-content-type-options", b"nosniff")]
+        if path.startswith("/portal"):
+            extra.append((b"content-security-policy", PORTAL_CSP.encode()))
+            if not path.startswith("/portal/static/"):
+                extra.append((b"cache-control", b"no-store"))
+        if scope.get("scheme") == "https":
+            extra.append((b"strict-transport-security", b"max-age=31536000"))
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def _endpoint(ws: Workspace, op: Operation) -> Callable:

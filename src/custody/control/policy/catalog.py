@@ -73,8 +73,19 @@ class Catalog:
 
     @classmethod
     def folder_hash(cls, folder: Path) -> str:
-        """The hash `load` would give, without parsing: cheap enough to check before every decision."""
-        return _hash(_read_files(Path(folder)))
+        """The hash `load` would give, without parsing: checked before every decision.
+
+        Re-read and re-hashed whenever any file's or folder's inode, size, mtime or ctime moved
+        (ctime cannot be set back from user space), else the hash of the last read is reused."""
+        folder = Path(folder)
+        seen = _HASHED.get(folder)
+        if seen is not None and _fingerprint(folder, seen[0]) == seen[1]:
+            return seen[2]
+        files = _read_files(folder)
+        paths = sorted({folder, *(folder / rel for rel in files), *(d for d in folder.rglob("*") if d.is_dir())})
+        digest = _hash(files)
+        _HASHED[folder] = (paths, _fingerprint(folder, paths), digest)
+        return digest
 
     @classmethod
     def load(cls, folder: Path) -> "Catalog":
@@ -265,6 +276,21 @@ def _read_files(folder: Path) -> dict[str, bytes]:
             raise PolicyError(f"{rel}: larger than {MAX_FILE_BYTES} bytes")
         out[rel] = data
     return out
+
+
+_HASHED: dict[Path, tuple[list[Path], tuple, str]] = {}  # folder -> (paths, their fingerprint, hash)
+
+
+def _fingerprint(folder: Path, paths: list[Path]) -> tuple:
+    """Stat of the catalog's files and of every folder in it (a new file changes its folder)."""
+    out = []
+    for p in paths:
+        try:
+            st = p.lstat()
+        except OSError:
+            return ()
+        out.append((st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_mode))
+    return tuple(out)
 
 
 def _hash(files: dict[str, bytes]) -> str:

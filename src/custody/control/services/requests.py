@@ -82,19 +82,20 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
         a.fields["policy_ids"] = decision.policy_ids
         if not decision.allowed:
             rq.move_request(a.uow, request, RequestState.DENIED)
-            a.record(outcome="denied", details={"reasons": list(decision.reasons), "asset": ref,
-                                                "catalog_hash": decision.catalog_hash})
-            denied = request
+            outcome, details = "denied", {"reasons": list(decision.reasons), "asset": ref,
+                                          "catalog_hash": decision.catalog_hash}
         else:
-            denied = None
             state = _after_decision(ws, a, request)
             if break_glass:
                 _open_break_glass_review(a, request)
-            a.record(details={"state": state.value, "asset": ref, "kind": kind, "catalog_hash": decision.catalog_hash,
-                              "requirement": decision.requirement.to_dict() if decision.requirement else None})
-    if denied is not None:
-        raise RequestDenied(denied, decision)
-    return show_request(ws, token, request.id)
+            outcome, details = "ok", {"state": state.value, "asset": ref, "kind": kind,
+                                      "catalog_hash": decision.catalog_hash,
+                                      "requirement": decision.requirement.to_dict() if decision.requirement else None}
+        created = view(ws, a.uow, rq.request_by_id(a.uow, request.id))  # read before the ledger lock is taken
+        a.record(outcome=outcome, details=details)
+    if not decision.allowed:
+        raise RequestDenied(request, decision)
+    return created
 
 
 def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose: str, ttl: str | None,
