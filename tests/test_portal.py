@@ -108,7 +108,7 @@ def test_a_research_clone_asked_approved_and_delivered_in_the_browser(demo, brow
     alice.select_option("#to", "research")
     alice.select_option("#kind", "research")
     alice.fill("#purpose", "probe attention heads")
-    alice.fill("#ttl", "5d")
+    alice.fill("#ttl", "20h")
     alice.click("#preview")
     preview = alice.inner_text("#preview-result")
     assert "Allowed" in preview and "Needs 2 approvals from ml-lead or security, distinct teams, with MFA" in preview
@@ -144,6 +144,8 @@ def test_a_research_clone_asked_approved_and_delivered_in_the_browser(demo, brow
     alice.goto("/portal/replicas")
     row = alice.locator(f"#replica-{replica}")
     assert "research" in row.inner_text() and "demo-llm" in row.inner_text()
+    assert "expires within 24 h" in row.inner_text() and "soon" in row.get_attribute("class")
+    assert "1 active replica expires within 24 h" in alice.inner_text("#expiring")
     shot(alice, "replicas")
     alice.context.close()
 

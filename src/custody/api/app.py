@@ -96,7 +96,7 @@ def create_app(home: Path | None = None) -> FastAPI:
                           name=op.name, summary=_summary(op), responses=ERRORS, tags=[op.name.split(".")[0]],
                           response_class=Response if op.media_type else JSONResponse)
 
-    from custody.portal.pages import portal_router
+    from custody.web.pages import portal_router
 
     app.include_router(portal_router(ws))
 

@@ -8,6 +8,7 @@ one-line message. Nothing here decides anything.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, Callable
 from urllib.parse import urlencode
@@ -18,7 +19,6 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from custody.api.app import status_for
-from custody.control.policy.catalog import parse_duration
 from custody.control.services import (
     assets,
     audit,
@@ -30,8 +30,8 @@ from custody.control.services import (
 )
 from custody.control.workspace import Workspace
 from custody.domain.errors import CustodyError, Denied
-from custody.portal import charts
-from custody.portal.sessions import COOKIE, PRE_COOKIE, LIFETIME, Session, SessionBox, SignInThrottle, same
+from custody.web import charts
+from custody.web.sessions import COOKIE, PRE_COOKIE, LIFETIME, Session, SessionBox, SignInThrottle, same
 
 WATCHERS = ("admin", "security", "auditor", "ml-lead")  # who sees the dashboard
 APPROVERS = ("ml-lead", "security")
@@ -40,7 +40,7 @@ LEDGER_READERS = ("admin", "security", "auditor")
 
 
 def _env() -> Environment:
-    env = Environment(loader=PackageLoader("custody.portal", "templates"), autoescape=select_autoescape(["html"]))
+    env = Environment(loader=PackageLoader("custody.web", "templates"), autoescape=select_autoescape(["html"]))
     env.filters["size"] = _size
     env.filters["duration"] = _duration
     return env
@@ -237,8 +237,11 @@ def portal_router(ws: Workspace) -> APIRouter:
 
     def replica_data(session: Session, request: Request) -> dict:
         rows = replicas.list_replicas(ws, session.token, state=request.query_params.get("state") or "active")
-        soon = parse_duration("24h")
-        return {"rows": sorted(rows, key=lambda r: (r["asset"], r["zone"])), "soon_seconds": soon,
+        horizon = datetime.now(timezone.utc) + timedelta(hours=24)
+        for r in rows:
+            r["expiring_soon"] = bool(r["expires_at"]) and datetime.fromisoformat(r["expires_at"]) <= horizon
+        return {"rows": sorted(rows, key=lambda r: (r["asset"], r["zone"], r["expires_at"] or "~")),
+                "soon": sum(r["expiring_soon"] for r in rows),
                 "state": request.query_params.get("state") or "active", "done": request.query_params.get("done")}
 
     page("/replicas", "replicas.html", replica_data)
@@ -273,7 +276,7 @@ def portal_router(ws: Workspace) -> APIRouter:
 
     @router.get("/static/portal.css")
     def css() -> Response:
-        text = resources.files("custody.portal").joinpath("static/portal.css").read_text()
+        text = resources.files("custody.web").joinpath("static/portal.css").read_text()
         return Response(text, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
     async def act_on(request: Request, action: Callable[[Session, dict], Any], then: str) -> Response:
