@@ -27,10 +27,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
 os.environ.setdefault("CUSTODY_SCRYPT_LOG_N", "14")
 
-from conftest import write_safetensors  # noqa: E402
+from conftest import server_process, write_safetensors  # noqa: E402
 from custody.control.ledger import merkle  # noqa: E402
 from custody.control.ledger import store as ledger  # noqa: E402
-from custody.control.services import assets, audit, setup, zones  # noqa: E402
+from custody.control.services import assets, audit, setup  # noqa: E402
 from custody.control.store import schema as t  # noqa: E402
 from custody.control.workspace import Workspace  # noqa: E402
 
@@ -360,32 +360,6 @@ def bench_backup(work: Path, size: int, rounds: int) -> dict:
     return out
 
 
-def _serve(home: Path, env: dict, workers: int):  # noqa: ANN202
-    import httpx
-
-    port = _free_port()
-    proc = subprocess.Popen([str(Path(sys.executable).with_name("custody")), "serve", "--home", str(home),
-                             "--port", str(port), "--workers", str(workers)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    for _ in range(300):
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("custody serve did not come up: " + proc.stderr.read().decode()[-500:])
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _pg_url() -> str:
     """A fresh database on the local PostgreSQL cluster (started, and installed if missing)."""
     from sqlalchemy import create_engine, text
@@ -416,14 +390,10 @@ def bench_load(work: Path, backend: str, seconds: float, workers: int = 2, concu
         ws.close()
     finally:
         os.environ.pop("CUSTODY_DB_URL", None)
-    proc, base = _serve(work / f"load-{backend}", env, workers)
     out: dict = {"backend": backend, "workers": workers, "load_generator": f"wrk -t1 -c{concurrency}"}
-    try:
+    with server_process(["--home", str(work / f"load-{backend}"), "--workers", str(workers)], env) as base:
         for op, path, script in (("create", "/api/v1/requests", "create_request.lua"), ("list", "/api/v1/replicas", None)):
             out[op] = _wrk(f"{base}{path}", alice, seconds, concurrency, HERE / script if script else None)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     return out
 
 

@@ -137,13 +137,13 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serving(env: Env, *args: str, **environ: str):  # noqa: ANN201
-    """A real `custody serve` process on the workspace; yields its base URL."""
+def server_process(args: list[str], environ: dict[str, str], timeout: float = 30):  # noqa: ANN201
+    """A real `custody serve --port P ARGS` process; yields its base URL once /healthz answers."""
     port = free_port()
-    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port), *args], env=env.environ(**environ),
+    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port), *args], env=environ,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + timeout
     try:
         while True:
             try:
@@ -151,7 +151,8 @@ def serving(env: Env, *args: str, **environ: str):  # noqa: ANN201
                     break
             except httpx.HTTPError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("custody serve did not come up: " + proc.stderr.read().decode()[-500:])
+                    proc.kill()
+                    raise RuntimeError("custody serve did not come up: " + proc.stderr.read().decode()[-800:]) from None
                 time.sleep(0.1)
         yield base
     finally:
@@ -160,6 +161,11 @@ def serving(env: Env, *args: str, **environ: str):  # noqa: ANN201
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def serving(env: Env, *args: str, **environ: str):  # noqa: ANN201
+    """`custody serve` on a test workspace (extra environment variables as keywords)."""
+    return server_process(list(args), env.environ(**environ))
 
 
 def run_custody(*args: str, env: dict[str, str], timeout: float = 120) -> Result:

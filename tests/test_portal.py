@@ -8,8 +8,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ import httpx
 import pyotp
 import pytest
 
-from conftest import CUSTODY_BIN, free_port
+from conftest import server_process
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
@@ -29,33 +27,16 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chro
 def demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
     """The demo workspace `make run` serves, on a free port; yields (base URL, people)."""
     home = tmp_path_factory.mktemp("portal") / "ws"
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
     env["CUSTODY_SCRYPT_LOG_N"] = "14"
-    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--seed-demo", "--home", str(home), "--port", str(port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail("custody serve --seed-demo did not come up: " + proc.stderr.read().decode()[-800:])
-            time.sleep(0.2)
-    people = json.loads((home / "demo-people.json").read_text())
-    yield base, people
-    proc.terminate()
-    proc.wait(timeout=10)
+    with server_process(["--seed-demo", "--home", str(home)], env, timeout=180) as base:
+        yield base, json.loads((home / "demo-people.json").read_text())
 
 
 @pytest.fixture(scope="module")
 def browser():  # noqa: ANN201
     from playwright.sync_api import sync_playwright
 
-    ARTIFACTS.mkdir(exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--headless", "--no-sandbox", "--disable-background-networking", "--disable-gpu",
@@ -225,6 +206,6 @@ def test_security_headers_and_sign_in_backoff(demo) -> None:  # noqa: ANN001
 
 @pytest.fixture(autouse=True, scope="module")
 def _no_stale_artifacts() -> None:
-    for old in ARTIFACTS.glob("portal-*.png") if ARTIFACTS.exists() else []:
+    ARTIFACTS.mkdir(exist_ok=True)
+    for old in ARTIFACTS.glob("portal-*.png"):
         old.unlink()
-    shutil.os.makedirs(ARTIFACTS, exist_ok=True)

@@ -186,12 +186,10 @@ def portal_router(ws: Workspace) -> APIRouter:
 
     @router.post("/requests/new")
     async def new_request(request: Request) -> Response:
-        session = signed_in(request)
-        if session is None:
-            return to_signin()
-        form = await checked_form(request, session)
-        if form is None:
-            return refused(request, session)
+        got = await posted(request)
+        if isinstance(got, Response):
+            return got
+        session, form = got
         args = {"to": form.get("to", ""), "kind": form.get("kind", ""), "purpose": form.get("purpose", ""),
                 "ttl": form.get("ttl") or None}
         try:
@@ -279,14 +277,22 @@ def portal_router(ws: Workspace) -> APIRouter:
         text = resources.files("custody.web").joinpath("static/portal.css").read_text()
         return Response(text, media_type="text/css", headers={"Cache-Control": "max-age=3600"})
 
-    async def act_on(request: Request, action: Callable[[Session, dict], Any], then: str) -> Response:
-        """A form that changes something: session, CSRF, one service call, back to a page (or the refusal)."""
+    async def posted(request: Request) -> Response | tuple[Session, dict[str, str]]:
+        """A form post's session and fields, or where to send a post without a session or CSRF value."""
         session = signed_in(request)
         if session is None:
             return to_signin()
         form = await checked_form(request, session)
         if form is None:
             return refused(request, session)
+        return session, form
+
+    async def act_on(request: Request, action: Callable[[Session, dict], Any], then: str) -> Response:
+        """A form that changes something: session, CSRF, one service call, back to a page (or the refusal)."""
+        got = await posted(request)
+        if isinstance(got, Response):
+            return got
+        session, form = got
         try:
             await run_in_threadpool(action, session, form)
         except CustodyError as exc:
