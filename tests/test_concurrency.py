@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env, cli, hf_model, make_env, register, reset_postgres, run_custody
+from conftest import Env, cli, hf_model, make_env, register, reset_postgres, run_custody, serving
 
 WORKER = """
 import os, sys
@@ -70,3 +70,41 @@ def test_racing_approvals_and_runs(pg_env: Env, tmp_path: Path) -> None:
     replicas = cli("replica", "list", "--zone", "research", "--json", token=pg_env.token).json
     assert [r["state"] for r in replicas] == ["active"]
     assert cli("audit", "verify", "--json", token=pg_env.token).code == 0
+
+
+def test_two_servers_on_one_store(pg_env: Env, tmp_path: Path) -> None:
+    """Two `custody serve` instances (one with two workers) on one database, driven over HTTP at once."""
+    import httpx
+
+    model = tmp_path / "m"
+    hf_model(model)
+    register(pg_env, model, "tiny", "--jurisdiction", "US")
+    tokens = {name: cli("principal", "add", name, "--role", role, "--team", team, "--json",
+                        token=pg_env.token).json["token"]
+              for name, role, team in (("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
+                                       ("carol", "security", "security"))}
+
+    def post(base: str, path: str, who: str, body: dict | None = None) -> httpx.Response:
+        return httpx.post(f"{base}/api/v1{path}", json=body or {}, timeout=60,
+                          headers={"Authorization": f"Bearer {tokens[who]}"})
+
+    body = {"ref": "tiny", "to": "research", "kind": "research", "purpose": "race", "ttl": "1d"}
+    with serving(pg_env, "--workers", "2") as one, serving(pg_env) as two:
+        with ThreadPoolExecutor(8) as pool:
+            made = list(pool.map(lambda i: post((one, two)[i % 2], "/requests", "alice", body), range(48)))
+        assert [r.status_code for r in made] == [201] * 48
+        rid = made[0].json()["id"]
+        with ThreadPoolExecutor(2) as pool:  # internal asset: one approval; bob and carol race on two servers
+            approvals = list(pool.map(lambda a: post(a[0], f"/requests/{rid}/approve", a[1]),
+                                      [(one, "bob"), (two, "carol")]))
+        assert sorted(a.status_code for a in approvals) in ([200, 200], [200, 409])
+        with ThreadPoolExecutor(4) as pool:
+            runs = list(pool.map(lambda i: post((one, two)[i % 2], f"/requests/{rid}/run", "alice"), range(4)))
+        assert sorted(r.status_code for r in runs).count(200) == 1, [r.text for r in runs]
+        assert {r.json()["exit_code"] for r in runs if r.status_code != 200} <= {3, 6}
+    ids = {r.json()["id"] for r in made}
+    assert len(ids) == 48  # every creation is its own request
+    replicas = cli("replica", "list", "--zone", "research", "--json", token=pg_env.token).json
+    assert [r["state"] for r in replicas] == ["active"]
+    verified = cli("audit", "verify", "--json", token=pg_env.token)
+    assert verified.code == 0, verified.stdout  # seq gapless, every node recomputed
