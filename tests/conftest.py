@@ -137,10 +137,10 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def server_process(args: list[str], environ: dict[str, str], timeout: float = 30):  # noqa: ANN201
+def server_process(args: list[str], environ: dict[str, str], timeout: float = 30, cwd: Path | None = None):  # noqa: ANN201
     """A real `custody serve --port P ARGS` process; yields its base URL once /healthz answers."""
     port = free_port()
-    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port), *args], env=environ,
+    proc = subprocess.Popen([CUSTODY_BIN, "serve", "--port", str(port), *args], env=environ, cwd=cwd,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

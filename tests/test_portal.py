@@ -25,12 +25,13 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chro
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
-    """The demo workspace `make run` serves, on a free port; yields (base URL, people)."""
-    home = tmp_path_factory.mktemp("portal") / "ws"
+    """The demo workspace `make run` serves (a relative --home, as there), on a free port; yields
+    (base URL, people)."""
+    here = tmp_path_factory.mktemp("portal")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CUSTODY_")}
     env["CUSTODY_SCRYPT_LOG_N"] = "14"
-    with server_process(["--seed-demo", "--home", str(home)], env, timeout=180) as base:
-        yield base, json.loads((home / "demo-people.json").read_text())
+    with server_process(["--seed-demo", "--home", ".custody"], env, timeout=180, cwd=here) as base:
+        yield base, json.loads((here / ".custody" / "demo-people.json").read_text())
 
 
 @pytest.fixture(scope="module")

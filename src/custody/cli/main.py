@@ -93,10 +93,11 @@ def serve(ctx: Ctx, host: Annotated[str, typer.Option()] = "127.0.0.1",
         output.err.print(f"custody serving {ctx.home.resolve()}: portal {url}  (API docs /docs, metrics /metrics)")
         if people:
             output.err.print("demo sign-in tokens (DEMO WORKSPACE: never keep real weights here):")
-            output.err.print(f"  {'admin':<6} admin            {people['admin']}", markup=False)
+            output.err.print(f"  {'admin':<6} {'admin':<26} {people['admin']}", markup=False)
             for name, p in people["people"].items():
                 totp = f"  TOTP seed {p['totp_secret']}" if p.get("totp_secret") else ""
                 output.err.print(f"  {name:<6} {p['role'] + ' (' + p['team'] + ')':<26} {p['token']}{totp}", markup=False)
+            output.err.print("approvers: add the TOTP seed to an authenticator app to approve in the portal")
     uvicorn.run("custody.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
                 log_level="warning")
 

@@ -35,6 +35,7 @@ def code_for(secret: str, last_used: dict[str, int], who: str) -> str:
 
 def seed(home: Path) -> dict:
     """Create the demo workspace at `home`; returns {"admin": token, "people": {name: {...}}}."""
+    home = home.resolve()
     init = setup.init_workspace(home, passphrase=None, demo=True,
                                 scrypt_log_n=int(os.environ.get("CUSTODY_SCRYPT_LOG_N", DEFAULT_LOG_N)))
     ws = Workspace.open(home)
