@@ -58,6 +58,17 @@ def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> Non
     req = call(server, "POST", "/api/v1/requests", tokens["alice"],
                json={"ref": "tiny", "to": "research", "kind": "research", "purpose": "eval", "ttl": "7d"}).json()
     assert req["state"] == "awaiting_approval"
+    offered = call(server, "GET", "/api/v1/requests/choices", tokens["alice"], params={"asset": "tiny"}).json()
+    assert {"zone": "research", "kind": "research"}.items() <= next(c for c in offered if c["zone"] == "research"
+                                                                    and c["kind"] == "research").items()
+    assert not any(c["zone"] == "prod" and c["kind"] == "research" for c in offered)
+    preview = call(server, "POST", "/api/v1/requests/preview", tokens["alice"],
+                   json={"ref": "tiny", "to": "research", "kind": "research", "purpose": "x", "ttl": "90d"}).json()
+    assert preview["decision"]["allowed"] is False and "above the 30d" in preview["decision"]["reasons"][0]
+    inbox = call(server, "GET", "/api/v1/requests/inbox", tokens["bob"]).json()
+    assert [(i["id"], i["classification"], i["jurisdiction"], i["requester_team"]) for i in inbox] == [
+        (req["id"], "confidential", "US", "nlp")]
+    assert call(server, "GET", "/api/v1/requests/inbox", tokens["alice"]).json() == []  # never her own
     assert call(server, "POST", f"/api/v1/requests/{req['id']}/approve", tokens["alice"], json={}).status_code == 403
     totp = {n: pyotp.TOTP(s) for n, s in secrets.items()}
     for name in ("bob", "carol"):

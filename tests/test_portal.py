@@ -84,9 +84,10 @@ def test_a_research_clone_asked_approved_and_delivered_in_the_browser(demo, brow
     assert who["alice"]["token"] not in alice.url
 
     alice.goto("/portal/requests/new")
+    alice.select_option("#asset", "demo-llm")
+    alice.click("#choose")
     offered = alice.locator("#to option").all_inner_texts()
     assert "research" in offered and "eu-research" not in offered  # demo-llm may not leave the US
-    alice.select_option("#asset", "demo-llm")
     alice.select_option("#to", "research")
     alice.select_option("#kind", "research")
     alice.fill("#purpose", "probe attention heads")

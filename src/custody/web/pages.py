@@ -176,13 +176,16 @@ def portal_router(ws: Workspace) -> APIRouter:
     page("/requests", "requests.html", lambda s, r: {
         "rows": requests.list_requests(ws, s.token, mine=True)[::-1]})
 
-    def new_request_data(session: Session, form: dict[str, str] | None = None) -> dict:
-        offered = requests.choices(ws, session.token)
-        return {"offered": offered, "assets": sorted({c["asset"] for c in offered}),
+    def new_request_data(session: Session, asset: str | None, form: dict[str, str] | None = None) -> dict:
+        """Every asset; for the chosen one, only the zones and kinds the policy lets this person ask for."""
+        names = [a["asset"] for a in assets.list_assets(ws, session.token)]
+        chosen = asset if asset in names else (names[0] if names else None)
+        offered = requests.choices(ws, session.token, chosen) if chosen else []
+        return {"assets": names, "asset": chosen, "offered": offered,
                 "zones": sorted({c["zone"] for c in offered}), "kinds": sorted({c["kind"] for c in offered}),
                 "form": form or {}, "preview": None, "error": None}
 
-    page("/requests/new", "new_request.html", lambda s, r: new_request_data(s))
+    page("/requests/new", "new_request.html", lambda s, r: new_request_data(s, r.query_params.get("asset")))
 
     @router.post("/requests/new")
     async def new_request(request: Request) -> Response:
@@ -193,7 +196,7 @@ def portal_router(ws: Workspace) -> APIRouter:
         args = {"to": form.get("to", ""), "kind": form.get("kind", ""), "purpose": form.get("purpose", ""),
                 "ttl": form.get("ttl") or None}
         try:
-            data = await run_in_threadpool(new_request_data, session, form)
+            data = await run_in_threadpool(new_request_data, session, form.get("asset"), form)
         except CustodyError as exc:
             return render(request, "error.html", session, status=status_for(exc), message=exc.message)
         try:

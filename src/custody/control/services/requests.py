@@ -7,6 +7,7 @@ grant, has the data plane copy into a fresh key, and activates the replica with 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from custody.control import views
@@ -21,7 +22,7 @@ from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
 from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
-from custody.domain.model import AssetVersion, Principal, ReplicaState, Zone, new_id
+from custody.domain.model import Asset, AssetVersion, Principal, ReplicaState, Zone, new_id
 from custody.domain.requests import NO_EXPIRY, Approval, Decision, Request, RequestKind, RequestState
 
 GRANT_WINDOW = timedelta(hours=24)
@@ -70,12 +71,13 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
     with act(ws, token, "request.create", subject=ref or snapshot, destination=to, rationale=purpose) as a:
         plan = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source, break_glass=break_glass,
                      snapshot=snapshot, drill=drill)
-        request_kind, asset, version, src_replica_id, dest, decision, ttl_seconds = plan
+        decision = plan.decision
         request = Request(
-            id=new_id(), requester=a.principal.name, asset=asset.name, version_id=version.id,
-            version_digest=version.digest, source_replica=src_replica_id, destination_zone=dest.name,
-            kind=request_kind, purpose=purpose.strip(), state=RequestState.PENDING, ttl_seconds=ttl_seconds,
-            break_glass=break_glass, decision=decision, created_at=_now(), source_snapshot=snapshot, method=method,
+            id=new_id(), requester=a.principal.name, asset=plan.asset.name, version_id=plan.version.id,
+            version_digest=plan.version.digest, source_replica=plan.source_replica,
+            destination_zone=plan.destination.name, kind=plan.kind, purpose=purpose.strip(),
+            state=RequestState.PENDING, ttl_seconds=plan.ttl_seconds, break_glass=break_glass, decision=decision,
+            created_at=_now(), source_snapshot=snapshot, method=method,
         )
         rq.add_request(a.uow, request)
         a.subject = request.id
@@ -98,8 +100,19 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
     return created
 
 
+@dataclass(frozen=True)
+class _Plan:
+    kind: RequestKind
+    asset: Asset
+    version: AssetVersion
+    source_replica: str | None
+    destination: Zone
+    decision: Decision
+    ttl_seconds: int | None
+
+
 def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose: str, ttl: str | None,
-          source: str | None, break_glass: bool, snapshot: str | None = None, drill: bool = False) -> tuple:
+          source: str | None, break_glass: bool, snapshot: str | None = None, drill: bool = False) -> _Plan:
     """Check a request's arguments and decide it: what `create` stores and `preview` shows."""
     try:
         request_kind = RequestKind(kind)
@@ -131,45 +144,40 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose
         ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
         if ttl_seconds is None:
             raise InvalidInput(f"{request_kind.value} copies need an expiry: pass --ttl")
-    return request_kind, asset, version, src_replica_id, dest, decision, ttl_seconds
+    return _Plan(request_kind, asset, version, src_replica_id, dest, decision, ttl_seconds)
 
 
 def preview(ws: Workspace, token: str | None, ref: str, *, to: str, kind: str, purpose: str,
             ttl: str | None = None, source: str | None = None) -> dict:
     """The decision a request would get and the approvals it would need; nothing is stored but the event."""
     with act(ws, token, "request.preview", subject=ref, destination=to, rationale=purpose) as a:
-        _, asset, version, _, dest, decision, ttl_seconds = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose,
-                                                                   ttl=ttl, source=source, break_glass=False)
-        a.record(outcome="allow" if decision.allowed else "deny", details={"policy_ids": decision.policy_ids})
-    return {"asset": asset.name, "version": version.number, "destination": dest.name, "kind": kind,
-            "ttl_seconds": ttl_seconds, "decision": decision.to_dict()}
+        plan = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source, break_glass=False)
+        a.record(outcome="allow" if plan.decision.allowed else "deny", details={"policy_ids": plan.decision.policy_ids})
+    return {"asset": plan.asset.name, "version": plan.version.number, "destination": plan.destination.name,
+            "kind": kind, "ttl_seconds": plan.ttl_seconds, "decision": plan.decision.to_dict()}
 
 
-def choices(ws: Workspace, token: str | None) -> list[dict]:
-    """The (asset, zone, kind) triples the caller may ask for: allowed outright or with approvals.
+def choices(ws: Workspace, token: str | None, asset: str) -> list[dict]:
+    """The (zone, kind) pairs the caller may ask for, for one asset's newest version: allowed
+    outright or with approvals.
 
-    Decided with a placeholder purpose and a one-hour TTL, on each asset's newest version; a
-    purpose or TTL the catalog reads can still change the answer, which `preview` shows first.
+    Decided with a placeholder purpose and a one-hour TTL; a purpose or TTL the catalog reads can
+    still change the answer, which `preview` shows before anything is submitted.
     """
-    with act(ws, token, "request.preview", subject="choices") as a:
+    with act(ws, token, "request.preview", subject=asset, details={"what": "choices"}) as a:
+        found, version = asset_service.resolve_version(a.uow, asset)
+        src = _source_replica(a.uow, found.name, version, None)
+        src_zone = repo.zone_by_name(a.uow, src.zone)
         out = []
-        zones = [z for z in repo.list_zones(a.uow)]
-        for asset in repo.list_assets(a.uow):
-            try:
-                _, version = asset_service.resolve_version(a.uow, asset.name)
-                src = _source_replica(a.uow, asset.name, version, None)
-            except (NotFound, InvalidState):
-                continue
-            src_zone = repo.zone_by_name(a.uow, src.zone)
-            for dest in zones:
-                for kind in ASKABLE_KINDS:
-                    d = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, kind.value,
-                                None if kind in NO_EXPIRY else 3600, "(choosing)", False)
-                    if d.allowed:
-                        req = d.requirement
-                        out.append({"asset": asset.name, "version": version.number, "zone": dest.name,
-                                    "kind": kind.value, "approvals": req.approvals if req else 0,
-                                    "max_ttl_seconds": req.max_ttl_seconds if req else None})
+        for dest in repo.list_zones(a.uow):
+            for kind in ASKABLE_KINDS:
+                d = _decide(ws, a.uow, a.principal, found.name, version, src_zone, dest, kind.value,
+                            None if kind in NO_EXPIRY else 3600, "(choosing)", False)
+                if d.allowed:
+                    req = d.requirement
+                    out.append({"asset": found.name, "version": version.number, "zone": dest.name,
+                                "kind": kind.value, "approvals": req.approvals if req else 0,
+                                "max_ttl_seconds": req.max_ttl_seconds if req else None})
         a.record(details={"choices": len(out)})
         return out
 
