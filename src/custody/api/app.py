@@ -11,8 +11,11 @@ from __future__ import annotations
 import inspect
 import os
 import typing
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, AsyncIterator, Callable
+
+import anyio.to_thread
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi import Path as PathParam
@@ -62,7 +65,7 @@ Token = Annotated[str | None, Depends(bearer)]
 
 def create_app(home: Path | None = None) -> FastAPI:
     ws = Workspace.open(home)
-    app = FastAPI(title="custody", version=__version__,
+    app = FastAPI(title="custody", version=__version__, lifespan=_lifespan,
                   description="Governed, sealed, ledgered copies of model weights. Every error body is "
                               "`{error, exit_code}`, the exit code the `custody` CLI gives for it.")
     app.state.ws = ws
@@ -105,16 +108,16 @@ def create_app(home: Path | None = None) -> FastAPI:
         return RedirectResponse("/portal/", status_code=303)
 
     app.add_middleware(SecurityHeaders)
-
-    @app.on_event("startup")
-    async def _threads() -> None:
-        # Few threads per process: the services are short and hold the ledger's row lock at the
-        # end of each transaction; dozens of threads fighting for the GIL stretch that lock.
-        import anyio.to_thread
-
-        anyio.to_thread.current_default_thread_limiter().total_tokens = int(os.environ.get("CUSTODY_SERVER_THREADS", "4"))
-
     return app
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # A few threads per process are enough: each request is short, CPU-bound Python; more threads
+    # only contend for the GIL (run more processes with --workers instead).
+    anyio.to_thread.current_default_thread_limiter().total_tokens = int(os.environ.get("CUSTODY_SERVER_THREADS", "4"))
+    yield
+    app.state.ws.close()
 
 
 PORTAL_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
