@@ -80,11 +80,16 @@ def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> Non
     assert done.status_code == 200 and done.json()["state"] == "done", done.text
     again = call(server, "POST", f"/api/v1/requests/{req['id']}/run", tokens["alice"])
     assert again.status_code == 409 and again.json()["exit_code"] == 6
-    text = call(server, "GET", "/metrics").text
+    assert call(server, "GET", "/metrics").status_code == 401  # counts are still for those allowed to see them
+    assert call(server, "GET", "/metrics", tokens["alice"]).status_code == 403
+    text = call(server, "GET", "/metrics", admin).text
     assert 'custody_copy_requests{kind="research",state="done"} 1' in text
     assert 'custody_replicas_active{kind="research",zone="research"} 1' in text
     assert "custody_approval_cycle_seconds_count 1" in text and "custody_ledger_events" in text
     assert call(server, "POST", "/api/v1/audit/verify", admin).json()["verified"] is True
+    inventory = call(server, "GET", "/api/v1/inventory", tokens["alice"]).json()
+    assert [(i["asset"], i["signed"], sorted(r["kind"] for r in i["replicas"])) for i in inventory] == [
+        ("tiny", True, ["primary", "research"])]
 
 
 def test_readiness_names_a_sealed_custodian(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -97,3 +102,10 @@ def test_readiness_names_a_sealed_custodian(env: Env, monkeypatch: pytest.Monkey
     ws = env.open()
     assert health.problems(ws) == ["custodian: wrong passphrase: the keyring did not unseal"]
     ws.close()
+
+
+def test_guessing_tokens_backs_off(server: str, env: Env) -> None:
+    codes = [call(server, "GET", "/api/v1/zones", token=f"cst_{i:016x}_guess").status_code for i in range(5)]
+    assert codes[:3] == [401, 401, 401] and codes[3:] == [429, 429]
+    r = call(server, "GET", "/api/v1/zones", token=env.token)
+    assert r.status_code == 429 and r.json()["exit_code"] == 3 and int(r.headers["retry-after"]) >= 1

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from custody import __version__
 from custody.api.operations import OPERATIONS, SERVER_SIDE, Operation
+from custody.api.throttle import Throttle
 from custody.control.services import health, metrics
 from custody.control.workspace import Workspace
 from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput
@@ -41,7 +42,7 @@ class ErrorBody(BaseModel):
     exit_code: int
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 429)}
 
 
 def status_for(exc: CustodyError) -> int:
@@ -90,12 +91,14 @@ def create_app(home: Path | None = None) -> FastAPI:
         problems = health.problems(ws)
         return JSONResponse({"ready": not problems, "problems": problems}, status_code=200 if not problems else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse)
-    def metrics_() -> str:
-        return metrics.prometheus(ws)
+    @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS)
+    def metrics_(token: Token) -> str:
+        """Prometheus text format; needs a bearer token allowed `metrics.read` (admin, security, auditor)."""
+        return metrics.prometheus(ws, token)
 
+    throttle = Throttle()
     for op in OPERATIONS:
-        app.add_api_route(op.path, _endpoint(ws, op), methods=[op.method], status_code=op.status,
+        app.add_api_route(op.path, _endpoint(ws, op, throttle), methods=[op.method], status_code=op.status,
                           name=op.name, summary=_summary(op), responses=ERRORS, tags=[op.name.split(".")[0]],
                           response_class=Response if op.media_type else JSONResponse)
 
@@ -154,7 +157,7 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _endpoint(ws: Workspace, op: Operation) -> Callable:
+def _endpoint(ws: Workspace, op: Operation, throttle: Throttle) -> Callable:
     """A function FastAPI can read (its signature names path, query and body parameters) that calls the service."""
     hints = typing.get_type_hints(op.service)
     params = [p for p in inspect.signature(op.service).parameters.values()
@@ -162,7 +165,7 @@ def _endpoint(ws: Workspace, op: Operation) -> Callable:
     in_path = [p for p in params if p.name in op.path_params]
     rest = [p for p in params if p.name not in op.path_params]
     kw = inspect.Parameter.KEYWORD_ONLY
-    signature = [inspect.Parameter("token", kw, annotation=Token)]
+    signature = [inspect.Parameter("request", kw, annotation=Request), inspect.Parameter("token", kw, annotation=Token)]
     signature += [inspect.Parameter(p.name, kw, annotation=Annotated[hints[p.name], PathParam()]) for p in in_path]
     body_fields: list[str] = []
     if op.method == "GET":
@@ -184,11 +187,21 @@ def _endpoint(ws: Workspace, op: Operation) -> Callable:
     def endpoint(**values: Any) -> Any:
         body = values.pop("body", None)
         token = values.pop("token")
+        request = values.pop("request")
+        address = request.client.host if request.client else "?"
+        wait = throttle.blocked(address)
+        if wait:
+            return JSONResponse({"error": f"too many failed authentications from this address: retry in {wait} s",
+                                 "exit_code": 3}, status_code=429, headers={"Retry-After": str(wait)})
         args = {**values, **({name: getattr(body, name) for name in body_fields} if body is not None else {})}
         for name in paths:
             if args.get(name) is not None:
                 args[name] = server_path(args[name])
-        result = op.service(ws, token, **args)
+        try:
+            result = op.service(ws, token, **args)
+        except AuthenticationError:
+            throttle.failed(address)
+            raise
         return Response(result, media_type=op.media_type) if op.media_type else JSONResponse(jsonable_encoder(result),
                                                                                              status_code=op.status)
 
@@ -204,8 +217,7 @@ def server_path(path: Path) -> Path:
     roots = [Path(p).resolve() for p in os.environ.get("CUSTODY_SERVER_PATHS", "").split(os.pathsep) if p]
     resolved = Path(path).resolve()
     if not any(resolved == root or root in resolved.parents for root in roots):
-        raise InvalidInput(f"{path} is outside the folders this server may read or write "
-                           f"(CUSTODY_SERVER_PATHS{': ' + os.pathsep.join(map(str, roots)) if roots else ' is not set'})")
+        raise InvalidInput(f"{path} is outside the folders this server may read or write (CUSTODY_SERVER_PATHS)")
     return resolved
 
 

@@ -72,6 +72,7 @@ OPERATIONS: tuple[Operation, ...] = (
     _op(principals.suspend_principal, "POST", "/principals/{name}/suspend"),
     _op(assets.list_assets, "GET", "/assets"),
     _op(assets.register, "POST", "/assets", status=201),
+    _op(assets.inventory, "GET", "/inventory"),
     _op(assets.show_asset, "GET", "/assets/{ref}"),
     _op(assets.signature_bundle, "GET", "/assets/{ref}/bundle", media_type="application/json"),
     _op(replicas.list_replicas, "GET", "/replicas"),
@@ -127,7 +128,7 @@ OPERATIONS: tuple[Operation, ...] = (
     _op(audit.export, "POST", "/audit/export"),
     _op(audit.search, "GET", "/audit/events"),
     _op(dashboard.figures, "GET", "/dashboard"),
-    _op(principals.sign_in, "GET", "/whoami"),
+    _op(principals.whoami, "GET", "/whoami"),
     _op(sweep.sweep, "POST", "/sweep"),
 )
 

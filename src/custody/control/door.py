@@ -83,6 +83,19 @@ def act(ws: Workspace, token: str | None, action: str, *, subject: str | None = 
         raise
 
 
+def identify(ws: Workspace, token: str | None, action: str) -> Principal:
+    """Authenticate and permit a read too frequent to ledger when it succeeds (a metrics scrape
+    every few seconds); a refusal is ledgered like any other."""
+    try:
+        with ws.uow(readonly=True) as uow:
+            principal = authenticate(uow, token)
+            permissions.check(principal, action)
+            return principal
+    except CustodyError as exc:
+        _record_failure(ws, _actor_for(token), action, None, None, {}, exc.outcome, exc.message)
+        raise
+
+
 def _record_failure(
     ws: Workspace, actor: str, action: str, current: Act | None, subject: str | None, fields: dict, outcome: str,
     reason: str,

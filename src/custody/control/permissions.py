@@ -32,7 +32,10 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "audit.checkpoint": frozenset({"admin", "security", "auditor"}),
     "audit.search": frozenset({"admin", "security", "auditor"}),
     "dashboard.read": frozenset({"admin", "security", "auditor", "ml-lead"}),
+    "metrics.read": frozenset({"admin", "security", "auditor"}),
     "session.sign_in": frozenset(ROLES),
+    "session.sign_out": frozenset(ROLES),
+    "principal.whoami": frozenset(ROLES),
     "sweep": frozenset({"admin", "backup-operator", "security"}),
     "zone.budget": frozenset({"admin"}),
     # Governed copies: the role table only says who may take part; the policy catalog decides.

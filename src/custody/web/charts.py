@@ -12,9 +12,14 @@ W, H, PAD_L, PAD_B, PAD_T = 640, 220, 48, 42, 28
 
 
 def _frame(title: str, body: list[str], legend: list[tuple[str, str]], height: int = H) -> Markup:
-    keys = "".join(f'<rect x="{PAD_L + i * 150}" y="6" width="10" height="10" fill="{c}"/>'
-                   f'<text x="{PAD_L + 14 + i * 150}" y="15" font-size="11">{escape(k)}</text>'
+    """The chart with its legend, four keys a row (rows above the plot grow the picture)."""
+    rows = (len(legend) + 3) // 4
+    shift = max(0, rows - 1) * 14
+    keys = "".join(f'<rect x="{PAD_L + (i % 4) * 150}" y="{6 + (i // 4) * 14}" width="10" height="10" fill="{c}"/>'
+                   f'<text x="{PAD_L + 14 + (i % 4) * 150}" y="{15 + (i // 4) * 14}" font-size="11">{escape(k)}</text>'
                    for i, (k, c) in enumerate(legend))
+    body = [f'<g transform="translate(0 {shift})">{"".join(body)}</g>'] if shift else body
+    height += shift
     return Markup(f'<svg class="chart" role="img" aria-label="{escape(title)}" viewBox="0 0 {W} {height}" '
                   f'width="100%" xmlns="http://www.w3.org/2000/svg"><title>{escape(title)}</title>'
                   f'{keys}{"".join(body)}</svg>')
@@ -91,4 +96,4 @@ def lines(title: str, labels: list[str], series: dict[str, list[float]]) -> Mark
         if i % max(1, len(labels) // 7) == 0:
             body.append(f'<text x="{PAD_L + i * step:.1f}" y="{H - PAD_B + 14}" font-size="9" '
                         f'text-anchor="middle">{escape(_short(label))}</text>')
-    return _frame(title, body, [(n, PALETTE[j % len(PALETTE)]) for j, n in enumerate(series)][:4])
+    return _frame(title, body, [(n, PALETTE[j % len(PALETTE)]) for j, n in enumerate(series)])

@@ -8,6 +8,8 @@ one-line message. Nothing here decides anything.
 
 from __future__ import annotations
 
+import re
+import secrets
 from datetime import datetime, timedelta, timezone
 from importlib import resources
 from typing import Any, Callable
@@ -24,14 +26,15 @@ from custody.control.services import (
     audit,
     copies,
     dashboard,
-    principals,
     replicas,
     requests,
+    sessions,
 )
 from custody.control.workspace import Workspace
-from custody.domain.errors import CustodyError, Denied
+from custody.domain.errors import CustodyError, Denied, InvalidState, NotFound
 from custody.web import charts
-from custody.web.sessions import COOKIE, PRE_COOKIE, LIFETIME, Session, SessionBox, SignInThrottle, same
+from custody.api.throttle import Throttle
+from custody.web.sessions import COOKIE, PRE_COOKIE, Session, SessionBox, same
 
 WATCHERS = ("admin", "security", "auditor", "ml-lead")  # who sees the dashboard
 APPROVERS = ("ml-lead", "security")
@@ -53,7 +56,7 @@ def _size(n: int | None) -> str:
         if n < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return str(n)
+    raise AssertionError("unreachable")
 
 
 def _duration(s: float | None) -> str:
@@ -68,17 +71,22 @@ def _duration(s: float | None) -> str:
 
 def portal_router(ws: Workspace) -> APIRouter:
     box = SessionBox(ws.home)
-    throttle = SignInThrottle()
+    throttle = Throttle()
     templates = _env()
     router = APIRouter(prefix="/portal", include_in_schema=False)
 
     def render(request: Request, name: str, session: Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
         html = templates.get_template(name).render(session=session, path=request.url.path, watchers=WATCHERS,
-                                                   approvers=APPROVERS, ledger_readers=LEDGER_READERS, **ctx)
+                                                   approvers=APPROVERS, revokers=REVOKERS,
+                                                   ledger_readers=LEDGER_READERS, **ctx)
         return HTMLResponse(html, status_code=status)
 
     def signed_in(request: Request) -> Session | None:
-        return box.open(request.cookies.get(COOKIE))
+        """The request's session: a cookie that opens, for a session still live in the store."""
+        session = box.open(request.cookies.get(COOKIE))
+        if session is None or not sessions.live(ws, session.session_id, session.name):
+            return None
+        return session
 
     def to_signin() -> RedirectResponse:
         return RedirectResponse("/portal/signin", status_code=303)
@@ -136,30 +144,31 @@ def portal_router(ws: Workspace) -> APIRouter:
         if not same_origin(request) or not same(form.get("csrf"), pre):
             return refused(request, None)
         address = request.client.host if request.client else "?"
-        wait = throttle.wait(address)
+        wait = throttle.attempt(address)
         if wait:
             response = render(request, "signin.html", None, status=429, csrf=pre,
                               error=f"too many failed sign-ins from this address: try again in {wait} s")
             response.headers["Retry-After"] = str(wait)
             return response
-        token = form.get("token", "").strip()
         try:
-            who = await run_in_threadpool(principals.sign_in, ws, token)
-        except Denied as exc:
-            throttle.failed(address)
+            who = await run_in_threadpool(sessions.start, ws, form.get("token", "").strip())
+        except Denied as exc:  # stays counted as a failure (see Throttle.attempt)
             return render(request, "signin.html", None, status=401, csrf=pre, error=exc.message)
         throttle.succeeded(address)
-        cookie, _ = box.seal(token, who["name"], tuple(who["roles"]))
+        cookie, _ = box.seal(form.get("token", "").strip(), who["session"], who["name"], tuple(who["roles"]),
+                             who["expires_in"])
         response = RedirectResponse("/portal/", status_code=303)
-        _cookie(request, response, COOKIE, cookie, LIFETIME)
+        _cookie(request, response, COOKIE, cookie, who["expires_in"])
         response.delete_cookie(PRE_COOKIE, path="/portal")
         return response
 
     @router.post("/signout")
     async def signout(request: Request) -> Response:
-        session = signed_in(request)
-        if session is not None and await checked_form(request, session) is None:
-            return refused(request, session)
+        got = await posted(request)
+        if isinstance(got, Response):
+            return got
+        session, _ = got
+        await run_in_threadpool(sessions.end, ws, session.token, session.session_id)
         response = to_signin()
         response.delete_cookie(COOKIE, path="/portal")
         return response
@@ -174,13 +183,16 @@ def portal_router(ws: Workspace) -> APIRouter:
     # -- requests -------------------------------------------------------------------------
 
     page("/requests", "requests.html", lambda s, r: {
-        "rows": requests.list_requests(ws, s.token, mine=True)[::-1]})
+        "rows": requests.list_requests(ws, s.token, mine=True)[::-1], "created": _id_param(r, "created")})
 
     def new_request_data(session: Session, asset: str | None, form: dict[str, str] | None = None) -> dict:
         """Every asset; for the chosen one, only the zones and kinds the policy lets this person ask for."""
         names = [a["asset"] for a in assets.list_assets(ws, session.token)]
         chosen = asset if asset in names else (names[0] if names else None)
-        offered = requests.choices(ws, session.token, chosen) if chosen else []
+        try:
+            offered = requests.choices(ws, session.token, chosen) if chosen else []
+        except (NotFound, InvalidState):
+            offered = []  # e.g. no active replica to copy from: the page says nothing may be asked
         return {"assets": names, "asset": chosen, "offered": offered,
                 "zones": sorted({c["zone"] for c in offered}), "kinds": sorted({c["kind"] for c in offered}),
                 "form": form or {}, "preview": None, "error": None}
@@ -221,18 +233,19 @@ def portal_router(ws: Workspace) -> APIRouter:
     # -- approvals ------------------------------------------------------------------------
 
     page("/approvals", "approvals.html", lambda s, r: {"rows": requests.inbox(ws, s.token),
-                                                       "done": r.query_params.get("done")})
+                                                       "approved": _id_param(r, "approved"),
+                                                       "denied": _id_param(r, "denied")})
 
     @router.post("/approvals/{request_id}/approve")
     async def approve(request: Request, request_id: str) -> Response:
         return await act_on(request, lambda s, f: requests.approve(
             ws, s.token, request_id, otp=f.get("otp") or None, comment=f.get("comment") or None),
-            f"/portal/approvals?{urlencode({'done': f'approved {request_id}'})}")
+            f"/portal/approvals?{urlencode({'approved': request_id})}")
 
     @router.post("/approvals/{request_id}/deny")
     async def deny(request: Request, request_id: str) -> Response:
         return await act_on(request, lambda s, f: requests.deny(ws, s.token, request_id, f.get("reason", "")),
-                            f"/portal/approvals?{urlencode({'done': f'denied {request_id}'})}")
+                            f"/portal/approvals?{urlencode({'denied': request_id})}")
 
     # -- replicas, assets, ledger, dashboard ------------------------------------------------
 
@@ -243,21 +256,22 @@ def portal_router(ws: Workspace) -> APIRouter:
             r["expiring_soon"] = bool(r["expires_at"]) and datetime.fromisoformat(r["expires_at"]) <= horizon
         return {"rows": sorted(rows, key=lambda r: (r["asset"], r["zone"], r["expires_at"] or "~")),
                 "soon": sum(r["expiring_soon"] for r in rows),
-                "state": request.query_params.get("state") or "active", "done": request.query_params.get("done")}
+                "state": request.query_params.get("state") or "active", "shredded": _id_param(request, "shredded")}
 
     page("/replicas", "replicas.html", replica_data)
 
     @router.post("/replicas/{replica_id}/revoke")
     async def revoke(request: Request, replica_id: str) -> Response:
         return await act_on(request, lambda s, f: replicas.revoke_replica(ws, s.token, replica_id, f.get("reason", "")),
-                            f"/portal/replicas?{urlencode({'done': f'shredded {replica_id}'})}")
+                            f"/portal/replicas?{urlencode({'shredded': replica_id})}")
 
     page("/assets", "assets.html", lambda s, r: {
-        "rows": [assets.show_asset(ws, s.token, a["asset"]) for a in assets.list_assets(ws, s.token)]})
+        "rows": assets.inventory(ws, s.token)})
 
     page("/ledger", "ledger.html", lambda s, r: {
         **audit.search(ws, s.token, r.query_params.get("q") or None, limit=50,
-                       before=int(r.query_params["before"]) if r.query_params.get("before", "").isdigit() else None),
+                       before=int(r.query_params["before"]) if POSITION.fullmatch(r.query_params.get("before", ""))
+                       else None),
         "q": r.query_params.get("q", "")})
 
     def dashboard_data(session: Session, request: Request) -> dict:
@@ -282,7 +296,7 @@ def portal_router(ws: Workspace) -> APIRouter:
 
     async def posted(request: Request) -> Response | tuple[Session, dict[str, str]]:
         """A form post's session and fields, or where to send a post without a session or CSRF value."""
-        session = signed_in(request)
+        session = await run_in_threadpool(signed_in, request)
         if session is None:
             return to_signin()
         form = await checked_form(request, session)
@@ -306,9 +320,17 @@ def portal_router(ws: Workspace) -> APIRouter:
 
 
 def _fresh() -> str:
-    import secrets
-
     return secrets.token_urlsafe(32)
+
+
+POSITION = re.compile(r"[0-9]{1,18}")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _id_param(request: Request, name: str) -> str | None:
+    """An id passed back after a form (only an id: a link cannot put its own words on the page)."""
+    value = request.query_params.get(name, "")
+    return value if UUID.fullmatch(value) else None
 
 
 def _cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:

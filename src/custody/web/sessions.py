@@ -1,11 +1,12 @@
-"""Portal sessions: the token is given once at sign-in and kept only inside a sealed cookie.
+"""Portal session cookies: the token is given once at sign-in and kept only inside a sealed cookie.
 
-The cookie is AES-256-GCM over {token, name, roles, csrf, expiry} under a key kept in the
-workspace (shared by every server process on it), so it cannot be read or forged in the
-browser, and every page still acts with the principal's own token through the services (a
+The cookie is AES-256-GCM over {token, session id, name, roles, csrf, expiry} under a key kept in
+the workspace (shared by every server process on it), so it cannot be read or forged in the
+browser. The session id must also be live in the store (`services/sessions.py`): signing out
+ends it everywhere. Every page acts with the principal's own token through the services (a
 suspended principal's session stops at once). The CSRF value inside the session is echoed in
-every form and compared in constant time. Failed sign-ins from one address back off
-exponentially (per server process).
+every form and compared in constant time. Sign-ins from one address back off exponentially
+after a few failures (per server process).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import hmac
 import json
 import os
 import secrets
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +25,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 COOKIE = "custody_session"
 PRE_COOKIE = "custody_signin"  # double-submit CSRF value for the sign-in form (no session yet)
-LIFETIME = 8 * 3600
 KEY_FILE = "portal-session.key"
 _AAD = b"custody portal session v1"
 
@@ -33,6 +32,7 @@ _AAD = b"custody portal session v1"
 @dataclass(frozen=True)
 class Session:
     token: str
+    session_id: str
     name: str
     roles: tuple[str, ...]
     csrf: str
@@ -48,9 +48,10 @@ class SessionBox:
     def __init__(self, home: Path) -> None:
         self._aead = AESGCM(_load_or_create_key(home / KEY_FILE))
 
-    def seal(self, token: str, name: str, roles: tuple[str, ...]) -> tuple[str, Session]:
-        session = Session(token, name, tuple(roles), secrets.token_urlsafe(32), int(time.time()) + LIFETIME)
-        body = json.dumps({"t": token, "n": name, "r": list(roles), "c": session.csrf, "e": session.expires}).encode()
+    def seal(self, token: str, session_id: str, name: str, roles: tuple[str, ...], lifetime: int) -> tuple[str, Session]:
+        session = Session(token, session_id, name, tuple(roles), secrets.token_urlsafe(32), int(time.time()) + lifetime)
+        body = json.dumps({"t": token, "s": session_id, "n": name, "r": list(roles), "c": session.csrf,
+                           "e": session.expires}).encode()
         nonce = os.urandom(12)
         sealed = base64.urlsafe_b64encode(nonce + self._aead.encrypt(nonce, body, _AAD)).rstrip(b"=")
         return sealed.decode(), session
@@ -62,7 +63,7 @@ class SessionBox:
         try:
             raw = base64.urlsafe_b64decode(cookie.encode() + b"=" * (-len(cookie) % 4))
             body = json.loads(self._aead.decrypt(raw[:12], raw[12:], _AAD))
-            session = Session(body["t"], body["n"], tuple(body["r"]), body["c"], int(body["e"]))
+            session = Session(body["t"], body["s"], body["n"], tuple(body["r"]), body["c"], int(body["e"]))
         except (ValueError, InvalidTag, KeyError, TypeError):
             return None
         return session if session.expires > time.time() else None
@@ -86,39 +87,3 @@ def _load_or_create_key(path: Path) -> bytes:
         fh.flush()
         os.fsync(fh.fileno())
     return key
-
-
-class SignInThrottle:
-    """After FREE failures from one address, each further attempt waits 2^k seconds (to MAX_WAIT)."""
-
-    FREE = 3
-    MAX_WAIT = 300
-    FORGET = 3600
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._failures: dict[str, tuple[int, float]] = {}  # address -> (failures, time of the last)
-
-    def wait(self, address: str) -> int:
-        """Seconds this address must still wait before trying again (0: it may try now)."""
-        with self._lock:
-            count, last = self._failures.get(address, (0, 0.0))
-            if time.time() - last > self.FORGET:
-                self._failures.pop(address, None)
-                return 0
-            if count < self.FREE:
-                return 0
-            return max(0, int(last + min(self.MAX_WAIT, 2 ** (count - self.FREE + 1)) - time.time() + 0.999))
-
-    def failed(self, address: str) -> None:
-        with self._lock:
-            count, _ = self._failures.get(address, (0, 0.0))
-            self._failures[address] = (count + 1, time.time())
-            if len(self._failures) > 10_000:  # bounded memory under a spray of addresses
-                oldest = sorted(self._failures.items(), key=lambda kv: kv[1][1])[:1000]
-                for key, _ in oldest:
-                    self._failures.pop(key, None)
-
-    def succeeded(self, address: str) -> None:
-        with self._lock:
-            self._failures.pop(address, None)

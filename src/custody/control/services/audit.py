@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select
 
 from custody.control.door import act, data_step, record_after
 from custody.control.ledger import checkpoint, merkle
@@ -45,7 +45,10 @@ def export(ws: Workspace, token: str | None, out: Path) -> dict:
 
 
 def _ledger_key(ws: Workspace, pinned: Path | None = None) -> Ed25519PublicKey:
-    pem = pinned.read_bytes() if pinned else ws.public_key_pem("ledger")
+    try:
+        pem = pinned.read_bytes() if pinned else ws.public_key_pem("ledger")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read public key {pinned}: {exc.strerror}") from None
     try:
         key = load_pem_public_key(pem)
     except ValueError:
@@ -235,16 +238,19 @@ def search(ws: Workspace, token: str | None, q: str | None = None, *, limit: int
     """Newest events first, those whose actor, action, subject or outcome contain `q`; each with its
     inclusion proof against the latest checkpoint that covers it, and that checkpoint's status."""
     limit = max(1, min(limit, 200))
+    if before is not None and not 0 <= before <= 2**62:
+        raise InvalidInput(f"before={before} is not a ledger position")
+    if q is not None and len(q) > 200:
+        raise InvalidInput("a ledger search is at most 200 characters")
     with act(ws, token, "audit.search", details={"q": q, "before": before}) as a:
         e = t.ledger_events.c
         query = select(e.seq, e.line).order_by(e.seq.desc()).limit(limit)
         if before is not None:
             query = query.where(e.seq < before)
         if q:
-            like = f"%{q.lower()}%"
-            query = query.where(func.lower(e.actor).like(like) | func.lower(e.action).like(like)
-                                | func.lower(func.coalesce(e.subject, "")).like(like)
-                                | func.lower(e.outcome).like(like))
+            needle = q.lower()  # matched literally: % and _ are not wildcards here
+            query = query.where(or_(*(func.lower(func.coalesce(col, "")).contains(needle, autoescape=True)
+                                      for col in (e.actor, e.action, e.subject, e.outcome))))
         rows = a.uow.conn.execute(query).all()
         latest = a.uow.conn.execute(select(t.ledger_checkpoints.c.size, t.ledger_checkpoints.c.note)
                                     .order_by(t.ledger_checkpoints.c.size.desc()).limit(1)).first()
@@ -255,10 +261,12 @@ def search(ws: Workspace, token: str | None, q: str | None = None, *, limit: int
             proof = None
             if size is not None and seq < size:
                 p = ledger.prove_inclusion(a.uow, seq, size)
-                # Checked here against the line as stored and the signed root, not taken on trust.
-                merkle.verify_inclusion(merkle.leaf_hash(line.encode("utf-8")), seq, size, p.path,
-                                        bytes.fromhex(status["root"]))
-                proof = {**p.to_dict(), "verified": True}
+                try:  # checked here against the line as stored and the signed root, not taken on trust
+                    merkle.verify_inclusion(merkle.leaf_hash(line.encode("utf-8")), seq, size, p.path,
+                                            bytes.fromhex(status["root"]))
+                    proof = {**p.to_dict(), "verified": True}
+                except IntegrityError as exc:  # shown on its row: tampering must not blank the page
+                    proof = {**p.to_dict(), "verified": False, "problem": exc.message}
             events.append({"seq": seq, "event": ledger.decode(line), "proof": proof})
         ledger_size = ledger.size(a.uow)
     return {"events": events, "checkpoint": status, "ledger_size": ledger_size}

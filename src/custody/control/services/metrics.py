@@ -1,7 +1,8 @@
 """Aggregate figures for monitoring (Prometheus): counts only, no names of weights or people.
 
-Read in one read-only transaction; nothing is ledgered (a scrape every few seconds would drown
-the ledger in reads that reveal nothing).
+Read in one read-only transaction by a principal allowed `metrics.read` (Prometheus sends its
+token as a bearer credential); a successful scrape is not ledgered (one every few seconds would
+drown the ledger in reads that reveal nothing), a refused one is.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from sqlalchemy import func, select
 
+from custody.control.door import identify
 from custody.control.ledger import store as ledger
 from custody.control.store import schema as t
 from custody.control.workspace import Workspace
@@ -52,7 +54,8 @@ def _approval_cycles(uow) -> list[float]:  # noqa: ANN001
     return out
 
 
-def prometheus(ws: Workspace) -> str:
+def prometheus(ws: Workspace, token: str | None) -> str:
+    identify(ws, token, "metrics.read")
     m = collect(ws)
     lines = ["# HELP custody_copy_requests Copy requests by kind and state.", "# TYPE custody_copy_requests gauge"]
     lines += [f'custody_copy_requests{{kind="{k}",state="{s}"}} {n}' for (k, s), n in sorted(m["attempts"].items())]

@@ -43,7 +43,7 @@ def suspend_principal(ws: Workspace, token: str | None, name: str) -> dict:
         return views.principal(repo.principal_by_name(a.uow, name))
 
 
-def sign_in(ws: Workspace, token: str | None) -> dict:
-    """Who a token belongs to, for a portal session; refusals are ledgered like any other."""
-    with act(ws, token, "session.sign_in") as a:
+def whoami(ws: Workspace, token: str | None) -> dict:
+    """Who a token belongs to; refusals are ledgered like any other."""
+    with act(ws, token, "principal.whoami") as a:
         return views.principal(a.principal)

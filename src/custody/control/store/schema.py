@@ -340,4 +340,16 @@ deletions = Table(  # asking to destroy backups before their retention ends: nee
     Column("state", String(16), nullable=False),  # proposed | done
 )
 
+# Portal sign-ins: the cookie holds a random session id; only its hash is kept here, so a copy of
+# the database cannot be replayed as a session, and ending a session is one UPDATE.
+web_sessions = Table(
+    "web_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("principal", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("ended_at", DateTime(timezone=True)),
+)
+
 APPEND_ONLY_TABLES = ("ledger_events", "ledger_nodes", "ledger_checkpoints")
