@@ -7,6 +7,7 @@ processes never deadlock upgrading a read lock, and ledger appends are serialise
 
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -116,11 +117,26 @@ class UnitOfWork:
         return int(self.conn.execute(_HEAD_FOR_UPDATE if self.dialect == "postgresql" else _HEAD).scalar_one())
 
 
+_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+
+
+@contextmanager
+def _one_writer_per_process(engine: Engine, readonly: bool) -> Iterator[None]:
+    """SQLite has one writer at a time; threads of one process queue on a lock here rather than
+    in SQLite's busy handler, whose sleeps grow to 100 ms (a server's threads would spin there)."""
+    if readonly or engine.dialect.name != "sqlite":
+        yield
+        return
+    lock = _SQLITE_WRITERS.setdefault(str(engine.url), threading.RLock())  # re-entrant: a nested write still meets SQLite's own timeout
+    with lock:
+        yield
+
+
 @contextmanager
 def transaction(engine: Engine, readonly: bool = False) -> Iterator[UnitOfWork]:
     """A transaction; a read-only one takes no write lock (long audits must not block writers)."""
     try:
-        with engine.connect() as conn:
+        with _one_writer_per_process(engine, readonly), engine.connect() as conn:
             conn.execution_options(custody_readonly=readonly)
             if readonly and conn.dialect.name == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for the whole read
