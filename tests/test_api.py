@@ -27,6 +27,9 @@ def test_health_docs_and_auth(server: str, env: Env) -> None:
     assert call(server, "GET", "/readyz").json() == {"ready": True, "problems": []}
     spec = call(server, "GET", "/openapi.json").json()
     assert "/api/v1/requests" in spec["paths"] and spec["info"]["title"] == "custody"
+    docs = call(server, "GET", "/docs").text
+    assert "/docs/static/swagger-ui-bundle.js" in docs and "cdn" not in docs.lower()  # no CDN: works offline
+    assert call(server, "GET", "/docs/static/swagger-ui-bundle.js").status_code == 200
     r = call(server, "GET", "/api/v1/zones")
     assert r.status_code == 401 and r.json() == {"error": "no token: set CUSTODY_TOKEN or pass --token", "exit_code": 3}
     assert call(server, "GET", "/api/v1/zones", token="cst_bad").status_code == 401

@@ -172,6 +172,16 @@ def test_the_dashboard_renders_its_charts(demo, browser) -> None:  # noqa: ANN00
     carol.context.close()
 
 
+def test_api_docs_render_offline(demo, browser) -> None:  # noqa: ANN001
+    base, _ = demo
+    page = browser.new_page(base_url=base)
+    page.goto("/docs")
+    page.wait_for_selector(".opblock", timeout=15000)
+    assert page.locator(".opblock").count() >= 60  # every operation, drawn by the vendored Swagger UI
+    shot(page, "api-docs")
+    page.close()
+
+
 def test_forged_form_posts_are_refused(demo, browser) -> None:  # noqa: ANN001
     base, people = demo
     alice = sign_in(browser, base, people["people"]["alice"]["token"])

@@ -21,7 +21,10 @@ from fastapi import Body, Depends, FastAPI, Header, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+from swagger_ui_bundle import swagger_ui_path
 from pydantic import BaseModel, ConfigDict, create_model
 
 from custody import __version__
@@ -66,7 +69,7 @@ Token = Annotated[str | None, Depends(bearer)]
 
 def create_app(home: Path | None = None) -> FastAPI:
     ws = Workspace.open(home)
-    app = FastAPI(title="custody", version=__version__, lifespan=_lifespan,
+    app = FastAPI(title="custody", version=__version__, lifespan=_lifespan, docs_url=None, redoc_url=None,
                   description="Governed, sealed, ledgered copies of model weights. Every error body is "
                               "`{error, exit_code}`, the exit code the `custody` CLI gives for it.")
     app.state.ws = ws
@@ -81,6 +84,16 @@ def create_app(home: Path | None = None) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()))
         return JSONResponse(jsonable_encoder({"error": f"invalid request: {where}: {first.get('msg', 'malformed')}",
                                               "exit_code": 2, "detail": exc.errors()}), status_code=422)
+
+    # /docs from a vendored Swagger UI: the page works on a machine that cannot reach a CDN.
+    app.mount("/docs/static", StaticFiles(directory=swagger_ui_path), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="custody API",
+                                   swagger_js_url="/docs/static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs/static/swagger-ui.css",
+                                   swagger_favicon_url="/docs/static/favicon-32x32.png")
 
     @app.get("/healthz")
     def healthz() -> dict:
