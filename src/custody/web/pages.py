@@ -164,12 +164,7 @@ def portal_router(ws: Workspace) -> APIRouter:
 
     @router.post("/signout")
     async def signout(request: Request) -> Response:
-        got = await posted(request)
-        if isinstance(got, Response):
-            return got
-        session, _ = got
-        await run_in_threadpool(sessions.end, ws, session.token, session.session_id)
-        response = to_signin()
+        response = await act_on(request, lambda s, f: sessions.end(ws, s.token, s.session_id), "/portal/signin")
         response.delete_cookie(COOKIE, path="/portal")
         return response
 
