@@ -22,7 +22,7 @@ from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
 from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
-from custody.domain.model import Asset, AssetVersion, Principal, ReplicaState, Zone, new_id
+from custody.domain.model import Asset, AssetVersion, Principal, Replica, ReplicaState, Zone, new_id
 from custody.domain.requests import NO_EXPIRY, Approval, Decision, Request, RequestKind, RequestState
 
 GRANT_WINDOW = timedelta(hours=24)
@@ -44,19 +44,18 @@ def zone_facts(z: Zone) -> ZoneFacts:
                      region=z.region)
 
 
-def asset_facts(uow: UnitOfWork, name: str, v: AssetVersion) -> AssetFacts:
-    asset = repo.asset_by_name(uow, name)
-    return AssetFacts(name=name, classification=v.classification.value, jurisdictions=v.jurisdictions,
+def asset_facts(asset: Asset, v: AssetVersion) -> AssetFacts:
+    return AssetFacts(name=asset.name, classification=v.classification.value, jurisdictions=v.jurisdictions,
                       min_security_level=v.min_security_level, owner=asset.owner, size_bytes=v.total_size,
                       unsafe=v.unsafe, parameters=v.parameters)
 
 
-def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: str, version: AssetVersion, source_zone: Zone,
-            dest: Zone, kind: str, ttl: int | None, purpose: str, break_glass: bool) -> Decision:
+def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: Asset, version: AssetVersion,
+            source_zone: Zone, dest: Zone, kind: str, ttl: int | None, purpose: str, break_glass: bool) -> Decision:
     facts = CopyFacts(
-        principal=principal_facts(principal), asset=asset_facts(uow, asset, version), source=zone_facts(source_zone),
+        principal=principal_facts(principal), asset=asset_facts(asset, version), source=zone_facts(source_zone),
         destination=zone_facts(dest), kind=kind, ttl_seconds=ttl, purpose=purpose, break_glass=break_glass,
-        exceptions=rq.active_exceptions(uow, asset, dest.name, _now()),
+        exceptions=rq.active_exceptions(uow, asset.name, dest.name, _now()),
     )
     return active_catalog(ws, uow).decide_copy(facts)
 
@@ -125,6 +124,7 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose
         raise InvalidInput("--break-glass is only for dr requests")
     if snapshot:
         asset, version, src_zone, src_replica_id = _source_snapshot(a.uow, snapshot)
+        src = None
     else:
         asset, version = asset_service.resolve_version(a.uow, ref)
         src = _source_replica(a.uow, asset.name, version, source)
@@ -136,10 +136,10 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose
     if snapshot is not None and request_kind not in SNAPSHOT_KINDS | {RequestKind.DR}:
         raise InvalidInput("a snapshot is restored by a restore, dr or drill request")
     dest = repo.zone_by_name(a.uow, to)
-    decision = _decide(ws, a.uow, a.principal, asset.name, version, src_zone, dest, request_kind.value,
+    decision = _decide(ws, a.uow, a.principal, asset, version, src_zone, dest, request_kind.value,
                        ttl_seconds, purpose, break_glass)
-    if not snapshot:
-        _within_source_life(a.uow, src_replica_id, ttl_seconds, request_kind)
+    if src is not None:
+        _within_source_life(src, ttl_seconds, request_kind)
     if decision.allowed and ttl_seconds is None and request_kind not in NO_EXPIRY:
         ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
         if ttl_seconds is None:
@@ -171,7 +171,7 @@ def choices(ws: Workspace, token: str | None, asset: str) -> list[dict]:
         out = []
         for dest in repo.list_zones(a.uow):
             for kind in ASKABLE_KINDS:
-                d = _decide(ws, a.uow, a.principal, found.name, version, src_zone, dest, kind.value,
+                d = _decide(ws, a.uow, a.principal, found, version, src_zone, dest, kind.value,
                             None if kind in NO_EXPIRY else 3600, "(choosing)", False)
                 if d.allowed:
                     req = d.requirement
@@ -202,14 +202,13 @@ class RequestDenied(Denied):
 SNAPSHOT_KINDS = frozenset({RequestKind.RESTORE, RequestKind.DRILL})
 
 
-def _within_source_life(uow: UnitOfWork, replica_id: str, ttl: int | None, kind: RequestKind) -> None:
+def _within_source_life(source: Replica, ttl: int | None, kind: RequestKind) -> None:
     """A copy may not outlive the replica it is made from (T12)."""
-    source = repo.replica_by_id(uow, replica_id)
     if source.expires_at is None:
         return
     left = (source.expires_at - _now()).total_seconds()
     if kind in NO_EXPIRY or ttl is None or ttl > left:
-        raise InvalidInput(f"replica {replica_id} expires in {int(left)} s; a copy of it must expire sooner (--ttl)")
+        raise InvalidInput(f"replica {source.id} expires in {int(left)} s; a copy of it must expire sooner (--ttl)")
 
 
 def _source_snapshot(uow: UnitOfWork, snapshot_id: str):  # noqa: ANN202
@@ -317,7 +316,8 @@ def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | Non
         requester = repo.principal_by_name(a.uow, request.requester)
         decision = active_catalog(ws, a.uow).decide_approval(ApproveFacts(
             approver=principal_facts(a.principal), requester=request.requester, requester_team=requester.team,
-            asset=asset_facts(a.uow, request.asset, version), destination=zone_facts(dest), kind=request.kind.value))
+            asset=asset_facts(repo.asset_by_name(a.uow, request.asset), version), destination=zone_facts(dest),
+            kind=request.kind.value))
         if not decision.allowed:
             raise Denied("; ".join(decision.reasons) or "policy does not let this principal approve")
         req = request.decision.requirement
@@ -434,7 +434,8 @@ def decide_for(ws: Workspace, uow: UnitOfWork, r: Request, requester: Principal)
         src = _source_snapshot(uow, r.source_snapshot)[2]
     else:
         src = repo.zone_by_name(uow, repo.replica_by_id(uow, r.source_replica).zone)
-    return _decide(ws, uow, requester, r.asset, version, src, repo.zone_by_name(uow, r.destination_zone),
+    return _decide(ws, uow, requester, repo.asset_by_name(uow, r.asset), version, src,
+                   repo.zone_by_name(uow, r.destination_zone),
                    r.kind.value, r.ttl_seconds, r.purpose, r.break_glass)
 
 

@@ -5,9 +5,10 @@ Rows become frozen domain objects here and nowhere else, so the rest of the code
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime, timezone
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from custody.control.store import schema as t
 from custody.control.store.db import UnitOfWork
@@ -39,8 +40,20 @@ def _utc(value: datetime | None) -> datetime | None:
 # -- meta ---------------------------------------------------------------------------------
 
 
+# The statements every action runs (authentication, policy facts, replicas) are built once:
+# building a SQLAlchemy expression per call costs more than executing it.
+_META = select(t.meta.c.value).where(t.meta.c.key == bindparam("key"))
+_PRINCIPAL_BY_TOKEN = select(t.principals).where(t.principals.c.token_id == bindparam("token_id"))
+_ZONE = select(t.zones).where(t.zones.c.name == bindparam("name"))
+_ASSET = select(t.assets).where(t.assets.c.name == bindparam("name"))
+_LATEST_VERSION = (select(t.asset_versions).where(t.asset_versions.c.asset_id == bindparam("asset_id"))
+                   .order_by(t.asset_versions.c.number.desc()).limit(1))
+_VERSION = select(t.asset_versions).where(t.asset_versions.c.id == bindparam("id"))
+_REPLICA = select(t.replicas).where(t.replicas.c.id == bindparam("id"))
+
+
 def get_meta(uow: UnitOfWork, key: str) -> str | None:
-    return uow.conn.execute(select(t.meta.c.value).where(t.meta.c.key == key)).scalar_one_or_none()
+    return uow.conn.execute(_META, {"key": key}).scalar_one_or_none()
 
 
 def set_meta(uow: UnitOfWork, key: str, value: str) -> None:
@@ -87,7 +100,7 @@ def principal_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> P
 
 
 def principal_by_token_id(uow: UnitOfWork, token_id: str) -> tuple[Principal, str] | None:
-    row = uow.conn.execute(select(t.principals).where(t.principals.c.token_id == token_id)).first()
+    row = uow.conn.execute(_PRINCIPAL_BY_TOKEN, {"token_id": token_id}).first()
     return None if row is None else (_principal(row), row.token_hash)
 
 
@@ -133,7 +146,7 @@ def lock_zone(uow: UnitOfWork, name: str) -> Zone:
 
 
 def zone_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Zone | None:
-    row = uow.conn.execute(select(t.zones).where(t.zones.c.name == name)).first()
+    row = uow.conn.execute(_ZONE, {"name": name}).first()
     if row is None:
         if missing_ok:
             return None
@@ -149,7 +162,7 @@ def list_zones(uow: UnitOfWork) -> list[Zone]:
 
 
 def asset_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Asset | None:
-    row = uow.conn.execute(select(t.assets).where(t.assets.c.name == name)).first()
+    row = uow.conn.execute(_ASSET, {"name": name}).first()
     if row is None:
         if missing_ok:
             return None
@@ -197,9 +210,7 @@ def version_formats(uow: UnitOfWork, version_id: str) -> list[dict]:
 
 
 def latest_version(uow: UnitOfWork, asset_id: str) -> AssetVersion | None:
-    row = uow.conn.execute(
-        select(t.asset_versions).where(t.asset_versions.c.asset_id == asset_id).order_by(t.asset_versions.c.number.desc())
-    ).first()
+    row = uow.conn.execute(_LATEST_VERSION, {"asset_id": asset_id}).first()
     return None if row is None else _version(row)
 
 
@@ -213,7 +224,7 @@ def version_by_number(uow: UnitOfWork, asset: Asset, number: int) -> AssetVersio
 
 
 def version_by_id(uow: UnitOfWork, version_id: str) -> AssetVersion:
-    row = uow.conn.execute(select(t.asset_versions).where(t.asset_versions.c.id == version_id)).first()
+    row = uow.conn.execute(_VERSION, {"id": version_id}).first()
     if row is None:
         raise NotFound(f"no asset version {version_id}")
     return _version(row)
@@ -292,7 +303,7 @@ def add_replica(uow: UnitOfWork, r: Replica, asset_name: str) -> None:
 
 
 def replica_by_id(uow: UnitOfWork, replica_id: str) -> Replica:
-    row = uow.conn.execute(select(t.replicas).where(t.replicas.c.id == replica_id)).first()
+    row = uow.conn.execute(_REPLICA, {"id": replica_id}).first()
     if row is None:
         raise NotFound(f"no replica {replica_id}")
     return _replica(row)
@@ -320,14 +331,16 @@ def set_replica_writer(uow: UnitOfWork, replica_id: str, writer: str) -> None:
 def list_replicas(
     uow: UnitOfWork, *, asset: str | None = None, zone: str | None = None, state: str | None = None
 ) -> list[tuple[Replica, str]]:
-    q = select(t.replicas).order_by(t.replicas.c.created_at, t.replicas.c.id)
-    if asset:
-        q = q.where(t.replicas.c.asset_name == asset)
-    if zone:
-        q = q.where(t.replicas.c.zone == zone)
-    if state:
-        q = q.where(t.replicas.c.state == state)
-    return [(_replica(r), r.asset_name) for r in uow.conn.execute(q)]
+    params = {k: v for k, v in (("asset", asset), ("zone", zone), ("state", state)) if v}
+    return [(_replica(r), r.asset_name) for r in uow.conn.execute(_replicas_where(*sorted(params)), params)]
+
+
+@functools.lru_cache(maxsize=None)
+def _replicas_where(*filters: str):  # noqa: ANN202
+    """The replica listing for one combination of filters, built once."""
+    columns = {"asset": t.replicas.c.asset_name, "zone": t.replicas.c.zone, "state": t.replicas.c.state}
+    return (select(t.replicas).where(*(columns[f] == bindparam(f) for f in filters))
+            .order_by(t.replicas.c.created_at, t.replicas.c.id))
 
 
 def live_replica_ids(uow: UnitOfWork) -> set[str]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from custody.control.store import schema as t
@@ -46,8 +46,20 @@ def _request(uow: UnitOfWork, row) -> Request:  # noqa: ANN001
     )
 
 
+# Built once: every request's creation, decision and approval runs these.
+_INSERT_REQUEST = insert(t.requests)
+_REQUEST = select(t.requests).where(t.requests.c.id == bindparam("id"))
+_REQUEST_LOCKED = _REQUEST.with_for_update()
+_MOVE = update(t.requests).where(t.requests.c.id == bindparam("b_id"), t.requests.c.state == bindparam("b_state"))
+_SIGNOFFS = (select(t.signoffs).where(t.signoffs.c.subject_kind == bindparam("kind"),
+                                      t.signoffs.c.subject_id == bindparam("subject_id")).order_by(t.signoffs.c.at))
+_ACTIVE_EXCEPTIONS = select(t.policy_exceptions.c.policy_id).where(
+    t.policy_exceptions.c.asset_name == bindparam("asset"), t.policy_exceptions.c.zone == bindparam("zone"),
+    t.policy_exceptions.c.state == "active", t.policy_exceptions.c.expires_at > bindparam("at"))
+
+
 def add_request(uow: UnitOfWork, r: Request) -> None:
-    uow.conn.execute(insert(t.requests).values(
+    uow.conn.execute(_INSERT_REQUEST, dict(
         id=r.id, requester=r.requester, asset_name=r.asset, version_id=r.version_id, version_digest=r.version_digest,
         source_replica=r.source_replica, source_snapshot=r.source_snapshot, method=r.method,
         destination_zone=r.destination_zone, kind=r.kind.value, purpose=r.purpose,
@@ -59,10 +71,8 @@ def add_request(uow: UnitOfWork, r: Request) -> None:
 
 def request_by_id(uow: UnitOfWork, request_id: str, lock: bool = False) -> Request:
     """`lock`: hold the row until commit (PostgreSQL), so two approvers or two runs cannot interleave."""
-    q = select(t.requests).where(t.requests.c.id == request_id)
-    if lock and uow.dialect == "postgresql":
-        q = q.with_for_update()
-    row = uow.conn.execute(q).first()
+    q = _REQUEST_LOCKED if lock and uow.dialect == "postgresql" else _REQUEST
+    row = uow.conn.execute(q, {"id": request_id}).first()
     if row is None:
         raise NotFound(f"no request {request_id}")
     return _request(uow, row)
@@ -79,11 +89,8 @@ def list_requests(uow: UnitOfWork, *, requester: str | None = None, state: str |
 
 def move_request(uow: UnitOfWork, request: Request, state: RequestState, **values) -> None:  # noqa: ANN003
     check_move(request.state, state, request.id)
-    result = uow.conn.execute(
-        update(t.requests)
-        .where(t.requests.c.id == request.id, t.requests.c.state == request.state.value)
-        .values(state=state.value, updated_at=now(), **values)
-    )
+    result = uow.conn.execute(_MOVE, {"b_id": request.id, "b_state": request.state.value, "state": state.value,
+                                      "updated_at": now(), **values})
     if result.rowcount != 1:  # someone else moved it first: never act on a stale view
         raise InvalidState(f"request {request.id} changed while this action ran; try again")
 
@@ -115,8 +122,7 @@ def add_signoff(uow: UnitOfWork, kind: str, subject_id: str, a: Approval) -> Non
 
 
 def approvals(uow: UnitOfWork, kind: str, subject_id: str) -> list[Approval]:
-    s = t.signoffs.c
-    rows = uow.conn.execute(select(t.signoffs).where(s.subject_kind == kind, s.subject_id == subject_id).order_by(s.at))
+    rows = uow.conn.execute(_SIGNOFFS, {"kind": kind, "subject_id": subject_id})
     return [Approval(request_id=r.subject_id, approver=r.principal, team=r.team, roles=tuple(r.roles),
                      at=_utc(r.at), mfa_verified=bool(r.mfa_verified), comment=r.comment, signature=r.signature)
             for r in rows]
@@ -254,9 +260,7 @@ def set_exception_state(uow: UnitOfWork, exc_id: str, state: str) -> None:
 
 
 def active_exceptions(uow: UnitOfWork, asset: str, zone: str, at: datetime) -> frozenset[str]:
-    e = t.policy_exceptions.c
-    rows = uow.conn.execute(select(e.policy_id).where(e.asset_name == asset, e.zone == zone, e.state == "active",
-                                                      e.expires_at > at))
+    rows = uow.conn.execute(_ACTIVE_EXCEPTIONS, {"asset": asset, "zone": zone, "at": at})
     return frozenset(r[0] for r in rows)
 
 
