@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Mapping, Sequence
 
-from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy import bindparam, insert, select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from custody.control.ledger import merkle
@@ -33,7 +33,6 @@ _NODE = select(t.ledger_nodes.c.hash).where(
 )
 _INSERT_EVENT = insert(t.ledger_events)
 _INSERT_NODES = insert(t.ledger_nodes)
-_SET_HEAD = update(t.ledger_head).where(t.ledger_head.c.id == 1).values(size=bindparam("new_size"))
 
 
 class StoredNodes:
@@ -68,7 +67,7 @@ def append(
     policy_ids: tuple[str, ...] = (),
     details: dict | None = None,
 ) -> Event:
-    size = uow.lock_ledger_head()
+    size = uow.claim_ledger_position()
     event = Event(
         seq=size,
         time=utc_now(),
@@ -96,7 +95,6 @@ def append(
                              "the ledger was tampered with (run custody audit verify)") from None
     nodes = merkle.nodes_to_store_on_append(size, merkle.leaf_hash(line), StoredNodes(uow))
     conn.execute(_INSERT_NODES, [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
-    conn.execute(_SET_HEAD, {"new_size": size + 1})
     return event
 
 

@@ -82,17 +82,17 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: 
         a.subject = request.id
         a.fields["policy_ids"] = decision.policy_ids
         if not decision.allowed:
-            rq.move_request(a.uow, request, RequestState.DENIED)
+            current = rq.move_request(a.uow, request, RequestState.DENIED)
             outcome, details = "denied", {"reasons": list(decision.reasons), "asset": ref,
                                           "catalog_hash": decision.catalog_hash}
         else:
-            state = _after_decision(ws, a, request)
+            current = _after_decision(ws, a, request)
             if break_glass:
                 _open_break_glass_review(a, request)
-            outcome, details = "ok", {"state": state.value, "asset": ref, "kind": kind,
+            outcome, details = "ok", {"state": current.state.value, "asset": ref, "kind": kind,
                                       "catalog_hash": decision.catalog_hash,
                                       "requirement": decision.requirement.to_dict() if decision.requirement else None}
-        created = view(ws, a.uow, rq.request_by_id(a.uow, request.id))  # read before the ledger lock is taken
+        created = view(ws, a.uow, current)  # a new request: no sign-offs yet, nothing to read back
         a.record(outcome=outcome, details=details)
     if not decision.allowed:
         raise RequestDenied(request, decision)
@@ -245,17 +245,15 @@ def _source_replica(uow: UnitOfWork, asset: str, version: AssetVersion, source: 
     return (primary or active)[0]
 
 
-def _after_decision(ws: Workspace, a: Act, request: Request) -> RequestState:
+def _after_decision(ws: Workspace, a: Act, request: Request) -> Request:
     req = request.decision.requirement
     if req.approvals == 0:
-        _approve(ws, a.uow, request)
-        return RequestState.APPROVED
-    rq.move_request(a.uow, request, RequestState.AWAITING_APPROVAL,
-                    window_expires_at=_now() + timedelta(seconds=req.window_seconds))
-    return RequestState.AWAITING_APPROVAL
+        return _approve(ws, a.uow, request)
+    return rq.move_request(a.uow, request, RequestState.AWAITING_APPROVAL,
+                           window_expires_at=_now() + timedelta(seconds=req.window_seconds))
 
 
-def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> None:
+def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> Request:
     """Enough approvals: mint the single-use grant and move to approved."""
     from custody.control import grants
 
@@ -264,7 +262,7 @@ def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> None:
         request_id=request.id, version_digest=request.version_digest, source_replica=request.source,
         destination_zone=request.destination_zone, expires_at=expires))
     rq.add_grant(uow, request.id, grant.token, grant.use_id, expires)
-    rq.move_request(uow, request, RequestState.APPROVED, grant_expires_at=expires)
+    return rq.move_request(uow, request, RequestState.APPROVED, grant_expires_at=expires)
 
 
 def _open_break_glass_review(a: Act, request: Request) -> None:
@@ -298,7 +296,7 @@ def missing(ws: Workspace, uow: UnitOfWork, request: Request) -> dict:
     req = request.decision.requirement if request.decision else None
     if req is None:
         return {}
-    have = len(counting_approvals(ws, uow, request))
+    have = len(counting_approvals(ws, uow, request)) if request.approvals else 0  # none signed: none count
     return {"approvals": max(0, req.approvals - have), "of": req.approvals, "roles": list(req.roles),
             "distinct_teams": req.distinct_teams, "mfa": req.mfa}
 
@@ -328,9 +326,10 @@ def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | Non
         request = rq.request_by_id(a.uow, request_id)
         left = missing(ws, a.uow, request)
         if left["approvals"] == 0:
-            _approve(ws, a.uow, request)
+            request = _approve(ws, a.uow, request)
+        out = view(ws, a.uow, request)
         a.record(details={"mfa": approval.mfa_verified, "still_needed": left, "signature": approval.signature[:24]})
-    return show_request(ws, token, request_id)
+    return out
 
 
 def lapsed(request: Request, now: datetime) -> bool:
@@ -357,8 +356,9 @@ def deny(ws: Workspace, token: str | None, request_id: str, reason: str) -> dict
         request = _current(a.uow, request_id)
         if request.requester == a.principal.name:
             raise InvalidInput("withdraw your own request with `request cancel`")
-        rq.move_request(a.uow, request, RequestState.DENIED, error=f"denied by {a.principal.name}: {reason}")
-    return show_request(ws, token, request_id)
+        out = view(ws, a.uow, rq.move_request(a.uow, request, RequestState.DENIED,
+                                              error=f"denied by {a.principal.name}: {reason}"))
+    return out
 
 
 def cancel(ws: Workspace, token: str | None, request_id: str) -> dict:
@@ -366,8 +366,8 @@ def cancel(ws: Workspace, token: str | None, request_id: str) -> dict:
         request = rq.request_by_id(a.uow, request_id)
         if request.requester != a.principal.name and not a.principal.has_role("admin"):
             raise Denied("only the requester or an admin can cancel a request")
-        rq.move_request(a.uow, request, RequestState.CANCELLED)
-    return show_request(ws, token, request_id)
+        out = view(ws, a.uow, rq.move_request(a.uow, request, RequestState.CANCELLED))
+    return out
 
 
 # -- reading ------------------------------------------------------------------------------

@@ -95,8 +95,7 @@ def purge_freed(engine: Engine) -> None:
             raw.close()
 
 
-_HEAD = text("SELECT size FROM ledger_head WHERE id = 1")
-_HEAD_FOR_UPDATE = text("SELECT size FROM ledger_head WHERE id = 1 FOR UPDATE")
+_CLAIM = text("UPDATE ledger_head SET size = size + 1 WHERE id = 1 RETURNING size")
 
 
 class UnitOfWork:
@@ -109,12 +108,11 @@ class UnitOfWork:
     def dialect(self) -> str:
         return self.conn.dialect.name
 
-    def lock_ledger_head(self) -> int:
-        """Serialise ledger appends across processes; returns the current tree size.
-
-        SQLite write transactions already hold the database lock (BEGIN IMMEDIATE); PostgreSQL
-        takes the head row's lock until commit."""
-        return int(self.conn.execute(_HEAD_FOR_UPDATE if self.dialect == "postgresql" else _HEAD).scalar_one())
+    def claim_ledger_position(self) -> int:
+        """The next ledger position, taken in one statement that also serialises appends across
+        processes: PostgreSQL holds the head row's lock until commit, and a SQLite write
+        transaction holds the database lock already (BEGIN IMMEDIATE). A rollback gives it back."""
+        return int(self.conn.execute(_CLAIM).scalar_one()) - 1
 
 
 _SQLITE_WRITERS: dict[str, threading.RLock] = {}

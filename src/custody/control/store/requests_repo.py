@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -46,6 +46,8 @@ def _request(uow: UnitOfWork, row) -> Request:  # noqa: ANN001
     )
 
 
+_REQUEST_FIELDS = frozenset(f.name for f in fields(Request))
+
 # Built once: every request's creation, decision and approval runs these.
 _INSERT_REQUEST = insert(t.requests)
 _REQUEST = select(t.requests).where(t.requests.c.id == bindparam("id"))
@@ -87,12 +89,14 @@ def list_requests(uow: UnitOfWork, *, requester: str | None = None, state: str |
     return [_request(uow, r) for r in uow.conn.execute(q)]
 
 
-def move_request(uow: UnitOfWork, request: Request, state: RequestState, **values) -> None:  # noqa: ANN003
+def move_request(uow: UnitOfWork, request: Request, state: RequestState, **values) -> Request:  # noqa: ANN003
+    """Move a request on (only from the state it was read in); returns it as it now is."""
     check_move(request.state, state, request.id)
     result = uow.conn.execute(_MOVE, {"b_id": request.id, "b_state": request.state.value, "state": state.value,
                                       "updated_at": now(), **values})
     if result.rowcount != 1:  # someone else moved it first: never act on a stale view
         raise InvalidState(f"request {request.id} changed while this action ran; try again")
+    return replace(request, state=state, **{k: v for k, v in values.items() if k in _REQUEST_FIELDS})
 
 
 def set_writer(uow: UnitOfWork, request_id: str, writer: str | None) -> None:
