@@ -73,8 +73,7 @@ def serve(ctx: Ctx, host: Annotated[str, typer.Option()] = "127.0.0.1",
           seed_demo: Annotated[bool, typer.Option("--seed-demo", help="No workspace at --home? Create the demo one "
                                                   "(people, model, requests in every state) and print its tokens.")] = False) -> None:
     """Serve the portal (/portal), the REST API (OpenAPI at /openapi.json, /docs), /metrics, /healthz and /readyz."""
-    import uvicorn
-
+    from custody.api import server
     from custody.cli import portal_demo
     from custody.control.workspace import CONFIG
 
@@ -98,8 +97,7 @@ def serve(ctx: Ctx, host: Annotated[str, typer.Option()] = "127.0.0.1",
                 totp = f"  TOTP seed {p['totp_secret']}" if p.get("totp_secret") else ""
                 output.err.print(f"  {name:<6} {p['role'] + ' (' + p['team'] + ')':<26} {p['token']}{totp}", markup=False)
             output.err.print("approvers: add the TOTP seed to an authenticator app to approve in the portal")
-    uvicorn.run("custody.api.app:app_from_env", factory=True, host=host, port=port, workers=workers,
-                log_level="warning")
+    server.serve(host, port, workers)
 
 
 @command(app, "sweep")
