@@ -7,7 +7,10 @@ processes never deadlock upgrading a read lock, and ledger appends are serialise
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -115,18 +118,61 @@ class UnitOfWork:
         return int(self.conn.execute(_CLAIM).scalar_one()) - 1
 
 
-_SQLITE_WRITERS: dict[str, threading.RLock] = {}
+class _SqliteWriters:
+    """SQLite has one writer at a time. Writers queue here, threads on a lock and processes on
+    an flock of a file beside the database, and are woken the moment it is free; left to
+    SQLite's busy handler they would sleep in steps of up to 100 ms (a server's tail latency).
+    Re-entrant within a thread; after BUSY_SECONDS the write fails clearly, as SQLite's own
+    timeout would."""
+
+    BUSY_SECONDS = 30
+
+    def __init__(self, database: str) -> None:
+        self._thread = threading.RLock()
+        self._fd = os.open(database + "-writers.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        self._depth = 0
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        with self._thread:
+            if self._depth == 0:
+                self._acquire()
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def _acquire(self) -> None:
+        deadline = time.monotonic() + self.BUSY_SECONDS
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise CustodyError("database error: another process has held the write lock for "
+                                       f"{self.BUSY_SECONDS} s") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.004)
+
+
+_SQLITE_WRITERS: dict[str, _SqliteWriters] = {}
+_WRITERS_LOCK = threading.Lock()
 
 
 @contextmanager
-def _one_writer_per_process(engine: Engine, readonly: bool) -> Iterator[None]:
-    """SQLite has one writer at a time; threads of one process queue on a lock here rather than
-    in SQLite's busy handler, whose sleeps grow to 100 ms (a server's threads would spin there)."""
-    if readonly or engine.dialect.name != "sqlite":
+def _one_writer(engine: Engine, readonly: bool) -> Iterator[None]:
+    database = engine.url.database if engine.dialect.name == "sqlite" else None
+    if readonly or not database or database == ":memory:":
         yield
         return
-    lock = _SQLITE_WRITERS.setdefault(str(engine.url), threading.RLock())  # re-entrant: a nested write still meets SQLite's own timeout
-    with lock:
+    with _WRITERS_LOCK:
+        writers = _SQLITE_WRITERS.get(database) or _SQLITE_WRITERS.setdefault(database, _SqliteWriters(database))
+    with writers.held():
         yield
 
 
@@ -134,7 +180,7 @@ def _one_writer_per_process(engine: Engine, readonly: bool) -> Iterator[None]:
 def transaction(engine: Engine, readonly: bool = False) -> Iterator[UnitOfWork]:
     """A transaction; a read-only one takes no write lock (long audits must not block writers)."""
     try:
-        with _one_writer_per_process(engine, readonly), engine.connect() as conn:
+        with _one_writer(engine, readonly), engine.connect() as conn:
             conn.execution_options(custody_readonly=readonly)
             if readonly and conn.dialect.name == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for the whole read
