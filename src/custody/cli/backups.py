@@ -28,7 +28,7 @@ def policy_set(ctx: Ctx, asset: str, zone: Annotated[str, typer.Option()],
                rto: Annotated[str, typer.Option(help="Longest tolerable restore time: 1h.")] = "1h") -> None:
     """Set an asset's backup schedule and retention."""
     p = ctx.call(backups.set_policy, asset, zone=zone, every=every, keep_daily=keep_daily,
-                           keep_weekly=keep_weekly, keep_monthly=keep_monthly, rpo=rpo, rto=rto)
+                 keep_weekly=keep_weekly, keep_monthly=keep_monthly, rpo=rpo, rto=rto)
     emit(ctx, p, lambda: output.fields(p))
 
 

@@ -231,7 +231,7 @@ def exception_propose(ctx: Ctx, policy_id: Annotated[str, typer.Option("--policy
                       expires: Annotated[str, typer.Option(help="How long it lasts once active: 7d, 12h, ...")]) -> None:
     """Propose switching one policy off for one asset and zone (needs two approvals)."""
     r = ctx.call(exceptions.propose, policy=policy_id, asset=asset, zone=zone, justification=justification,
-                           expires=expires)
+                 expires=expires)
     emit(ctx, r, lambda: output.out.print(f"exception {r['id']} proposed: {r['policy']} off for {r['asset']} in {r['zone']}"))
 
 

@@ -130,7 +130,7 @@ def zone_add(ctx: Ctx, name: str,
              security_level: Annotated[int, typer.Option(help="1-5 (RAND SL)")]) -> None:
     """Register a zone."""
     z = ctx.call(zones.add_zone, name=name, url=url, kind=kind, region=region, jurisdiction=jurisdiction,
-                       security_level=security_level)
+                 security_level=security_level)
     emit(ctx, z, lambda: output.out.print(f"zone {z['name']} added ({z['kind']}, {z['jurisdiction']}, SL{z['security_level']})"))
 
 
