@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Mapping, Sequence
 
-from sqlalchemy import bindparam, insert, select
+from sqlalchemy import bindparam, insert, select, tuple_
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from custody.control.ledger import merkle
@@ -28,8 +28,8 @@ def utc_now() -> str:
 
 # Statements built once: appends are the hottest path in custody, and building SQLAlchemy
 # expressions per call cost more than the database work itself.
-_NODE = select(t.ledger_nodes.c.hash).where(
-    t.ledger_nodes.c.level == bindparam("level"), t.ledger_nodes.c.idx == bindparam("idx")
+_NODES = select(t.ledger_nodes.c.level, t.ledger_nodes.c.idx, t.ledger_nodes.c.hash).where(
+    tuple_(t.ledger_nodes.c.level, t.ledger_nodes.c.idx).in_(bindparam("keys", expanding=True))
 )
 _INSERT_EVENT = insert(t.ledger_events)
 _INSERT_NODES = insert(t.ledger_nodes)
@@ -43,10 +43,9 @@ class StoredNodes:
 
     def get_nodes(self, keys: Sequence[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
         found = {}
-        for level, idx in keys:
-            h = self.conn.execute(_NODE, {"level": level, "idx": idx}).scalar_one_or_none()
-            if h is not None:
-                found[(level, idx)] = bytes(h)
+        if keys:  # one round trip for all of them (appends run it while holding the ledger lock)
+            rows = self.conn.execute(_NODES, {"keys": [tuple(k) for k in keys]})
+            found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
         missing = [k for k in keys if k not in found]
         if missing:
             raise IntegrityError(f"ledger tree node {missing[0]} is missing")
@@ -83,18 +82,15 @@ def append(
         details=details or {},
     )
     line = event.line()
-    conn = uow.conn
-    try:
-        conn.execute(
-            _INSERT_EVENT,
-            {"seq": size, "time": event.time, "actor": actor, "action": action, "subject": subject,
-             "outcome": outcome, "line": line.decode("utf-8")},
-        )
-    except DBIntegrityError:
-        raise IntegrityError(f"ledger head says {size} events but event {size} already exists: "
-                             "the ledger was tampered with (run custody audit verify)") from None
+    row = {"seq": size, "time": event.time, "actor": actor, "action": action, "subject": subject,
+           "outcome": outcome, "line": line.decode("utf-8")}
     nodes = merkle.nodes_to_store_on_append(size, merkle.leaf_hash(line), StoredNodes(uow))
-    conn.execute(_INSERT_NODES, [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
+    try:
+        uow.conn.execute(_INSERT_EVENT, row)
+        uow.conn.execute(_INSERT_NODES, [{"level": lv, "idx": ix, "hash": h} for lv, ix, h in nodes])
+    except DBIntegrityError:
+        raise IntegrityError(f"ledger head says {size} events but event {size} (or its tree nodes) already "
+                             "exist: the ledger was tampered with (run custody audit verify)") from None
     return event
 
 
