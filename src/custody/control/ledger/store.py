@@ -7,12 +7,14 @@ read O(log n) stored nodes; only `verify` walks everything.
 
 from __future__ import annotations
 
+import functools
+
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterator, Mapping, Sequence
 
-from sqlalchemy import bindparam, insert, select, tuple_
+from sqlalchemy import and_, bindparam, insert, or_, select
 from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from custody.control.ledger import merkle
@@ -28,9 +30,13 @@ def utc_now() -> str:
 
 # Statements built once: appends are the hottest path in custody, and building SQLAlchemy
 # expressions per call cost more than the database work itself.
-_NODES = select(t.ledger_nodes.c.level, t.ledger_nodes.c.idx, t.ledger_nodes.c.hash).where(
-    tuple_(t.ledger_nodes.c.level, t.ledger_nodes.c.idx).in_(bindparam("keys", expanding=True))
-)
+@functools.lru_cache(maxsize=64)
+def _nodes(count: int):  # noqa: ANN202
+    """Look-up of `count` tree nodes by key in one statement (an OR of key equalities: each term
+    uses the primary key, where a row-value IN makes SQLite scan the table)."""
+    n = t.ledger_nodes.c
+    return select(n.level, n.idx, n.hash).where(
+        or_(*(and_(n.level == bindparam(f"l{i}"), n.idx == bindparam(f"i{i}")) for i in range(count))))
 _INSERT_EVENT = insert(t.ledger_events)
 _INSERT_NODES = insert(t.ledger_nodes)
 
@@ -44,7 +50,8 @@ class StoredNodes:
     def get_nodes(self, keys: Sequence[tuple[int, int]]) -> Mapping[tuple[int, int], bytes]:
         found = {}
         if keys:  # one round trip for all of them (appends run it while holding the ledger lock)
-            rows = self.conn.execute(_NODES, {"keys": [tuple(k) for k in keys]})
+            params = {f"{p}{i}": v for i, key in enumerate(keys) for p, v in zip("li", key)}
+            rows = self.conn.execute(_nodes(len(keys)), params)
             found = {(int(r.level), int(r.idx)): bytes(r.hash) for r in rows}
         missing = [k for k in keys if k not in found]
         if missing:
