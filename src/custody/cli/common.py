@@ -57,11 +57,11 @@ _COMMON = [
     inspect.Parameter("json_", inspect.Parameter.KEYWORD_ONLY, default=False,
                       annotation=Annotated[bool, typer.Option("--json", help="Print one JSON document.")]),
     inspect.Parameter("home", inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=Annotated[Path | None, typer.Option("--home", help="Workspace folder [env: CUSTODY_HOME, default ./.custody].")]),
+                      annotation=Annotated[Path | None, typer.Option("--home", help="Workspace folder (env CUSTODY_HOME; default ./.custody).")]),
     inspect.Parameter("token", inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=Annotated[str | None, typer.Option("--token", help="Acting principal's token [env: CUSTODY_TOKEN].", show_default=False)]),
+                      annotation=Annotated[str | None, typer.Option("--token", help="Acting principal's token (env CUSTODY_TOKEN).", show_default=False)]),
     inspect.Parameter("server", inspect.Parameter.KEYWORD_ONLY, default=None,
-                      annotation=Annotated[str | None, typer.Option("--server", help="Act through a custody server at this URL [env: CUSTODY_SERVER].", show_default=False)]),
+                      annotation=Annotated[str | None, typer.Option("--server", help="Act through a custody server at this URL (env CUSTODY_SERVER).", show_default=False)]),
 ]
 
 
