@@ -277,7 +277,7 @@ def bench_backup(work: Path, size: int, rounds: int) -> dict:
         for f in prod_files:
             drop_caches_of(f)
         t0 = time.perf_counter()
-        first = backups.run(ws, dave, "m")[0]
+        backups.run(ws, dave, "m")
         ours.append(time.perf_counter() - t0)
         shutil.rmtree(restic_repo, ignore_errors=True)
         shutil.rmtree(str(restic_repo) + ".cache", ignore_errors=True)
@@ -323,7 +323,7 @@ def bench_backup(work: Path, size: int, rounds: int) -> dict:
         for f in repo_files:
             drop_caches_of(f)
         t0 = time.perf_counter()
-        done = copies.run(ws, dave, req["id"])
+        copies.run(ws, dave, req["id"])
         ours.append(time.perf_counter() - t0)
         copies.revoke(ws, dave, req["id"], reason="bench")
         target = work / "restic-restore"
