@@ -65,6 +65,14 @@ def arrive(page, pattern: str) -> None:  # noqa: ANN001
         pytest.fail(f"expected {pattern}, got {page.url}: {page.inner_text('main')[:500]}")
 
 
+def fill_request(page, purpose: str, ttl: str) -> None:  # noqa: ANN001
+    """A research copy into zone research, on the new-request form."""
+    page.select_option("#to", "research")
+    page.select_option("#kind", "research")
+    page.fill("#purpose", purpose)
+    page.fill("#ttl", ttl)
+
+
 def totp_code(secret: str) -> str:
     """The next step's code: the seed spent codes up to the current step (steps are single use)."""
     totp = pyotp.TOTP(secret)
@@ -89,10 +97,7 @@ def test_a_research_clone_asked_approved_and_delivered_in_the_browser(demo, brow
     alice.click("#choose")
     offered = alice.locator("#to option").all_inner_texts()
     assert "research" in offered and "eu-research" not in offered  # demo-llm may not leave the US
-    alice.select_option("#to", "research")
-    alice.select_option("#kind", "research")
-    alice.fill("#purpose", "probe attention heads")
-    alice.fill("#ttl", "20h")
+    fill_request(alice, "probe attention heads", "20h")
     alice.click("#preview")
     preview = alice.inner_text("#preview-result")
     assert "Allowed" in preview and "Needs 2 approvals from ml-lead or security, distinct teams, with MFA" in preview
@@ -138,10 +143,7 @@ def test_a_forbidden_request_shows_the_policy_reason(demo, browser) -> None:  # 
     base, people = demo
     alice = sign_in(browser, base, people["people"]["alice"]["token"])
     alice.goto("/portal/requests/new")
-    alice.select_option("#to", "research")
-    alice.select_option("#kind", "research")
-    alice.fill("#purpose", "a long study")
-    alice.fill("#ttl", "90d")
+    fill_request(alice, "a long study", "90d")
     alice.click("#submit")
     error = alice.inner_text(".error")
     assert "denied" in error and "above the 30d that approval rule 'sensitive-copy' allows" in error

@@ -57,7 +57,7 @@ PEOPLE = (("lena", "ml-lead", "platform"), ("alice", "researcher", "nlp"), ("bob
           ("carol", "security", "security"), ("dave", "backup-operator", "infra"), ("erin", "on-call", "sre"))
 
 
-def _code(secret: str, used: dict[str, int], who: str) -> str:
+def next_code(secret: str, used: dict[str, int], who: str) -> str:
     """The authenticator app's code: the next time step this person has not used yet."""
     totp = pyotp.TOTP(secret)
     step = max(totp.timecode(datetime.now(timezone.utc)) - 1, used.get(who, -10) + 1)
@@ -86,9 +86,9 @@ def _governed_copies(ws: Workspace, admin: str, people: dict[str, str], scratch:
     used: dict[str, int] = {}
     secrets = {who: mfa.enroll(ws, people[who])["secret"] for who in ("bob", "carol")}
     for who in ("bob", "carol"):
-        mfa.verify(ws, people[who], _code(secrets[who], used, who))  # the new factor counts from its first code
+        mfa.verify(ws, people[who], next_code(secrets[who], used, who))  # the new factor counts from its first code
     for who in ("bob", "carol"):
-        clone = requests.approve(ws, people[who], clone["id"], otp=_code(secrets[who], used, who), comment="ok")
+        clone = requests.approve(ws, people[who], clone["id"], otp=next_code(secrets[who], used, who), comment="ok")
     clone = copies.run(ws, people["alice"], clone["id"])
     facts["clone"] = clone["result_replica"]
     say(f"   bob and carol approve with TOTP codes; the grant is spent and replica {clone['result_replica'][:8]}… "

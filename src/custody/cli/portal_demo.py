@@ -10,12 +10,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from datetime import datetime, timezone
 from pathlib import Path
 
-import pyotp
-
-from custody.cli.demo import PEOPLE, make_model
+from custody.cli.demo import PEOPLE, make_model, next_code
 from custody.control.services import assets, audit, copies, mfa, principals, requests, setup, zones
 from custody.control.workspace import Workspace
 from custody.keys.local import DEFAULT_LOG_N
@@ -23,14 +20,6 @@ from custody.keys.local import DEFAULT_LOG_N
 PEOPLE_FILE = "demo-people.json"
 SEEDERS = ("lena", "grace")  # approve the seeded requests, so bob's and carol's next codes stay unused
 MFA_PEOPLE = ("bob", "carol") + SEEDERS
-
-
-def code_for(secret: str, last_used: dict[str, int], who: str) -> str:
-    """An authenticator's code at a time step this person has not used yet."""
-    totp = pyotp.TOTP(secret)
-    step = max(totp.timecode(datetime.now(timezone.utc)) - 1, last_used.get(who, -10) + 1)
-    last_used[who] = step
-    return totp.generate_otp(step)
 
 
 def seed(home: Path) -> dict:
@@ -48,7 +37,7 @@ def seed(home: Path) -> dict:
         used: dict[str, int] = {}
         for who in MFA_PEOPLE:
             secret = mfa.enroll(ws, tok[who])["secret"]
-            mfa.verify(ws, tok[who], code_for(secret, used, who))
+            mfa.verify(ws, tok[who], next_code(secret, used, who))
             people[who]["totp_secret"] = secret
         with tempfile.TemporaryDirectory(prefix="custody-demo-model-") as scratch:
             model = Path(scratch) / "demo-llm"
@@ -62,7 +51,7 @@ def seed(home: Path) -> dict:
         def approved(purpose: str) -> str:
             r = requests.create(ws, tok["alice"], "demo-llm", to="research", kind="research", purpose=purpose, ttl="7d")
             for who in SEEDERS:
-                requests.approve(ws, tok[who], r["id"], otp=code_for(people[who]["totp_secret"], used, who))
+                requests.approve(ws, tok[who], r["id"], otp=next_code(people[who]["totp_secret"], used, who))
             return r["id"]
 
         copies.run(ws, tok["dave"], requests.create(ws, tok["dave"], "demo-llm", to="backup", kind="backup",

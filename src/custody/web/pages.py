@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from custody.api.app import status_for
+from custody.control.policy.durations import format_duration
 from custody.control.services import (
     assets,
     audit,
@@ -59,14 +60,8 @@ def _size(n: int | None) -> str:
     raise AssertionError("unreachable")
 
 
-def _duration(s: float | None) -> str:
-    if s is None:
-        return "none"
-    s = int(s)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= size and s % size == 0:
-            return f"{s // size}{unit}"
-    return f"{s}s"
+def _duration(seconds: float | None) -> str:
+    return "none" if seconds is None else format_duration(int(seconds))
 
 
 def portal_router(ws: Workspace) -> APIRouter:

@@ -14,13 +14,10 @@ from custody.control.door import act
 from custody.control.ledger import store as ledger
 from custody.control.services import metrics
 from custody.control.store import schema as t
+from custody.control.store.repositories import as_utc
 from custody.control.workspace import Workspace
 
 DAYS = 14
-
-
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
 
 
 def figures(ws: Workspace, token: str | None, days: int = DAYS) -> dict:
@@ -33,7 +30,7 @@ def figures(ws: Workspace, token: str | None, days: int = DAYS) -> dict:
         r, rep = t.requests.c, t.replicas.c
         attempts = {d: {"allowed": 0, "denied": 0} for d in span}
         for created, state in c.execute(select(r.created_at, r.state).where(r.created_at >= start)):
-            day = attempts.get(_utc(created).date())
+            day = attempts.get(as_utc(created).date())
             if day is not None:  # a clock ahead of this server's puts a request past today
                 day["denied" if state == "denied" else "allowed"] += 1
         replica_rows = c.execute(select(rep.kind, rep.zone, rep.state, rep.created_at, rep.updated_at)
@@ -74,7 +71,7 @@ def _replicas_over_time(rows: list, span: list[date]) -> dict[str, list[int]]:
     for kind, zone, state, created, updated in rows:
         if state == "pending":
             continue  # never readable, never a copy
-        born, ended = _utc(created).date(), None if state == "active" else _utc(updated).date()
+        born, ended = as_utc(created).date(), None if state == "active" else as_utc(updated).date()
         counts = series.setdefault(f"{kind}/{zone}", [0] * len(span))
         for i, d in enumerate(span):
             if born <= d and (ended is None or ended > d):

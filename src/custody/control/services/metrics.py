@@ -14,6 +14,7 @@ from sqlalchemy import func, select
 from custody.control.door import identify
 from custody.control.ledger import store as ledger
 from custody.control.store import schema as t
+from custody.control.store.repositories import as_utc
 from custody.control.workspace import Workspace
 
 CYCLE_BUCKETS = (60, 300, 900, 3600, 4 * 3600, 24 * 3600, 72 * 3600)
@@ -48,9 +49,7 @@ def _approval_cycles(uow) -> list[float]:  # noqa: ANN001
     for created, last in rows:
         if created is None or last is None:
             continue
-        created = created if created.tzinfo else created.replace(tzinfo=timezone.utc)
-        last = last if last.tzinfo else last.replace(tzinfo=timezone.utc)
-        out.append(max(0.0, (last - created).total_seconds()))
+        out.append(max(0.0, (as_utc(last) - as_utc(created)).total_seconds()))
     return out
 
 

@@ -11,11 +11,9 @@ import hashlib
 import secrets
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import insert, select, update
-
 from custody.control import views
 from custody.control.door import act
-from custody.control.store import schema as t
+from custody.control.store import repositories as repo
 from custody.control.workspace import Workspace
 
 LIFETIME = timedelta(hours=8)
@@ -30,8 +28,7 @@ def start(ws: Workspace, token: str | None) -> dict:
     with act(ws, token, "session.sign_in") as a:
         session_id = secrets.token_urlsafe(32)
         now = datetime.now(timezone.utc)
-        a.uow.conn.execute(insert(t.web_sessions).values(id_hash=_hash(session_id), principal=a.principal.name,
-                                                          created_at=now, expires_at=now + LIFETIME))
+        repo.add_web_session(a.uow, _hash(session_id), a.principal.name, now, now + LIFETIME)
         a.record(details={"expires_at": views.ts(now + LIFETIME)})
         return {**views.principal(a.principal), "session": session_id,
                 "expires_in": int(LIFETIME.total_seconds())}
@@ -40,22 +37,17 @@ def start(ws: Workspace, token: str | None) -> dict:
 def live(ws: Workspace, session_id: str, principal: str) -> bool:
     """Is this session still on: started, not ended, not expired, and the principal's own?
     Read on every page, so not ledgered; the services each page calls ledger what it does."""
-    s = t.web_sessions.c
     with ws.uow(readonly=True) as uow:
-        row = uow.conn.execute(select(s.principal, s.expires_at, s.ended_at)
-                               .where(s.id_hash == _hash(session_id))).first()
-    if row is None or row.ended_at is not None or row.principal != principal:
+        found = repo.web_session(uow, _hash(session_id))
+    if found is None:
         return False
-    expires = row.expires_at if row.expires_at.tzinfo else row.expires_at.replace(tzinfo=timezone.utc)
-    return expires > datetime.now(timezone.utc)
+    owner, expires_at, ended_at = found
+    return owner == principal and ended_at is None and expires_at > datetime.now(timezone.utc)
 
 
 def end(ws: Workspace, token: str | None, session_id: str) -> dict:
     """Sign out: the session stops working in every server process at once."""
     with act(ws, token, "session.sign_out") as a:
-        s = t.web_sessions.c
-        ended = a.uow.conn.execute(update(t.web_sessions).where(
-            s.id_hash == _hash(session_id), s.principal == a.principal.name, s.ended_at.is_(None))
-            .values(ended_at=datetime.now(timezone.utc))).rowcount
-        a.record(details={"ended": bool(ended)})
-    return {"ended": bool(ended)}
+        ended = repo.end_web_session(a.uow, _hash(session_id), a.principal.name, datetime.now(timezone.utc))
+        a.record(details={"ended": ended})
+    return {"ended": ended}

@@ -9,7 +9,7 @@ from sqlalchemy import insert, select, update
 
 from custody.control.store import schema as t
 from custody.control.store.db import UnitOfWork
-from custody.control.store.repositories import _utc, now
+from custody.control.store.repositories import as_utc, now
 from custody.domain.errors import NotFound
 
 
@@ -96,9 +96,9 @@ def add_repository(uow: UnitOfWork, repo_id: str, zone: str, asset_id: str, key_
 
 
 def _snapshot(r) -> Snapshot:  # noqa: ANN001
-    return Snapshot(r.id, r.repo_id, r.asset_name, r.version_id, r.request_id, _utc(r.created_at), r.manifest_json,
-                    r.bundle_json, r.manifest_signature, r.logical_bytes, r.added_bytes, _utc(r.immutable_until), r.state,
-                    _utc(r.verified_at))
+    return Snapshot(r.id, r.repo_id, r.asset_name, r.version_id, r.request_id, as_utc(r.created_at), r.manifest_json,
+                    r.bundle_json, r.manifest_signature, r.logical_bytes, r.added_bytes, as_utc(r.immutable_until), r.state,
+                    as_utc(r.verified_at))
 
 
 def add_snapshot(uow: UnitOfWork, s: Snapshot) -> None:
@@ -150,7 +150,7 @@ def deletion_by_id(uow: UnitOfWork, deletion_id: str) -> dict:
     row = uow.conn.execute(select(t.deletions).where(t.deletions.c.id == deletion_id)).first()
     if row is None:
         raise NotFound(f"no deletion proposal {deletion_id}")
-    return dict(row._mapping) | {"created_at": _utc(row.created_at)}
+    return dict(row._mapping) | {"created_at": as_utc(row.created_at)}
 
 
 def open_deletion(uow: UnitOfWork, target_kind: str, target_id: str, proposer: str) -> dict | None:
@@ -158,7 +158,7 @@ def open_deletion(uow: UnitOfWork, target_kind: str, target_id: str, proposer: s
     row = uow.conn.execute(select(t.deletions).where(d.target_kind == target_kind, d.target_id == target_id,
                                                      d.proposer == proposer, d.state == "proposed")
                            .order_by(d.created_at.desc())).first()
-    return None if row is None else dict(row._mapping) | {"created_at": _utc(row.created_at)}
+    return None if row is None else dict(row._mapping) | {"created_at": as_utc(row.created_at)}
 
 
 def close_deletion(uow: UnitOfWork, deletion_id: str) -> None:

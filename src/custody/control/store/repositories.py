@@ -31,7 +31,8 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def as_utc(value: datetime | None) -> datetime | None:
+    """Every stored time is UTC; SQLite hands them back without a zone."""
     if value is None:
         return None
     return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
@@ -74,7 +75,7 @@ def _principal(row) -> Principal:  # noqa: ANN001
         team=row.team,
         attributes=dict(row.attributes),
         suspended=bool(row.suspended),
-        created_at=_utc(row.created_at),
+        created_at=as_utc(row.created_at),
         created_by=row.created_by,
     )
 
@@ -118,7 +119,7 @@ def suspend_principal(uow: UnitOfWork, name: str) -> None:
 def _zone(row) -> Zone:  # noqa: ANN001
     return Zone(
         name=row.name, url=row.url, kind=ZoneKind(row.kind), region=row.region, jurisdiction=row.jurisdiction,
-        security_level=row.security_level, custodian=row.custodian, created_at=_utc(row.created_at),
+        security_level=row.security_level, custodian=row.custodian, created_at=as_utc(row.created_at),
     )
 
 
@@ -167,7 +168,7 @@ def asset_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Asset
         if missing_ok:
             return None
         raise NotFound(f"no asset named {name}")
-    return Asset(id=row.id, name=row.name, owner=row.owner, created_at=_utc(row.created_at))
+    return Asset(id=row.id, name=row.name, owner=row.owner, created_at=as_utc(row.created_at))
 
 
 def add_asset(uow: UnitOfWork, a: Asset) -> None:
@@ -176,7 +177,7 @@ def add_asset(uow: UnitOfWork, a: Asset) -> None:
 
 def list_assets(uow: UnitOfWork) -> list[Asset]:
     return [
-        Asset(id=r.id, name=r.name, owner=r.owner, created_at=_utc(r.created_at))
+        Asset(id=r.id, name=r.name, owner=r.owner, created_at=as_utc(r.created_at))
         for r in uow.conn.execute(select(t.assets).order_by(t.assets.c.name))
     ]
 
@@ -187,7 +188,7 @@ def _version(row) -> AssetVersion:  # noqa: ANN001
         total_size=row.total_size, file_count=row.file_count, format=row.format, parameters=row.parameters,
         unsafe=bool(row.unsafe), classification=Classification(row.classification),
         jurisdictions=tuple(row.jurisdictions), min_security_level=row.min_security_level, labels=dict(row.labels),
-        previous_id=row.previous_id, bundle_json=row.bundle_json, created_at=_utc(row.created_at),
+        previous_id=row.previous_id, bundle_json=row.bundle_json, created_at=as_utc(row.created_at),
     )
 
 
@@ -287,8 +288,8 @@ def data_keys_by_kek(uow: UnitOfWork) -> dict[tuple[str, int], int]:
 def _replica(row) -> Replica:  # noqa: ANN001
     return Replica(
         id=row.id, version_id=row.version_id, zone=row.zone, kind=ReplicaKind(row.kind), state=ReplicaState(row.state),
-        key_id=row.key_id, created_by=row.created_by, request_id=row.request_id, expires_at=_utc(row.expires_at),
-        created_at=_utc(row.created_at), bytes_sealed=row.bytes_sealed, writer=row.writer,
+        key_id=row.key_id, created_by=row.created_by, request_id=row.request_id, expires_at=as_utc(row.expires_at),
+        created_at=as_utc(row.created_at), bytes_sealed=row.bytes_sealed, writer=row.writer,
     )
 
 
@@ -348,3 +349,24 @@ def live_replica_ids(uow: UnitOfWork) -> set[str]:
     live = (ReplicaState.ACTIVE.value, ReplicaState.PENDING.value)
     q = select(t.replicas.c.id).where(t.replicas.c.state.in_(live))
     return set(uow.conn.execute(q).scalars())
+
+
+# -- portal sessions ------------------------------------------------------------------------
+
+
+def add_web_session(uow: UnitOfWork, id_hash: str, principal: str, created_at: datetime, expires_at: datetime) -> None:
+    uow.conn.execute(insert(t.web_sessions).values(id_hash=id_hash, principal=principal, created_at=created_at,
+                                                    expires_at=expires_at))
+
+
+def web_session(uow: UnitOfWork, id_hash: str) -> tuple[str, datetime, datetime | None] | None:
+    """(principal, expires_at, ended_at) of a session, or None."""
+    s = t.web_sessions.c
+    row = uow.conn.execute(select(s.principal, s.expires_at, s.ended_at).where(s.id_hash == id_hash)).first()
+    return None if row is None else (row.principal, as_utc(row.expires_at), as_utc(row.ended_at))
+
+
+def end_web_session(uow: UnitOfWork, id_hash: str, principal: str, at: datetime) -> bool:
+    s = t.web_sessions.c
+    return uow.conn.execute(update(t.web_sessions).where(s.id_hash == id_hash, s.principal == principal,
+                                                         s.ended_at.is_(None)).values(ended_at=at)).rowcount == 1

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 
 from custody.control.store import schema as t
 from custody.control.store.db import UnitOfWork
-from custody.control.store.repositories import _utc, now
+from custody.control.store.repositories import as_utc, now
 from custody.domain.errors import InvalidState, NotFound
 from custody.domain.model import new_id
 from custody.domain.requests import (
@@ -39,8 +39,8 @@ def _request(uow: UnitOfWork, row) -> Request:  # noqa: ANN001
         id=row.id, requester=row.requester, asset=row.asset_name, version_id=row.version_id,
         version_digest=row.version_digest, source_replica=row.source_replica, destination_zone=row.destination_zone,
         kind=RequestKind(row.kind), purpose=row.purpose, state=RequestState(row.state), ttl_seconds=row.ttl_seconds,
-        break_glass=bool(row.break_glass), decision=_decision(row.decision), created_at=_utc(row.created_at),
-        window_expires_at=_utc(row.window_expires_at), grant_expires_at=_utc(row.grant_expires_at),
+        break_glass=bool(row.break_glass), decision=_decision(row.decision), created_at=as_utc(row.created_at),
+        window_expires_at=as_utc(row.window_expires_at), grant_expires_at=as_utc(row.grant_expires_at),
         result_replica=row.result_replica, approvals=tuple(approvals(uow, "request", row.id)),
         source_snapshot=row.source_snapshot, method=row.method,
     )
@@ -128,7 +128,7 @@ def add_signoff(uow: UnitOfWork, kind: str, subject_id: str, a: Approval) -> Non
 def approvals(uow: UnitOfWork, kind: str, subject_id: str) -> list[Approval]:
     rows = uow.conn.execute(_SIGNOFFS, {"kind": kind, "subject_id": subject_id})
     return [Approval(request_id=r.subject_id, approver=r.principal, team=r.team, roles=tuple(r.roles),
-                     at=_utc(r.at), mfa_verified=bool(r.mfa_verified), comment=r.comment, signature=r.signature)
+                     at=as_utc(r.at), mfa_verified=bool(r.mfa_verified), comment=r.comment, signature=r.signature)
             for r in rows]
 
 
@@ -142,7 +142,7 @@ def add_grant(uow: UnitOfWork, request_id: str, token: str, use_id: str, expires
 
 def grant_of(uow: UnitOfWork, request_id: str) -> tuple[str, str, datetime] | None:
     row = uow.conn.execute(select(t.grants).where(t.grants.c.request_id == request_id)).first()
-    return None if row is None else (row.token, row.use_id, _utc(row.expires_at))
+    return None if row is None else (row.token, row.use_id, as_utc(row.expires_at))
 
 
 def use_grant(uow: UnitOfWork, use_id: str, request_id: str) -> None:
@@ -215,7 +215,7 @@ def reviews(uow: UnitOfWork, open_only: bool = False) -> list[dict]:
     q = select(t.reviews).order_by(t.reviews.c.opened_at)
     if open_only:
         q = q.where(t.reviews.c.closed_at.is_(None))
-    return [dict(r._mapping) | {"opened_at": _utc(r.opened_at), "closed_at": _utc(r.closed_at)}
+    return [dict(r._mapping) | {"opened_at": as_utc(r.opened_at), "closed_at": as_utc(r.closed_at)}
             for r in uow.conn.execute(q)]
 
 
@@ -223,7 +223,7 @@ def review_by_id(uow: UnitOfWork, review_id: str) -> dict:
     row = uow.conn.execute(select(t.reviews).where(t.reviews.c.id == review_id)).first()
     if row is None:
         raise NotFound(f"no review {review_id}")
-    return dict(row._mapping) | {"opened_at": _utc(row.opened_at), "closed_at": _utc(row.closed_at)}
+    return dict(row._mapping) | {"opened_at": as_utc(row.opened_at), "closed_at": as_utc(row.closed_at)}
 
 
 def close_review(uow: UnitOfWork, review_id: str) -> None:
@@ -246,12 +246,12 @@ def exception_by_id(uow: UnitOfWork, exc_id: str) -> dict:
     row = uow.conn.execute(select(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id)).first()
     if row is None:
         raise NotFound(f"no exception {exc_id}")
-    return dict(row._mapping) | {"expires_at": _utc(row.expires_at), "created_at": _utc(row.created_at)}
+    return dict(row._mapping) | {"expires_at": as_utc(row.expires_at), "created_at": as_utc(row.created_at)}
 
 
 def list_exceptions(uow: UnitOfWork) -> list[dict]:
     rows = uow.conn.execute(select(t.policy_exceptions).order_by(t.policy_exceptions.c.created_at))
-    return [dict(r._mapping) | {"expires_at": _utc(r.expires_at), "created_at": _utc(r.created_at)} for r in rows]
+    return [dict(r._mapping) | {"expires_at": as_utc(r.expires_at), "created_at": as_utc(r.created_at)} for r in rows]
 
 
 def activate_exception(uow: UnitOfWork, exc_id: str, expires_at: datetime) -> None:
@@ -284,7 +284,7 @@ def proposal_by_id(uow: UnitOfWork, pid: str) -> dict:
     row = uow.conn.execute(select(t.policy_proposals).where(t.policy_proposals.c.id == pid)).first()
     if row is None:
         raise NotFound(f"no policy proposal {pid}")
-    return dict(row._mapping) | {"created_at": _utc(row.created_at)}
+    return dict(row._mapping) | {"created_at": as_utc(row.created_at)}
 
 
 def set_proposal_state(uow: UnitOfWork, pid: str, state: str) -> None:
