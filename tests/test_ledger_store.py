@@ -15,6 +15,7 @@ from sqlalchemy.exc import DBAPIError
 from conftest import Env, cli
 from custody.control.ledger import checkpoint, merkle
 from custody.control.ledger import store as ledger
+from custody.domain.errors import InvalidInput
 
 TRIGGERS = {
     "sqlite": ["DROP TRIGGER ledger_events_no_update", "DROP TRIGGER ledger_events_no_delete"],
@@ -228,3 +229,30 @@ def test_appends_are_logarithmic(any_env: Env) -> None:
         count = uow.conn.execute(text("SELECT count(*) FROM ledger_nodes")).scalar_one()
     ws.close()
     assert count < 2 * n
+
+
+def test_search_flags_a_tampered_event_and_keeps_the_rest(any_env: Env) -> None:
+    from custody.control.services import audit
+
+    fill(any_env, 6)
+    assert cli("audit", "checkpoint", "--json", token=any_env.token).code == 0
+    ws = any_env.open()
+    with ws.uow(readonly=True) as uow:
+        line = ledger.event_line(uow, 3).decode()
+    ws.close()
+    sql(any_env, *TRIGGERS[any_env.backend], "UPDATE ledger_events SET line = :l WHERE seq = 3",
+        params={"l": line.replace('"zone.show"', '"zone.shoW"') if '"zone.show"' in line else line + " "})
+    ws = any_env.open()
+    try:
+        found = audit.search(ws, any_env.token, limit=200)
+        assert found["checkpoint"]["verified"] is True
+        proofs = {e["seq"]: e["proof"] for e in found["events"] if e["proof"]}
+        assert proofs[3]["verified"] is False and proofs[3]["problem"]
+        assert all(p["verified"] for seq, p in proofs.items() if seq != 3) and len(proofs) > 5
+        assert [e["seq"] for e in audit.search(ws, any_env.token, "100%_", limit=200)["events"]] == []  # literal
+        with pytest.raises(InvalidInput):
+            audit.search(ws, any_env.token, before=-1)
+        with pytest.raises(InvalidInput):
+            audit.search(ws, any_env.token, "x" * 201)
+    finally:
+        ws.close()

@@ -556,3 +556,21 @@ def test_a_stale_policy_proposal_cannot_roll_back_the_catalog(team: Team, tmp_pa
     assert cli("policy", "apply", proposals[0]["proposal"], "--json", token=team.t("carol")).code == 0
     stale = cli("policy", "apply", proposals[1]["proposal"], "--json", token=team.t("carol"))
     assert stale.code == 6 and "propose it again" in stale.json["error"]
+
+
+@pytest.mark.parametrize("tamper", [
+    "UPDATE signoffs SET signature = 'AAAA' WHERE principal = 'carol'",  # a forged signature
+    "UPDATE signoffs SET mfa_verified = 1 - mfa_verified WHERE principal = 'carol'",  # a claim it did not sign
+    "UPDATE signoffs SET principal = 'frank' WHERE principal = 'carol'",  # someone else's name on it
+])
+def test_tampered_sign_offs_stop_counting_before_the_copy(team: Team, tamper: str) -> None:
+    """Approvals are re-verified against their signatures when the copy runs, not taken from the table."""
+    rid = _approved_research(team)
+    ws = team.env.open()
+    with ws.engine.begin() as conn:
+        conn.execute(text(tamper.replace("1 - mfa_verified", "NOT mfa_verified")
+                          if ws.engine.dialect.name == "postgresql" else tamper))
+    ws.close()
+    r = cli("request", "run", rid, "--json", token=team.t("alice"))
+    assert r.code == 3 and "approvals still count" in r.json["error"], r.stdout
+    assert cli("replica", "list", "--zone", "research", "--json", token=team.t("admin")).json == []

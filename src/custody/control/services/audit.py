@@ -260,13 +260,13 @@ def search(ws: Workspace, token: str | None, q: str | None = None, *, limit: int
         for seq, line in rows:
             proof = None
             if size is not None and seq < size:
-                p = ledger.prove_inclusion(a.uow, seq, size)
                 try:  # checked here against the line as stored and the signed root, not taken on trust
+                    p = ledger.prove_inclusion(a.uow, seq, size)
                     merkle.verify_inclusion(merkle.leaf_hash(line.encode("utf-8")), seq, size, p.path,
                                             bytes.fromhex(status["root"]))
                     proof = {**p.to_dict(), "verified": True}
                 except IntegrityError as exc:  # shown on its row: tampering must not blank the page
-                    proof = {**p.to_dict(), "verified": False, "problem": exc.message}
+                    proof = {"leaf_index": seq, "tree_size": size, "verified": False, "problem": exc.message}
             events.append({"seq": seq, "event": ledger.decode(line), "proof": proof})
         ledger_size = ledger.size(a.uow)
     return {"events": events, "checkpoint": status, "ledger_size": ledger_size}
