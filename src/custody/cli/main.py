@@ -41,9 +41,8 @@ def init(ctx: Ctx,
          jurisdiction: Annotated[str, typer.Option(help="Jurisdiction of the default zones.")] = "US") -> None:
     """Create a workspace: database, sealed keyring, keys, default zones, an admin token."""
     ctx.local_only()
-    log_n = int(os.environ.get("CUSTODY_SCRYPT_LOG_N", "17"))
     result = setup.init_workspace(ctx.home, passphrase=os.environ.get("CUSTODY_PASSPHRASE"), demo=demo,
-                                  jurisdiction=jurisdiction, scrypt_log_n=log_n)
+                                  jurisdiction=jurisdiction)
 
     def human() -> None:
         output.out.print(f"Workspace created at {result.home}")

@@ -15,7 +15,6 @@ from pathlib import Path
 from custody.cli.demo import PEOPLE, make_model, next_code
 from custody.control.services import assets, audit, copies, mfa, principals, requests, setup, zones
 from custody.control.workspace import Workspace
-from custody.keys.local import DEFAULT_LOG_N
 
 PEOPLE_FILE = "demo-people.json"
 SEEDERS = ("lena", "grace")  # approve the seeded requests, so bob's and carol's next codes stay unused
@@ -25,8 +24,7 @@ MFA_PEOPLE = ("bob", "carol") + SEEDERS
 def seed(home: Path) -> dict:
     """Create the demo workspace at `home`; returns {"admin": token, "people": {name: {...}}}."""
     home = home.resolve()
-    init = setup.init_workspace(home, passphrase=None, demo=True,
-                                scrypt_log_n=int(os.environ.get("CUSTODY_SCRYPT_LOG_N", DEFAULT_LOG_N)))
+    init = setup.init_workspace(home, passphrase=None, demo=True)
     ws = Workspace.open(home)
     try:
         admin = init.admin_token

@@ -70,7 +70,12 @@ _ALLOWED: dict[str, frozenset[str]] = {
 }
 
 
-def check(principal: Principal, action: str) -> None:
+def allows(roles: tuple[str, ...] | list[str], action: str) -> bool:
+    """Whether any of these roles may take the action (what a page may offer; the service still checks)."""
     allowed = _ALLOWED.get(action, frozenset())
-    if not any(role in allowed for role in principal.roles):
+    return any(role in allowed for role in roles)
+
+
+def check(principal: Principal, action: str) -> None:
+    if not allows(principal.roles, action):
         raise Denied(f"{principal.name} ({', '.join(principal.roles)}) may not {action}")

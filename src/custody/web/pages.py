@@ -21,6 +21,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
 from custody.api.app import status_for
+from custody.api.throttle import Throttle
 from custody.control.policy.durations import format_duration
 from custody.control.services import (
     assets,
@@ -34,13 +35,7 @@ from custody.control.services import (
 from custody.control.workspace import Workspace
 from custody.domain.errors import CustodyError, Denied, InvalidState, NotFound
 from custody.web import charts
-from custody.api.throttle import Throttle
 from custody.web.sessions import COOKIE, PRE_COOKIE, Session, SessionBox, same
-
-WATCHERS = ("admin", "security", "auditor", "ml-lead")  # who sees the dashboard
-APPROVERS = ("ml-lead", "security")
-REVOKERS = ("admin", "security")
-LEDGER_READERS = ("admin", "security", "auditor")
 
 
 def _env() -> Environment:
@@ -71,9 +66,7 @@ def portal_router(ws: Workspace) -> APIRouter:
     router = APIRouter(prefix="/portal", include_in_schema=False)
 
     def render(request: Request, name: str, session: Session | None, status: int = 200, **ctx: Any) -> HTMLResponse:
-        html = templates.get_template(name).render(session=session, path=request.url.path, watchers=WATCHERS,
-                                                   approvers=APPROVERS, revokers=REVOKERS,
-                                                   ledger_readers=LEDGER_READERS, **ctx)
+        html = templates.get_template(name).render(session=session, path=request.url.path, **ctx)
         return HTMLResponse(html, status_code=status)
 
     def signed_in(request: Request) -> Session | None:
@@ -168,7 +161,7 @@ def portal_router(ws: Workspace) -> APIRouter:
         session = signed_in(request)
         if session is None:
             return to_signin()
-        return RedirectResponse("/portal/dashboard" if session.may(*WATCHERS) else "/portal/requests", status_code=303)
+        return RedirectResponse("/portal/dashboard" if session.can("dashboard.read") else "/portal/requests", status_code=303)
 
     # -- requests -------------------------------------------------------------------------
 

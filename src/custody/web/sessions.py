@@ -23,6 +23,8 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from custody.control import permissions
+
 COOKIE = "custody_session"
 PRE_COOKIE = "custody_signin"  # double-submit CSRF value for the sign-in form (no session yet)
 KEY_FILE = "portal-session.key"
@@ -38,8 +40,9 @@ class Session:
     csrf: str
     expires: int
 
-    def may(self, *roles: str) -> bool:
-        return any(r in self.roles for r in roles)
+    def can(self, action: str) -> bool:
+        """Whether to offer this action on a page; the service decides again when it is taken."""
+        return permissions.allows(self.roles, action)
 
 
 class SessionBox:

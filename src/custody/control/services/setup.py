@@ -42,8 +42,12 @@ def init_workspace(
     demo: bool = False,
     jurisdiction: str = "US",
     region: str = "local",
-    scrypt_log_n: int = DEFAULT_LOG_N,
+    scrypt_log_n: int | None = None,
 ) -> InitResult:
+    """`scrypt_log_n`: the keyring's work factor; by default CUSTODY_SCRYPT_LOG_N when set (tests and
+    demos lower it), else DEFAULT_LOG_N."""
+    if scrypt_log_n is None:
+        scrypt_log_n = int(os.environ.get("CUSTODY_SCRYPT_LOG_N", DEFAULT_LOG_N))
     home = home.resolve()
     if (home / CONFIG).exists():
         raise InvalidInput(f"{home} already holds a custody workspace")
@@ -52,7 +56,8 @@ def init_workspace(
             raise AuthenticationError("set CUSTODY_PASSPHRASE to seal the keyring (or use --demo for a throwaway workspace)")
         passphrase = secrets.token_urlsafe(24)
     created_home = not home.exists()
-    ours = (CONFIG, "keys", "zones", "policies", "custody.db", "custody.db-wal", "custody.db-shm")
+    ours = (CONFIG, "keys", "zones", "policies", "custody.db", "custody.db-wal", "custody.db-shm",
+            "custody.db-writers.lock")
     present = [name for name in ours if (home / name).exists()]
     if present:
         raise InvalidInput(f"{home} already holds {present[0]}: refusing to create a workspace over it")

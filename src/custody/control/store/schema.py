@@ -351,5 +351,3 @@ web_sessions = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True)),
 )
-
-APPEND_ONLY_TABLES = ("ledger_events", "ledger_nodes", "ledger_checkpoints")

@@ -71,11 +71,6 @@ def is_npy_start(start: bytes) -> bool:
     return start[:6] == MAGIC
 
 
-def parse_npy(read_at: ReadAt, size: int, name: str = "") -> NpyHeader:
-    """Header of a ``.npy`` file of ``size`` bytes, with the array data's extent checked."""
-    return read_npy(ByteSource(read_at, size, name))
-
-
 def parse_npz(read_at: ReadAt, size: int, name: str = "") -> NpzSummary:
     """Headers of every member of a ``.npz`` archive; ``FormatError`` if any is not ``.npy``."""
     source = ByteSource(read_at, size, name)
