@@ -280,7 +280,11 @@ egress = Table(
     Column("request_id", String(36), nullable=False),
     Column("bytes", BigInteger, nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
+    Column("principal", String(64)),  # whose request took the bytes (per-principal budgets)
+    Column("asset_name", String(64)),  # whose bytes they were, from whichever zone (per-asset budgets)
     Index("ix_egress_zone_at", "zone", "at"),
+    Index("ix_egress_principal_at", "principal", "at"),
+    Index("ix_egress_asset_at", "asset_name", "at"),
 )
 
 backup_policies = Table(
@@ -350,4 +354,48 @@ web_sessions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("ended_at", DateTime(timezone=True)),
+)
+
+# Identity changes that need two security sign-offs with MFA: adding an admin, a security officer
+# or an approver (ml-lead), and suspending an admin or a security officer.
+identity_proposals = Table(
+    "identity_proposals",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("change", String(16), nullable=False),  # add | suspend
+    Column("principal", String(64), nullable=False),  # who is added or suspended
+    Column("roles", JSON, nullable=False),
+    Column("team", String(128)),
+    Column("attributes", JSON, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("proposer", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # proposed | applied | withdrawn
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("applied_at", DateTime(timezone=True)),
+)
+
+# What registered weights contain, by digest: every file, and every tensor of a safetensors or
+# GGUF file, so the same weights registered under another name are recognised (T3).
+content_digests = Table(
+    "content_digests",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("digest", String(64), nullable=False),
+    Column("kind", String(8), nullable=False),  # file | tensor
+    Column("version_id", String(36), ForeignKey("asset_versions.id"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("tensor", Text),
+    Column("size", BigInteger, nullable=False),
+    Index("ix_content_digests_digest", "digest"),
+)
+
+# A version found at registration to hold content of an earlier one ("same content as").
+content_links = Table(
+    "content_links",
+    metadata,
+    Column("version_id", String(36), ForeignKey("asset_versions.id"), primary_key=True),
+    Column("matched_version_id", String(36), ForeignKey("asset_versions.id"), primary_key=True),
+    Column("matched_by", String(8), nullable=False),  # file | tensor
+    Column("matched_bytes", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
 )
