@@ -3,7 +3,8 @@
 Reading, hashing, sealing and writing overlap: per file, one thread reads and hashes (hashlib
 releases the GIL) while another seals (AESGCM releases the GIL) and writes; two files are sealed
 at once. At most `BUFFERS` plaintext chunks per file are held in memory, whatever the file size. The
-data plane decides nothing: it is handed a data key and reports digests, sizes and timings.
+tensors of safetensors and GGUF files are hashed from the same chunks on a further thread. The data
+plane decides nothing: it is handed a data key and reports digests, sizes and timings.
 """
 
 from __future__ import annotations
@@ -20,21 +21,28 @@ from typing import Callable
 from uuid import UUID
 
 from custody.data import sealed
+from custody.data.formats import gguf, safetensors
+from custody.data.formats.detect import FormatInfo
 from custody.data.formats.detect import inspect as inspect_format
-from custody.data.sealed_io import FILES_IN_PARALLEL
+from custody.data.formats.tensor_digests import TensorHashes
+from custody.data.sealed_io import FILES_IN_PARALLEL, ChunkObserver
 from custody.data.sealed_io import FileChunks as _Reader
 from custody.data.sealed_io import spot_check as _spot_check
 from custody.data.sealed_io import write_all as _write_all
 from custody.data.zones import ZoneStorage
 from custody.domain.errors import CustodyError, InvalidInput, NotFound
 from custody.domain.manifest import FileEntry, Manifest, check_relpath
-from custody.domain.model import FormatSummary
+from custody.domain.model import FormatSummary, TensorDigest
 
 # OpenSSF model-signing leaves exactly the top-level git names out of a signature, so they are
 # left out of the manifest too; everything else, hidden or nested, is sealed and signed.
 SKIPPED_TOP_LEVEL = frozenset({".git", ".gitattributes", ".github", ".gitignore"})
 
 Progress = Callable[[int], None]
+
+MAX_HEADER_READS = safetensors.MAX_HEADER_BYTES + 16 * 1024 * 1024
+"""Most bytes a format parser may read of a safetensors or GGUF file (the reference's header
+limit plus read-ahead); they are kept until the file is sealed, to check the stream against."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,8 @@ class IngestReport:
     bytes_read: int
     bytes_sealed: int
     seconds: float
+    tensors: tuple[TensorDigest, ...] = ()
+    """Every tensor of every safetensors and GGUF file, by path (bytewise) then file offset."""
 
 
 def collect_sources(path: Path) -> list[SourceFile]:
@@ -125,17 +135,20 @@ def seal_into_zone(
     """Seal every source file into the zone, two files at a time, and check what was written."""
     started = time.perf_counter()
 
-    def one(src: SourceFile) -> tuple[FileEntry, FormatSummary, int]:
-        info = _inspect(src)
+    def one(src: SourceFile) -> tuple[FileEntry, FormatSummary, int, tuple[TensorDigest, ...]]:
+        info, seen = _inspect(src)
+        tensors = TensorHashes(src.relpath, info.tensors, seen) if info.tensors else None
+        observers = (tensors,) if tensors else ()
         header = sealed.new_header(UUID(replica_id), UUID(key_id), src.relpath, chunk_size)
         rel = zone.sealed_path(replica_id, src.relpath)
         if zone.local:
-            digest, written = _seal_local(src, zone.local_path(rel), header, dek, progress)
+            digest, written = _seal_local(src, zone.local_path(rel), header, dek, progress, observers)
         else:
-            digest, written = _seal_stream(src, zone, rel, header, dek, progress)
+            digest, written = _seal_stream(src, zone, rel, header, dek, progress, observers)
         _spot_check(zone, rel, dek, header, written)
-        return FileEntry(src.relpath, src.size, digest), FormatSummary(src.relpath, info.kind, info.parameters,
-                                                                       info.unsafe), written
+        return (FileEntry(src.relpath, src.size, digest),
+                FormatSummary(src.relpath, info.kind, info.parameters, info.unsafe), written,
+                tensors.results() if tensors else ())
 
     # Largest files first so two workers finish together; SHA-256 of one file is sequential,
     # so a second file is what keeps the second core busy.
@@ -148,19 +161,54 @@ def seal_into_zone(
         bytes_read=sum(r[0].size for r in results),
         bytes_sealed=sum(r[2] for r in results),
         seconds=time.perf_counter() - started,
+        tensors=tuple(t for r in sorted(results, key=lambda r: r[0].path.encode("utf-8")) for t in r[3]),
     )
 
 
-def _inspect(src: SourceFile):  # noqa: ANN202
+def _inspect(src: SourceFile) -> tuple[FormatInfo, list[tuple[int, bytes]]]:
+    """What the file is, and for a safetensors or GGUF file the bytes its parser read.
+
+    Tensor ranges come from those bytes; the sealing stream is checked against them, so a header
+    rewritten between parsing and reading fails the registration instead of having its ranges
+    hashed over other bytes. Other kinds keep nothing: their parsers may read much more.
+    """
     fd = os.open(src.path, os.O_RDONLY)
     try:
-        return inspect_format(lambda off, n: os.pread(fd, n, off), src.size, name=src.relpath)
+        reads = _ParserReads(fd, src)
+        info = inspect_format(reads, src.size, name=src.relpath)
     finally:
         os.close(fd)
+    if info.tensors and not reads.kept:
+        raise InvalidInput(f"{src.relpath}: changed while it was being read, or its header needs more than "
+                           f"{MAX_HEADER_READS} bytes")
+    return info, reads.reads if info.tensors else []
+
+
+class _ParserReads:
+    """`read_at` over a file descriptor that keeps what it returned, for files shaped like tensors."""
+
+    def __init__(self, fd: int, src: SourceFile) -> None:
+        self.fd = fd
+        start = os.pread(fd, 64, 0)
+        self.kept = (safetensors.looks_like_safetensors(start, src.size) or start[:4] == gguf.MAGIC
+                     or src.relpath.lower().endswith(".safetensors"))
+        self.reads: list[tuple[int, bytes]] = []
+        self.total = 0
+
+    def __call__(self, offset: int, length: int) -> bytes:
+        data = os.pread(self.fd, length, offset)
+        if self.kept:
+            self.total += len(data)
+            self.kept = self.total <= MAX_HEADER_READS
+            if self.kept:
+                self.reads.append((offset, data))
+            else:
+                self.reads.clear()
+        return data
 
 
 def _seal_local(src: SourceFile, path: str, header: sealed.SealedHeader, dek: bytes,
-                progress: Progress | None) -> tuple[str, int]:
+                progress: Progress | None, observers: tuple[ChunkObserver, ...] = ()) -> tuple[str, int]:
     """Seal into a local file with O_DIRECT: aligned 4 MiB records go straight to the disk.
 
     Bypassing the page cache makes the final fsync cheap and keeps a large registration from
@@ -171,7 +219,7 @@ def _seal_local(src: SourceFile, path: str, header: sealed.SealedHeader, dek: by
     record = header.chunk_size + sealed.TAG_SIZE
     direct = getattr(os, "O_DIRECT", 0)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o600)
-    reader = _Reader(src, header.chunk_size)
+    reader = _Reader(src, header.chunk_size, observers)
     written = 0
     try:
         out = mmap.mmap(-1, max(record, header.size))  # page-aligned, as O_DIRECT requires
@@ -187,6 +235,7 @@ def _seal_local(src: SourceFile, path: str, header: sealed.SealedHeader, dek: by
             written += _write_all(fd, memoryview(out)[:n])
             if progress:
                 progress(len(plain))
+        reader.observed()
         os.fsync(fd)
     finally:
         reader.cancel()
@@ -197,11 +246,11 @@ def _seal_local(src: SourceFile, path: str, header: sealed.SealedHeader, dek: by
 
 
 def _seal_stream(src: SourceFile, zone: ZoneStorage, rel: str, header: sealed.SealedHeader, dek: bytes,
-                 progress: Progress | None) -> tuple[str, int]:
+                 progress: Progress | None, observers: tuple[ChunkObserver, ...] = ()) -> tuple[str, int]:
     """Seal into any fsspec zone (object stores included) through a file-like writer."""
     cipher = sealed.ChunkCipher(dek, header)
     n_chunks = sealed.chunk_count(src.size, header.chunk_size)
-    reader = _Reader(src, header.chunk_size)
+    reader = _Reader(src, header.chunk_size, observers)
     written = 0
     try:
         with zone.writer(rel) as out:
@@ -216,6 +265,7 @@ def _seal_stream(src: SourceFile, zone: ZoneStorage, rel: str, header: sealed.Se
                 written += len(chunk)
                 if progress:
                     progress(len(plain))
+            reader.observed()  # before the writer completes the object
     finally:
         reader.cancel()
     return reader.digest(), written

@@ -134,6 +134,31 @@ class FormatSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class TensorDigest:
+    """SHA-256 of one tensor's raw bytes in a safetensors or GGUF file, as they were sealed.
+
+    The same weights registered again (renamed, re-sharded, copied byte for byte into another
+    container) keep these digests even when every file digest changes. `dtype` and `shape` are
+    as the file's header states them (GGUF: the ggml type name, dimensions innermost first).
+    `distinctive` says the digest identifies content: at least `MIN_DISTINCTIVE_BYTES` and not
+    one element value repeated (an all-zeros bias or all-ones norm is in unrelated models too).
+    """
+
+    path: str
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    size: int
+    digest: str
+    distinctive: bool
+
+
+MIN_DISTINCTIVE_BYTES = 4096
+"""Smaller tensors (norms and biases of small models, scalars) are too common to identify a
+model; a 4 KiB tensor of non-repeating values (2,048 bf16 elements) is not shared by chance."""
+
+
+@dataclass(frozen=True, slots=True)
 class AssetVersion:
     id: str
     asset_id: str

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from custody.data.formats import gguf, numpy_format, onnx, pickles, safetensors
+from custody.data.formats.tensor_digests import TensorSpan, gguf_spans, safetensors_spans
 from custody.data.formats.source import ByteSource, ReadAt, open_path
 from custody.data.formats.zip_archive import looks_like_zip, open_zip
 
@@ -34,12 +35,17 @@ MAX_DETAIL_STRING = 256
 
 @dataclass(frozen=True)
 class FormatInfo:
-    """What a file is. ``unsafe`` means loading it as intended would run code from the file."""
+    """What a file is. ``unsafe`` means loading it as intended would run code from the file.
+
+    ``tensors`` are the byte ranges of a safetensors or GGUF file's tensors, from its validated
+    header, for per-tensor digests; other kinds have none.
+    """
 
     kind: str
     parameters: int | None
     unsafe: bool
     details: dict[str, Any] = field(default_factory=dict)
+    tensors: tuple[TensorSpan, ...] = field(default=(), compare=False, repr=False)
 
 
 def inspect(read_at: ReadAt, size: int, name: str = "") -> FormatInfo:
@@ -94,6 +100,7 @@ def _safetensors(source: ByteSource) -> FormatInfo:
             "header_bytes": header.header_length,
             "metadata": _bounded_strings(header.metadata),
         },
+        tensors=safetensors_spans(header),
     )
 
 
@@ -111,7 +118,8 @@ def _gguf(source: ByteSource) -> FormatInfo:
         value = header.metadata.get(key)
         if isinstance(value, (str, int)) and not isinstance(value, bool):
             details[key] = value[:MAX_DETAIL_STRING] if isinstance(value, str) else value
-    return FormatInfo(kind="gguf", parameters=header.parameter_count, unsafe=False, details=details)
+    return FormatInfo(kind="gguf", parameters=header.parameter_count, unsafe=False, details=details,
+                      tensors=gguf_spans(header))
 
 
 def _npy(source: ByteSource) -> FormatInfo:
