@@ -31,18 +31,26 @@ MiB = 2**20
 HIDDEN, FFN = 4096, 11008
 
 RUNNER = r"""
-import json, os, sys, time, uuid
+import json, os, resource, sys, time, uuid
 from pathlib import Path
 from custody.data.ingest import collect_sources, seal_into_zone
 from custody.data.zones import ZoneStorage
-src, zone_dir = Path(sys.argv[1]), Path(sys.argv[2])
+src, zone_dir, evict = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "evict"
 for f in ([src] if src.is_file() else sorted(src.iterdir())):
-    fd = os.open(f, os.O_RDONLY); os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED); os.close(fd)
+    fd = os.open(f, os.O_RDONLY)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED if evict else os.POSIX_FADV_WILLNEED)
+    if not evict:
+        while os.read(fd, 1 << 24):
+            pass
+    os.close(fd)
+ru0 = resource.getrusage(resource.RUSAGE_SELF)
 t0 = time.perf_counter()
 report = seal_into_zone(collect_sources(src), ZoneStorage(zone_dir.as_uri()), str(uuid.uuid4()),
                         str(uuid.uuid4()), os.urandom(32))
 seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds, "bytes": report.bytes_read,
+ru = resource.getrusage(resource.RUSAGE_SELF)
+cpu = ru.ru_utime - ru0.ru_utime + ru.ru_stime - ru0.ru_stime
+print(json.dumps({"seconds": seconds, "cpu": cpu, "bytes": report.bytes_read,
                   "tensors": len(getattr(report, "tensors", ()))}))
 """
 
@@ -100,11 +108,11 @@ def export_tree(rev: str, dest: Path) -> Path:
     return dest / "src"
 
 
-def one_round(code: Path, model: Path, zone: Path) -> dict:
+def one_round(code: Path, model: Path, zone: Path, evict: bool) -> dict:
     shutil.rmtree(zone, ignore_errors=True)
     zone.mkdir(parents=True)
     env = dict(os.environ, PYTHONPATH=str(code))
-    out = subprocess.run([sys.executable, "-c", RUNNER, str(model), str(zone)], check=True,
+    out = subprocess.run([sys.executable, "-c", RUNNER, str(model), str(zone), "evict" if evict else "cached"], check=True,
                          capture_output=True, text=True, env=env).stdout
     shutil.rmtree(zone)
     return json.loads(out.strip().splitlines()[-1])
@@ -117,6 +125,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--work", type=Path, default=Path("/tmp/custody-bench-tensors"))
+    ap.add_argument("--zone", type=Path, help="where sealed files go (default: under --work)")
+    ap.add_argument("--cached", action="store_true", help="read the model from the page cache, not the disk")
     args = ap.parse_args()
     work: Path = args.work
     model = work / f"model-{args.gib}g-{args.files}"
@@ -131,16 +141,19 @@ def main() -> None:
     for r in range(args.rounds):
         order = [("baseline", base), ("tensor_digests", new)]
         for label, code in order if r % 2 == 0 else order[::-1]:
-            runs[label].append(one_round(code, model, work / "zone"))
+            runs[label].append(one_round(code, model, args.zone or work / "zone", not args.cached))
             print(label, runs[label][-1], flush=True)
     total = runs["baseline"][0]["bytes"]
     med = {k: statistics.median(x["seconds"] for x in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(x["cpu"] for x in v) for k, v in runs.items()}
     print(json.dumps({
         "bytes": total, "files": args.files, "rounds": args.rounds,
         "tensors": runs["tensor_digests"][0]["tensors"],
         "baseline_mb_s": round(total / 1e6 / med["baseline"], 1),
         "tensor_digests_mb_s": round(total / 1e6 / med["tensor_digests"], 1),
         "ratio": round(med["baseline"] / med["tensor_digests"], 3),
+        "cpu_seconds_median": {k: round(v, 3) for k, v in cpu.items()},
+        "source": "page cache" if args.cached else "disk (evicted before each run)",
         "seconds": {k: [round(x["seconds"], 3) for x in v] for k, v in runs.items()},
     }, indent=1))
 

@@ -290,3 +290,9 @@ def test_unread_tensor_is_an_error_not_a_digest() -> None:
     hashes.update(0, memoryview(bytes(20)))
     with pytest.raises(CustodyError, match="not read to the end"):
         hashes.results()
+
+
+def test_overlapping_spans_are_refused_not_hashed() -> None:
+    spans = [TensorSpan("a", "F32", (4,), 0, 16, 4), TensorSpan("b", "F32", (4,), 8, 24, 4)]
+    with pytest.raises(CustodyError, match="overlap"):
+        TensorHashes("f", spans)
