@@ -529,7 +529,7 @@ def test_copies_come_from_primaries_and_never_outlive_their_source(team: Team) -
     backup = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "x", "--ttl", "2d", "--run").json
     src = backup["result_replica"]
     r = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "y", "--from", src, "--ttl", "30d")
-    assert r.code == 2 and "must expire sooner" in r.json["error"]
+    assert r.code == 3 and "must expire sooner" in r.json["error"]
     ok = create(team, "dave", "--to", "backup", "--kind", "backup", "--purpose", "y", "--from", src, "--ttl", "1d")
     assert ok.code == 0
     clone = _approved_research(team)

@@ -48,6 +48,11 @@ def policy_show(ctx: Ctx) -> None:
         output.out.print(f"catalog {d['hash']}")
         output.table(d["policies"], ["id", "effect", "reason"], "policies")
         output.table(d["rules"], ["name", "approvals", "roles", "distinct_teams", "mfa", "max_ttl", "window"], "approval rules")
+        budgets = d["budgets"]
+        output.table([{"budget": "principal", "bytes_per_hour": budgets["principal_bytes_per_hour"]},
+                      {"budget": "asset", "bytes_per_hour": budgets["asset_bytes_per_hour"]},
+                      *({"budget": f"role {r}", "bytes_per_hour": n} for r, n in budgets["roles"].items())],
+                     ["budget", "bytes_per_hour"], "egress budgets per hour (empty: no budget)")
 
     emit(ctx, d, human)
 

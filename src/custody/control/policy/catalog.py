@@ -19,6 +19,7 @@ from pathlib import Path
 import cedarpy
 
 from custody.control.policy import cedar_input
+from custody.control.policy.budgets import Budgets, parse_budgets
 from custody.control.policy.cases import Case, CaseResult, parse_cases
 from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
 from custody.control.policy.durations import format_duration, parse_duration
@@ -60,6 +61,7 @@ class Catalog:
         self.policies = policies
         self.rules = rules
         self.cases = cases
+        self.budgets: Budgets = Budgets()  # [budgets] of rules.toml, set by load
         self._schema = schema
         self._policy_set = policy_set
         self._positional = positional  # Cedar's policy0, policy1, ... -> the policy behind it
@@ -124,6 +126,7 @@ class Catalog:
         rules = parse_rules(files[RULES_FILE])
         cases = parse_cases(files.get(TESTS_FILE, ""))
         catalog = cls(folder, files, _hash(raw), schema, policy_set, tuple(infos), positional, rules, cases)
+        catalog.budgets = parse_budgets(files[RULES_FILE])
         catalog._check_schema_fits()
         for case in cases:
             unknown = [p for p in case.expected.get("policies", ()) if p not in by_id and not p.startswith("rule:")]
@@ -214,7 +217,8 @@ class Catalog:
         return {"hash": self.hash, "files": sorted(self.files),
                 "policies": [{"id": p.id, "reason": p.reason, "effect": p.effect, "actions": list(p.actions),
                               "file": p.file} for p in self.policies],
-                "rules": [r.describe() for r in self.rules], "cases": len(self.cases)}
+                "rules": [r.describe() for r in self.rules], "budgets": self.budgets.describe(),
+                "cases": len(self.cases)}
 
 
 def _check_policy_file(rel: str, text: str, schema: cedarpy.Schema) -> list[PolicyInfo]:

@@ -73,9 +73,9 @@ def parse_rules(text: str) -> tuple[ApprovalRule, ...]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{FILE}: not valid TOML: {e}") from None
-    extra = set(doc) - {"rule"}
+    extra = set(doc) - {"rule", "budgets"}  # [budgets]: see budgets.py
     if extra:
-        raise PolicyError(f"{FILE}: unknown table {sorted(extra)[0]!r}: only [[rule]] entries are allowed")
+        raise PolicyError(f"{FILE}: unknown table {sorted(extra)[0]!r}: only [[rule]] and [budgets] are allowed")
     raw = doc.get("rule")
     if not isinstance(raw, list) or not raw:
         raise PolicyError(f"{FILE}: no [[rule]] entries")

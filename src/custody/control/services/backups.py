@@ -131,13 +131,15 @@ def open_repository(ws: Workspace, uow, repo_id: str) -> Repository:  # noqa: AN
 
 
 def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected):  # noqa: ANN201
-    from custody.control.services.copies import Job, reserve_egress
+    from custody.control.services import egress, lifetimes
+    from custody.control.services.copies import Job
     from custody.control.services.replicas import check_signed
 
     custodian = ws.custodian()
     source = repo.replica_by_id(a.uow, request.source_replica)
     if not source.readable:
         raise InvalidState(f"source replica {source.id} is {source.state.value}")
+    lifetimes.check_source(source, request.ttl_seconds, request.kind)
     src_zone = repo.zone_by_name(a.uow, source.zone)
     version = repo.version_by_id(a.uow, request.version_id)
     manifest = Manifest.from_json(version.manifest_json)
@@ -148,6 +150,7 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
     src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
     asset = repo.asset_by_name(a.uow, request.asset)
     br.policy_of(a.uow, request.asset)  # a backup needs the asset's policy (retention, RPO): NotFound otherwise
+    egress.reserve(ws, a.uow, request, src_zone.name, version.total_size)  # locks the zones, in order
     repo.lock_zone(a.uow, request.destination_zone)  # two first backups must not make two repositories
     found = br.repository(a.uow, request.destination_zone, asset.id)
     if found is None:  # the lineage's first backup in this zone (or the first since a shred)
@@ -161,7 +164,6 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
         granted.check(custodian, grant_token, claims, "wrap-destination")
         repo_id = found[0]
         repository = open_repository(ws, a.uow, repo_id)
-    reserve_egress(a.uow, src_zone.name, version.total_size, request.id)
 
     def execute(progress):  # noqa: ANN001, ANN202
         return backup_plane.backup_replica(ws.zone_storage(src_zone), source.id, source.key_id, src_dek, manifest,
@@ -180,7 +182,7 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
         snap_id = new_id()
         snap = br.Snapshot(
             id=snap_id, repo_id=repo_id, asset=request.asset, version_id=request.version_id, request_id=request.id,
-            created_at=created, manifest_json=snap_manifest.to_json(), bundle_json=signed.decode(),
+            created_at=created, manifest_json=snap_manifest.to_json().decode("utf-8"), bundle_json=signed.decode(),
             manifest_signature=sign_snapshot(ws, snap_id, repo_id, snap_manifest),
             logical_bytes=snap_manifest.logical_bytes, added_bytes=report.bytes_added,
             immutable_until=immutable_floor(created),

@@ -14,6 +14,7 @@ from typing import Callable
 
 from custody.control.door import Act, act, data_step
 from custody.control.ledger import store as ledger
+from custody.control.services import egress, lifetimes
 from custody.control.services.assets import writer_tag
 from custody.control.services.replicas import check_signed
 from custody.control.services.requests import _current, show_request
@@ -23,7 +24,7 @@ from custody.control.store import requests_repo as rq
 from custody.control.store.db import purge_freed
 from custody.control.workspace import Workspace
 from custody.data import copier, replica_files
-from custody.domain.errors import Denied, InvalidState
+from custody.domain.errors import CustodyError, Denied, InvalidState
 from custody.domain.manifest import Manifest
 from custody.domain.model import Replica, ReplicaKind, ReplicaState, new_id
 from custody.domain.requests import NO_EXPIRY, Request, RequestState
@@ -91,14 +92,18 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
         _mark_failed(ws, request_id, str(getattr(exc, "message", type(exc).__name__)))
         raise
 
-    with act(ws, token, "request.run", subject=request_id, request_id=request_id, source=job.source_zone,
-             destination=started.fields.get("destination")) as a:
-        request = rq.request_by_id(a.uow, request_id)
-        extra = job.finish(a, request, report)
-        rq.move_request(a.uow, request, RequestState.DONE, writer=None)  # refused if the request was revoked meanwhile
-        extra.update({"bytes": report.bytes, "seconds": round(report.seconds, 3),
-                      "mb_per_s": round(report.bytes / 1e6 / report.seconds, 1) if report.seconds else None})
-        a.record(details=extra)
+    try:
+        with act(ws, token, "request.run", subject=request_id, request_id=request_id, source=job.source_zone,
+                 destination=started.fields.get("destination")) as a:
+            request = rq.request_by_id(a.uow, request_id)
+            extra = job.finish(a, request, report)
+            rq.move_request(a.uow, request, RequestState.DONE, writer=None)  # refused if revoked meanwhile
+            extra.update({"bytes": report.bytes, "seconds": round(report.seconds, 3),
+                          "mb_per_s": round(report.bytes / 1e6 / report.seconds, 1) if report.seconds else None})
+            a.record(details=extra)
+    except CustodyError as exc:  # refused at activation: the request fails, its pending replica is swept
+        _mark_failed(ws, request_id, exc.message)
+        raise
     out = show_request(ws, token, request_id)
     out.update(extra)
     return out
@@ -139,6 +144,7 @@ def _prepare_copy(ws: Workspace, a: Act, request: Request, grant_token: str, cla
     version = repo.version_by_id(a.uow, request.version_id)
     if not source.readable:
         raise InvalidState(f"source replica {source.id} is {source.state.value}")
+    lifetimes.check_source(source, request.ttl_seconds, request.kind)  # it may have expired since approval
     src_wrapped = repo.data_key(a.uow, source.key_id)
     if src_wrapped is None:
         raise InvalidState(f"source replica {source.id}: its data key was shredded")
@@ -181,7 +187,7 @@ def destination(ws: Workspace, a: Act, request: Request, grant_token: str, claim
         repo.set_replica_writer(a.uow, dst.id, writer_tag())
         return Destination(dst.id, dst.key_id, custodian.unwrap(repo.data_key(a.uow, dst.key_id)), True)
     # a first run, or a retry after the sweeper removed a failed attempt
-    reserve_egress(a.uow, egress_zone, nbytes, request.id)
+    egress.reserve(ws, a.uow, request, egress_zone, nbytes)
     dst_id, dst_key_id = new_id(), new_id()
     repo.lock_zone(a.uow, request.destination_zone)
     dek, wrapped = granted.new_destination_key(custodian, grant_token, claims, dst_key_id)
@@ -197,23 +203,12 @@ def activate(ws: Workspace, a: Act, request: Request, replica_id: str, manifest:
     """A written and checked replica becomes active, with its own signed manifest and its expiry."""
     replica = repo.replica_by_id(a.uow, replica_id)
     expires = None if request.kind in NO_EXPIRY else _now() + timedelta(seconds=request.ttl_seconds or 0)
+    if request.source_replica:  # the copy took time: it must still not outlive its source
+        lifetimes.check_expiry(repo.replica_by_id(a.uow, request.source_replica), expires)
     signed = bundle.sign_manifest(manifest, request.asset, CustodianSigner(ws.custodian()))
     repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, bytes_sealed=bytes_sealed,
                            bundle_json=signed.decode(), writer=None, expires_at=expires)
     return {"replica": replica_id, "expires_at": expires.isoformat() if expires else None}
-
-
-def reserve_egress(uow, zone: str, nbytes: int, request_id: str) -> None:  # noqa: ANN001
-    """Reserve `nbytes` of the source zone's hourly egress, under the zone's lock, when the copy
-    starts: copies started together cannot all pass, and a copy cut short still counts."""
-    repo.lock_zone(uow, zone)
-    budget = rq.egress_budget(uow, zone)
-    if budget is not None:
-        used = rq.egress_used(uow, zone, _now() - rq.HOUR)
-        if used + nbytes > budget:
-            raise Denied(f"zone {zone} egress budget: {used:,} of {budget:,} bytes used in the last hour; "
-                         f"this copy needs {nbytes:,} more; run it again later")
-    rq.add_egress(uow, zone, request_id, nbytes)
 
 
 def _mark_failed(ws: Workspace, request_id: str, error: str) -> None:

@@ -203,12 +203,10 @@ SNAPSHOT_KINDS = frozenset({RequestKind.RESTORE, RequestKind.DRILL})
 
 
 def _within_source_life(source: Replica, ttl: int | None, kind: RequestKind) -> None:
-    """A copy may not outlive the replica it is made from (T12)."""
-    if source.expires_at is None:
-        return
-    left = (source.expires_at - _now()).total_seconds()
-    if kind in NO_EXPIRY or ttl is None or ttl > left:
-        raise InvalidInput(f"replica {source.id} expires in {int(left)} s; a copy of it must expire sooner (--ttl)")
+    """A copy may not be made from an expired replica, nor outlive it (T12); checked again at run."""
+    from custody.control.services.lifetimes import check_source
+
+    check_source(source, ttl, kind)
 
 
 def _source_snapshot(uow: UnitOfWork, snapshot_id: str):  # noqa: ANN202

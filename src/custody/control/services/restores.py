@@ -15,7 +15,7 @@ from custody.control.store import backups_repo as br
 from custody.control.store import repositories as repo
 from custody.control.workspace import Workspace
 from custody.data.backup import restore as restore_plane
-from custody.domain.errors import IntegrityError
+from custody.domain.errors import IntegrityError, InvalidState
 from custody.domain.model import ReplicaKind, ZoneKind
 from custody.domain.requests import Request, RequestKind
 from custody.keys import granted
@@ -29,6 +29,8 @@ def restore(ws: Workspace, token: str | None, snapshot_id: str, *, to: str, purp
 
 def prepare_restore(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected):  # noqa: ANN201
     snap = br.snapshot_by_id(a.uow, request.source_snapshot)
+    if snap.state != "active":  # forgotten or deleted since the request was approved
+        raise InvalidState(f"snapshot {snap.id} is {snap.state}; nothing is restored from it")
     manifest = signed_manifest(ws, snap)
     if manifest.manifest().digest != request.version_digest:
         raise IntegrityError(f"snapshot {snap.id} does not hold the version it claims")

@@ -300,8 +300,30 @@ def egress_used(uow: UnitOfWork, zone: str, since: datetime) -> int:
                .scalar_one())
 
 
-def add_egress(uow: UnitOfWork, zone: str, request_id: str, nbytes: int) -> None:
-    uow.conn.execute(insert(t.egress).values(id=new_id(), zone=zone, request_id=request_id, bytes=nbytes, at=now()))
+def egress_charges(uow: UnitOfWork, since: datetime, *, zone: str | None = None, principal: str | None = None,
+                   asset: str | None = None) -> list[tuple[datetime, int]]:
+    """(when, bytes) of each charge since `since` to one zone, principal or asset, oldest first."""
+    e = t.egress.c
+    q = select(e.at, e.bytes).where(e.at > since).order_by(e.at)
+    for column, value in ((e.zone, zone), (e.principal, principal), (e.asset_name, asset)):
+        if value is not None:
+            q = q.where(column == value)
+    return [(as_utc(r.at), int(r.bytes)) for r in uow.conn.execute(q)]
+
+
+def add_egress(uow: UnitOfWork, zone: str, request_id: str, nbytes: int, *, principal: str | None = None,
+               asset: str | None = None) -> None:
+    uow.conn.execute(insert(t.egress).values(id=new_id(), zone=zone, request_id=request_id, bytes=nbytes, at=now(),
+                                             principal=principal, asset_name=asset))
+
+
+def lock_egress_holders(uow: UnitOfWork, principal: str, asset: str) -> None:
+    """Hold the requester's and the asset's rows until commit (PostgreSQL; SQLite write transactions
+    are already exclusive): two copies charging the same budget check it one after the other."""
+    if uow.dialect != "postgresql":
+        return
+    for table, value in ((t.principals, principal), (t.assets, asset)):
+        uow.conn.execute(select(table.c.name).where(table.c.name == value).with_for_update(key_share=True))
 
 
 def set_egress_budget(uow: UnitOfWork, zone: str, per_hour: int | None) -> None:
