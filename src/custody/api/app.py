@@ -8,6 +8,7 @@ code and details, so a client can print and exit the same way. Served by `custod
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import os
 import typing
@@ -29,9 +30,11 @@ from pydantic import BaseModel, ConfigDict, create_model
 
 from custody import __version__
 from custody.api.operations import OPERATIONS, SERVER_SIDE, Operation
-from custody.api.throttle import Throttle
+from custody.api.throttle import Admission, Backoff
+from custody.control.ledger import checkpoints
 from custody.control.services import health, metrics
 from custody.control.workspace import Workspace
+from custody.data.zones import ZoneStorage
 from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput
 
 STATUS = {1: 500, 2: 400, 3: 403, 4: 404, 5: 422, 6: 409}
@@ -104,14 +107,15 @@ def create_app(home: Path | None = None) -> FastAPI:
         problems = health.problems(ws)
         return JSONResponse({"ready": not problems, "problems": problems}, status_code=200 if not problems else 503)
 
-    @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS)
-    def metrics_(token: Token) -> str:
-        """Prometheus text format; needs a bearer token allowed `metrics.read` (admin, security, auditor)."""
-        return metrics.prometheus(ws, token)
+    backoff = Backoff(ws)
 
-    throttle = Throttle()
+    @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS)
+    def metrics_(request: Request, token: Token) -> Any:
+        """Prometheus text format; needs a bearer token allowed `metrics.read` (admin, security, auditor)."""
+        return _backed_off(backoff, request, token, lambda: metrics.prometheus(ws, token))
+
     for op in OPERATIONS:
-        app.add_api_route(op.path, _endpoint(ws, op, throttle), methods=[op.method], status_code=op.status,
+        app.add_api_route(op.path, _endpoint(ws, op, backoff), methods=[op.method], status_code=op.status,
                           name=op.name, summary=_summary(op), responses=ERRORS, tags=[op.name.split(".")[0]],
                           response_class=Response if op.media_type else JSONResponse)
 
@@ -132,8 +136,18 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # A few threads per process are enough: each request is short, CPU-bound Python; more threads
     # only contend for the GIL (run more processes with --workers instead).
     anyio.to_thread.current_default_thread_limiter().total_tokens = int(os.environ.get("CUSTODY_SERVER_THREADS", "4"))
+    timer = asyncio.get_running_loop().create_task(_checkpoint_timer(app.state.ws))
     yield
+    timer.cancel()
     app.state.ws.close()
+
+
+async def _checkpoint_timer(ws: Workspace) -> None:
+    """Checkpoints on schedule even while no action comes here (events appended by processes that
+    cannot open the keyring are signed by the server within about `checkpoint_every_seconds`)."""
+    while True:
+        await asyncio.sleep(max(0.5, ws.checkpoint_every_seconds / 4))
+        await anyio.to_thread.run_sync(checkpoints.take_if_due, ws)
 
 
 PORTAL_CSP = ("default-src 'none'; style-src 'self'; img-src 'self' data:; form-action 'self'; "
@@ -170,7 +184,32 @@ class SecurityHeaders:
         await self.app(scope, receive, send_with_headers)
 
 
-def _endpoint(ws: Workspace, op: Operation, throttle: Throttle) -> Callable:
+def client_address(request: Request) -> str:
+    """The caller's address: the socket's peer, or what a proxy listed in CUSTODY_TRUSTED_PROXIES
+    forwarded (Uvicorn rewrites the peer only for those; see `custody.api.server`)."""
+    return request.client.host if request.client else "?"
+
+
+def _backed_off(backoff: Backoff, request: Request, token: str | None, call: Callable[[], Any]) -> Any:
+    """`call()` unless this token's failures are backed off (429 + Retry-After); a refused
+    authentication is counted against the token's id or the caller's address."""
+    address = client_address(request)
+    admission = backoff.admit(token, address)
+    if admission.wait:
+        return too_many(admission)
+    try:
+        return call()
+    except AuthenticationError:
+        backoff.failed(token, address, admission)
+        raise
+
+
+def too_many(admission: Admission) -> JSONResponse:
+    return JSONResponse({"error": f"too many failed authentications {admission.about}: retry in {admission.wait} s",
+                         "exit_code": 3}, status_code=429, headers={"Retry-After": str(admission.wait)})
+
+
+def _endpoint(ws: Workspace, op: Operation, backoff: Backoff) -> Callable:
     """A function FastAPI can read (its signature names path, query and body parameters) that calls the service."""
     hints = typing.get_type_hints(op.service)
     params = [p for p in inspect.signature(op.service).parameters.values()
@@ -201,20 +240,20 @@ def _endpoint(ws: Workspace, op: Operation, throttle: Throttle) -> Callable:
         body = values.pop("body", None)
         token = values.pop("token")
         request = values.pop("request")
-        address = request.client.host if request.client else "?"
-        wait = throttle.blocked(address)
-        if wait:
-            return JSONResponse({"error": f"too many failed authentications from this address: retry in {wait} s",
-                                 "exit_code": 3}, status_code=429, headers={"Retry-After": str(wait)})
         args = {**values, **({name: getattr(body, name) for name in body_fields} if body is not None else {})}
-        for name in paths:
-            if args.get(name) is not None:
-                args[name] = server_path(args[name])
-        try:
-            result = op.service(ws, token, **args)
-        except AuthenticationError:
-            throttle.failed(address)
-            raise
+
+        def call() -> Any:
+            for name in paths:
+                if args.get(name) is not None:
+                    args[name] = server_path(args[name])
+            for name in op.server_urls:
+                if args.get(name) is not None:
+                    args[name] = server_url(args[name])
+            return op.service(ws, token, **args)
+
+        result = _backed_off(backoff, request, token, call)
+        if isinstance(result, Response):  # backed off
+            return result
         return Response(result, media_type=op.media_type) if op.media_type else JSONResponse(jsonable_encoder(result),
                                                                                              status_code=op.status)
 
@@ -232,6 +271,20 @@ def server_path(path: Path) -> Path:
     if not any(resolved == root or root in resolved.parents for root in roots):
         raise InvalidInput(f"{path} is outside the folders this server may read or write (CUSTODY_SERVER_PATHS)")
     return resolved
+
+
+def server_url(url: str) -> str:
+    """A storage URL a remote caller names: one on the local file system (file://) is a folder on
+    this server's machine, so it must pass `server_path` like any other. Read as the storage layer
+    reads it (fsspec takes file://host/x as a relative path), and handed on as the folder checked."""
+    try:
+        storage = ZoneStorage(url)
+    except CustodyError:
+        return url  # not usable storage at all: the service says so
+    if not storage.local:
+        return url
+    folder = server_path(Path(storage.root))
+    return "file://" + str(folder) if url.startswith("file:") else url
 
 
 def _summary(op: Operation) -> str:

@@ -4,7 +4,8 @@ The server builds its routes from this table (`custody.api.app`) and the CLI's r
 builds its HTTP calls from it (`custody.api.client`), so the two cannot drift apart. A path
 names service parameters in braces; the other parameters travel in the query (GET) or as
 one JSON object (POST, PUT) whose keys are the parameter names. Paths given to services (a
-model to register, a catalog folder, an export file) name files on the server's machine.
+model to register, a catalog folder, an export file, a zone's file:// URL) name files on the
+server's machine.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Operation:
     status: int = 200
     media_type: str | None = None  # set where the service returns bytes (PEM, a bundle)
     internal: tuple[str, ...] = ()  # parameters only other services may set (e.g. drill=True)
+    server_urls: tuple[str, ...] = ()  # storage URLs: a local one (file://) is a server path too
 
     @property
     def path_params(self) -> tuple[str, ...]:
@@ -64,7 +66,7 @@ def _op(service: Callable, method: str, path: str, **kw: object) -> Operation:
 
 OPERATIONS: tuple[Operation, ...] = (
     _op(zones.list_zones, "GET", "/zones"),
-    _op(zones.add_zone, "POST", "/zones", status=201),
+    _op(zones.add_zone, "POST", "/zones", status=201, server_urls=("url",)),
     _op(zones.show_zone, "GET", "/zones/{name}"),
     _op(zones.set_budget, "PUT", "/zones/{name}/budget"),
     _op(principals.list_principals, "GET", "/principals"),

@@ -4,23 +4,63 @@ With several workers each process binds its own socket with SO_REUSEPORT, so the
 spreads connections across them. (One shared listening socket, as `uvicorn --workers` uses,
 lets whichever process is awake accept most keep-alive connections: under load one worker
 did nearly all the work while the other idled.) A worker that dies is started again.
+
+The client's address (what the authentication back-off counts by) is the socket's peer. Only a
+peer listed in CUSTODY_TRUSTED_PROXIES may name another in X-Forwarded-For: Uvicorn by default
+believes any loopback peer, so a client on this machine could claim a fresh address per request.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import multiprocessing
+import os
+import re
 import signal
 import socket
 import time
 
 import uvicorn
 
+from custody.control.services import health
+from custody.control.workspace import Workspace
+from custody.domain.errors import InvalidInput, InvalidState
+
 APP = "custody.api.app:app_from_env"
+
+
+def trusted_proxies() -> list[str]:
+    """CUSTODY_TRUSTED_PROXIES: the addresses or networks (comma-separated) of the reverse proxies
+    whose X-Forwarded-For names the client. Empty by default: no forwarded header is believed."""
+    found = []
+    for item in re.split(r"[,\s]+", os.environ.get("CUSTODY_TRUSTED_PROXIES", "")):
+        if not item:
+            continue
+        try:
+            found.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise InvalidInput(f"CUSTODY_TRUSTED_PROXIES: {item!r} is not an IP address or network") from None
+    return found
+
+
+def proxy_options() -> dict:
+    """Uvicorn's settings for forwarded headers: off unless some proxy is trusted, then only from those."""
+    trusted = trusted_proxies()
+    return {"proxy_headers": bool(trusted), "forwarded_allow_ips": trusted}
+
+
+def check(ws: Workspace) -> None:
+    """Refuse to serve a workspace others on this machine can open (a copied keyring faces offline
+    passphrase guessing, a copied database is read at leisure), or a proxy list that does not parse."""
+    proxy_options()
+    exposed = health.exposed(ws.home)
+    if exposed:
+        raise InvalidState(f"the workspace is not private: {exposed[0]}; run chmod -R go-rwx {ws.home}")
 
 
 def serve(host: str, port: int, workers: int) -> None:
     if workers <= 1:
-        uvicorn.run(APP, factory=True, host=host, port=port, log_level="warning")
+        uvicorn.run(APP, factory=True, host=host, port=port, log_level="warning", **proxy_options())
         return
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no inherited engine or locks
     stopping = False
@@ -59,5 +99,5 @@ def _worker(host: str, port: int) -> None:
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
-    config = uvicorn.Config(APP, factory=True, log_level="warning")
+    config = uvicorn.Config(APP, factory=True, log_level="warning", **proxy_options())
     uvicorn.Server(config).run(sockets=[sock])

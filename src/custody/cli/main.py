@@ -81,7 +81,7 @@ def serve(ctx: Ctx, host: Annotated[str, typer.Option()] = "127.0.0.1",
         if not ctx.json:
             output.err.print(f"creating the demo workspace in {ctx.home} (a minute) ...")
         portal_demo.seed(ctx.home)
-    ctx.ws  # fail now, with a clear message, if there is no workspace
+    server.check(ctx.ws)  # fail now, with a clear message: no workspace, one others can read, a bad proxy list
     people = portal_demo.load(ctx.home) if seed_demo else None
     os.environ["CUSTODY_HOME"] = str(ctx.home.resolve())
     url = f"http://{host}:{port}/portal/"
@@ -361,6 +361,7 @@ def audit_verify(ctx: Ctx,
 
 
 def main() -> None:
+    os.umask(0o077)  # what this process adds to a workspace (WAL, lock, keys, reports) stays private
     app()
 
 

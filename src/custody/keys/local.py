@@ -124,7 +124,7 @@ class LocalCustodian:
     def _changing(self) -> Iterator[dict]:
         """Re-read under an exclusive lock, let the caller change the ring, write it back atomically."""
         lock = self.path.with_suffix(".lock")
-        with open(lock, "a") as fh:
+        with open(os.open(lock, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "a") as fh:  # private, any umask
             fcntl.flock(fh, fcntl.LOCK_EX)
             self._envelope, self._ring = self._unseal()
             yield self._ring

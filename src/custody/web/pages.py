@@ -20,8 +20,8 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.concurrency import run_in_threadpool
 
-from custody.api.app import status_for
-from custody.api.throttle import Throttle
+from custody.api.app import client_address, status_for
+from custody.api.throttle import Admission, Backoff
 from custody.control.policy.durations import format_duration
 from custody.control.services import (
     assets,
@@ -61,7 +61,7 @@ def _duration(seconds: float | None) -> str:
 
 def portal_router(ws: Workspace) -> APIRouter:
     box = SessionBox(ws.home)
-    throttle = Throttle()
+    backoff = Backoff(ws)
     templates = _env()
     router = APIRouter(prefix="/portal", include_in_schema=False)
 
@@ -131,19 +131,30 @@ def portal_router(ws: Workspace) -> APIRouter:
         pre = request.cookies.get(PRE_COOKIE)
         if not same_origin(request) or not same(form.get("csrf"), pre):
             return refused(request, None)
-        address = request.client.host if request.client else "?"
-        wait = throttle.attempt(address)
-        if wait:
-            response = render(request, "signin.html", None, status=429, csrf=pre,
-                              error=f"too many failed sign-ins from this address: try again in {wait} s")
-            response.headers["Retry-After"] = str(wait)
-            return response
+        token = form.get("token", "").strip()
+        address = client_address(request)
+
+        def start() -> Admission | dict:
+            """Admit, try and count in one worker thread: guesses in flight stay within the thread pool."""
+            admission = backoff.admit(token, address)
+            if admission.wait:
+                return admission
+            try:
+                return sessions.start(ws, token)
+            except Denied:
+                backoff.failed(token, address, admission)  # counts only a token that does not authenticate
+                raise
+
         try:
-            who = await run_in_threadpool(sessions.start, ws, form.get("token", "").strip())
-        except Denied as exc:  # stays counted as a failure (see Throttle.attempt)
+            who = await run_in_threadpool(start)
+        except Denied as exc:
             return render(request, "signin.html", None, status=401, csrf=pre, error=exc.message)
-        throttle.succeeded(address)
-        cookie, _ = box.seal(form.get("token", "").strip(), who["session"], who["name"], tuple(who["roles"]),
+        if isinstance(who, Admission):
+            response = render(request, "signin.html", None, status=429, csrf=pre,
+                              error=f"too many failed sign-ins {who.about}: try again in {who.wait} s")
+            response.headers["Retry-After"] = str(who.wait)
+            return response
+        cookie, _ = box.seal(token, who["session"], who["name"], tuple(who["roles"]),
                              who["expires_in"])
         response = RedirectResponse("/portal/", status_code=303)
         _cookie(request, response, COOKIE, cookie, who["expires_in"])

@@ -5,8 +5,8 @@ the workspace (shared by every server process on it), so it cannot be read or fo
 browser. The session id must also be live in the store (`services/sessions.py`): signing out
 ends it everywhere. Every page acts with the principal's own token through the services (a
 suspended principal's session stops at once). The CSRF value inside the session is echoed in
-every form and compared in constant time. Sign-ins from one address back off exponentially
-after a few failures (per server process).
+every form and compared in constant time. Failed sign-ins back off exponentially after a few,
+per token id or per address (per server process; see `custody.api.throttle`).
 """
 
 from __future__ import annotations

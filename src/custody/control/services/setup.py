@@ -61,6 +61,7 @@ def init_workspace(
     present = [name for name in ours if (home / name).exists()]
     if present:
         raise InvalidInput(f"{home} already holds {present[0]}: refusing to create a workspace over it")
+    umask = os.umask(0o077)  # a private workspace: folders 0700, files 0600 (`custody serve` checks)
     try:
         return _init(home, passphrase, demo, jurisdiction, region, scrypt_log_n)
     except BaseException:
@@ -75,10 +76,13 @@ def init_workspace(
                 elif target.exists():
                     target.unlink()
         raise
+    finally:
+        os.umask(umask)
 
 
 def _init(home: Path, passphrase: str, demo: bool, jurisdiction: str, region: str, log_n: int) -> InitResult:
     home.mkdir(parents=True, exist_ok=True)
+    home.chmod(0o700)
     ws_id = new_id()
     url = db_url_for(home)
     engine = db.make_engine(url)
