@@ -121,7 +121,7 @@ def create_app(home: Path | None = None) -> FastAPI:
 
     from custody.web.pages import portal_router
 
-    app.include_router(portal_router(ws))
+    app.include_router(portal_router(ws, backoff))  # one count for sign-ins and API calls
 
     @app.get("/", include_in_schema=False)
     def root() -> RedirectResponse:

@@ -59,9 +59,8 @@ def _duration(seconds: float | None) -> str:
     return "none" if seconds is None else format_duration(int(seconds))
 
 
-def portal_router(ws: Workspace) -> APIRouter:
+def portal_router(ws: Workspace, backoff: Backoff) -> APIRouter:
     box = SessionBox(ws.home)
-    backoff = Backoff(ws)
     templates = _env()
     router = APIRouter(prefix="/portal", include_in_schema=False)
 
