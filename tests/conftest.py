@@ -174,6 +174,105 @@ def run_custody(*args: str, env: dict[str, str], timeout: float = 120) -> Result
     return Result(p.returncode, p.stdout, p.stderr)
 
 
+# -- people ------------------------------------------------------------------------------------
+
+GOVERNED = ("admin", "security", "ml-lead")  # added only through an identity proposal
+OFFICERS = ("officer-a", "officer-b")  # the bootstrap security officers who approve identity proposals
+
+
+@dataclass
+class People:
+    """Principals made the way custody requires: two bootstrap security officers (kept apart, so the
+    one-time codes of the people a test approves with are unspent), then every approver or admin
+    through an identity proposal the officers approve with codes, applied by the admin."""
+
+    env: Env
+    tokens: dict[str, str]
+    secrets: dict[str, str]
+    steps: dict[str, int]
+
+    @classmethod
+    def of(cls, env: Env) -> "People":
+        return cls(env, {"admin": env.token}, {}, {})
+
+    def t(self, who: str) -> str:
+        return self.tokens[who]
+
+    __getitem__ = t
+
+    def otp(self, who: str) -> str:
+        """A code for the next unused time step (codes are single use; the server accepts ±1 step).
+
+        Starts at the current step (never the previous one, which may slip out of the window before
+        the server checks it) and waits for the clock when a principal has used up the window."""
+        import pyotp
+        from datetime import datetime, timezone
+
+        totp = pyotp.TOTP(self.secrets[who])
+        while True:
+            now = totp.timecode(datetime.now(timezone.utc))
+            step = max(now, self.steps.get(who, -1) + 1)
+            if step <= now + 1:
+                break
+            time.sleep(totp.interval - time.time() % totp.interval + 0.05)
+        self.steps[who] = step
+        return totp.generate_otp(step)
+
+    def enroll(self, who: str) -> None:
+        """Enrol a second factor and put it in force with a first code."""
+        r = cli("mfa", "enroll", "--json", token=self.tokens[who])
+        assert r.code == 0, r.stdout
+        self.secrets[who] = r.json["secret"]
+        r = cli("mfa", "verify", self.otp(who), "--json", token=self.tokens[who])
+        assert r.code == 0 and r.json["activated"], r.stdout
+
+    def _officers(self) -> None:
+        if OFFICERS[0] in self.tokens:
+            return
+        for name in OFFICERS:
+            r = cli("principal", "add", name, "--role", "security", "--team", "security-office", "--json",
+                    token=self.env.token)
+            assert r.code == 0 and "token" in r.json, r.stdout
+            self.tokens[name] = r.json["token"]
+            self.enroll(name)
+
+    def add(self, spec: dict[str, tuple[str, str | None]], *, enroll: bool = True, by: str = "admin") -> dict[str, str]:
+        """Add NAME: (ROLE, TEAM) for each entry; approvers (ml-lead, security) get a second factor
+        in force unless `enroll` is false. Returns the new tokens (also kept in `tokens`)."""
+        if any(role in GOVERNED for role, _ in spec.values()):
+            self._officers()
+        pending = []
+        for name, (role, team) in spec.items():
+            args = ["principal", "add", name, "--role", role, "--json"] + (["--team", team] if team else [])
+            r = cli(*args, token=self.tokens[by])
+            assert r.code == 0, r.stdout
+            if "proposal" in r.json:
+                pending.append((name, r.json["proposal"]))
+            else:
+                self.tokens[name] = r.json["token"]
+        if pending:
+            for officer in OFFICERS:
+                r = cli("principal", "approve", *(pid for _, pid in pending), "--otp", self.otp(officer), "--json",
+                        token=self.tokens[officer])
+                assert r.code == 0, r.stdout
+            for name, pid in pending:
+                r = cli("principal", "apply", pid, "--json", token=self.tokens[by])
+                assert r.code == 0, r.stdout
+                self.tokens[name] = r.json["token"]
+        if enroll:
+            for name, (role, _) in spec.items():
+                if role in ("ml-lead", "security"):
+                    self.enroll(name)
+        return {name: self.tokens[name] for name in spec}
+
+
+def people(env: Env, spec: dict[str, tuple[str, str | None]], **kw) -> People:  # noqa: ANN003
+    """A People with `spec` added (see People.add)."""
+    found = People.of(env)
+    found.add(spec, **kw)
+    return found
+
+
 # -- model files ------------------------------------------------------------------------------
 
 ST_DTYPES = {"float32": "F32", "float16": "F16", "int64": "I64", "int32": "I32", "uint8": "U8"}

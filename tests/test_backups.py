@@ -8,11 +8,10 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
-import pyotp
 import pytest
 from sqlalchemy import text
 
-from conftest import CUSTODY_BIN, Env, cli, events, hf_model, register, write_safetensors
+from conftest import CUSTODY_BIN, Env, People, cli, people, events, hf_model, register, write_safetensors
 from custody.control.store import backups_repo as br
 from custody.control.store import repositories as repo
 from custody.data import sealed
@@ -21,30 +20,15 @@ from test_register import model_signing_verify
 
 
 @pytest.fixture
-def ops(env: Env, model_dir: Path):  # noqa: ANN201
+def ops(env: Env, model_dir: Path) -> People:
     """dave (backup operator), bob (ml-lead), carol (security); tiny registered with a backup policy."""
-    tokens = {"admin": env.token}
-    for name, role, t in (("dave", "backup-operator", "infra"), ("bob", "ml-lead", "platform"),
-                          ("carol", "security", "security")):
-        tokens[name] = cli("principal", "add", name, "--role", role, "--team", t, "--json",
-                           token=env.token).json["token"]
-    for name in ("bob", "carol"):
-        secret = cli("mfa", "enroll", "--json", token=tokens[name]).json["secret"]
-        tokens[name + "_otp"] = secret
-        assert cli("mfa", "verify", pyotp.TOTP(secret).now(), "--json", token=tokens[name]).code == 0
+    tokens = people(env, {"dave": ("backup-operator", "infra"), "bob": ("ml-lead", "platform"),
+                          "carol": ("security", "security")})
     register(env, model_dir, "tiny", "--jurisdiction", "US")
     r = cli("backup", "policy", "set", "tiny", "--zone", "backup", "--every", "@daily", "--keep-daily", "2",
             "--keep-weekly", "0", "--keep-monthly", "0", "--rpo", "24h", "--rto", "10m", "--json", token=tokens["dave"])
     assert r.code == 0, r.stdout
     return tokens
-
-
-def next_code(secret: str) -> str:
-    """The next step's code: the current one was spent moments ago (the server accepts +1 step)."""
-    import time
-
-    totp = pyotp.TOTP(secret)
-    return totp.at(time.time() + totp.interval)
 
 
 def backup(env: Env, token: str, asset: str = "tiny") -> dict:
@@ -59,7 +43,7 @@ def chunk_files(env: Env) -> list[Path]:
                   if p.is_file() and len(p.name) == 64)
 
 
-def test_backup_restore_and_signature(env: Env, ops: dict, model_dir: Path, tmp_path: Path) -> None:
+def test_backup_restore_and_signature(env: Env, ops: People, model_dir: Path, tmp_path: Path) -> None:
     first = backup(env, ops["dave"])
     assert first["state"] == "done" and first["kind"] == "backup" and first["method"] == "snapshot"
     snap = first["snapshot"]
@@ -77,7 +61,7 @@ def test_backup_restore_and_signature(env: Env, ops: dict, model_dir: Path, tmp_
     assert cli("restore", snap, "--to", "research", "--purpose", "x", "--json", token=ops["dave"]).code == 3
     req = cli("restore", snap, "--to", "prod", "--purpose", "prod volume lost", "--json", token=ops["dave"])
     assert req.code == 0 and req.json["state"] == "awaiting_approval", req.stdout
-    assert cli("request", "approve", req.json["id"], "--json", token=ops["bob"]).json["state"] == "approved"
+    assert cli("request", "approve", req.json["id"], "--otp", ops.otp("bob"), "--json", token=ops["bob"]).json["state"] == "approved"
     done = cli("request", "run", req.json["id"], "--json", token=ops["dave"])
     assert done.code == 0, done.stdout
     assert done.json["rto_seconds"] >= 0 and done.json["snapshot"] == snap
@@ -99,7 +83,7 @@ def test_backup_restore_and_signature(env: Env, ops: dict, model_dir: Path, tmp_
     assert model_signing_verify(out, bundle, pub).returncode == 0
 
 
-def test_second_backup_after_a_fine_tune_adds_about_what_changed(env: Env, ops: dict, tmp_path: Path) -> None:
+def test_second_backup_after_a_fine_tune_adds_about_what_changed(env: Env, ops: People, tmp_path: Path) -> None:
     path = tmp_path / "m.safetensors"
     rng = np.random.default_rng(5)
     tensors = {f"layer.{i}": rng.integers(0, 255, size=1_000_000, dtype=np.uint8) for i in range(20)}
@@ -123,7 +107,7 @@ def test_second_backup_after_a_fine_tune_adds_about_what_changed(env: Env, ops: 
 
 
 @pytest.mark.parametrize("damage", ["flip", "missing", "swap"])
-def test_damaged_chunks_are_found_and_nothing_is_restored(env: Env, ops: dict, damage: str) -> None:
+def test_damaged_chunks_are_found_and_nothing_is_restored(env: Env, ops: People, damage: str) -> None:
     snap = backup(env, ops["dave"])["snapshot"]
     files = chunk_files(env)
     big = sorted(files, key=lambda p: p.stat().st_size)[-2:]
@@ -142,14 +126,14 @@ def test_damaged_chunks_are_found_and_nothing_is_restored(env: Env, ops: dict, d
     if damage == "missing":
         assert cli("snapshot", "verify", snap, "--json", token=ops["dave"]).code == 5
     req = cli("restore", snap, "--to", "dr", "--kind", "restore", "--purpose", "x", "--json", token=ops["dave"]).json
-    cli("request", "approve", req["id"], "--json", token=ops["bob"])
+    cli("request", "approve", req["id"], "--otp", ops.otp("bob"), "--json", token=ops["bob"])
     run = cli("request", "run", req["id"], "--json", token=ops["dave"])
     assert run.code == 5
     assert cli("replica", "list", "--zone", "dr", "--state", "active", "--json", token=ops["admin"]).json == []
 
 
 @pytest.mark.parametrize("tamper", ["edited_manifest", "swapped_chunks", "other_key"])
-def test_snapshot_manifest_tampering_is_refused(env: Env, ops: dict, tamper: str) -> None:
+def test_snapshot_manifest_tampering_is_refused(env: Env, ops: People, tamper: str) -> None:
     from cryptography.hazmat.primitives.asymmetric import ec
 
     from custody.keys.bundle import sign_manifest
@@ -176,12 +160,12 @@ def test_snapshot_manifest_tampering_is_refused(env: Env, ops: dict, tamper: str
     verified = cli("snapshot", "verify", snap, "--json", token=ops["dave"])  # no data read: signatures alone
     assert verified.code == 5, verified.stdout
     req = cli("restore", snap, "--to", "dr", "--purpose", "x", "--json", token=ops["dave"]).json
-    cli("request", "approve", req["id"], "--json", token=ops["bob"])
+    cli("request", "approve", req["id"], "--otp", ops.otp("bob"), "--json", token=ops["bob"])
     assert cli("request", "run", req["id"], "--json", token=ops["dave"]).code == 5
     assert cli("replica", "list", "--zone", "dr", "--json", token=ops["admin"]).json == []
 
 
-def test_retention_immutability_and_early_deletion(env: Env, ops: dict) -> None:
+def test_retention_immutability_and_early_deletion(env: Env, ops: People) -> None:
     snaps = [backup(env, ops["dave"])["snapshot"]]
     ws = env.open()
     with ws.engine.begin() as conn:  # three backups on three past days (keep-daily 2 keeps the newest two days)
@@ -202,14 +186,12 @@ def test_retention_immutability_and_early_deletion(env: Env, ops: dict) -> None:
     # approvers the proposer could mint, or without a second factor, do not count
     assert cli("snapshot", "approve-delete", deletion, "--reason", "ok", "--json", token=ops["bob"]).code == 3
     assert cli("snapshot", "approve-delete", deletion, "--reason", "ok", "--json", token=ops["dave"]).code == 3
-    late = cli("principal", "add", "late", "--role", "security", "--team", "x", "--json", token=ops["admin"]).json
-    code = pyotp.TOTP(cli("mfa", "enroll", "--json", token=late["token"]).json["secret"])
-    cli("mfa", "verify", code.now(), "--json", token=late["token"])
-    assert cli("snapshot", "approve-delete", deletion, "--reason", "ok", "--otp", next_code(code.secret), "--json",
-               token=late["token"]).code == 3
+    ops.add({"late": ("security", "x")})
+    assert cli("snapshot", "approve-delete", deletion, "--reason", "ok", "--otp", ops.otp("late"), "--json",
+               token=ops["late"]).code == 3
     for who in ("bob", "carol"):
         r = cli("snapshot", "approve-delete", deletion, "--reason", "legal hold over", "--otp",
-                next_code(ops[who + "_otp"]), "--json", token=ops[who])
+                ops.otp(who), "--json", token=ops[who])
         assert r.code == 0, r.stdout
     assert r.json["approvals"] == 2
     assert cli("snapshot", "delete", snaps[0], "--reason", "legal hold over", "--json",
@@ -218,7 +200,7 @@ def test_retention_immutability_and_early_deletion(env: Env, ops: dict) -> None:
     assert any(e["action"] == "snapshot.approve-delete" and e["outcome"] == "ok" for e in events(env))
 
 
-def test_killed_backup_leaves_no_snapshot_and_prune_removes_orphans(env: Env, ops: dict, tmp_path: Path) -> None:
+def test_killed_backup_leaves_no_snapshot_and_prune_removes_orphans(env: Env, ops: People, tmp_path: Path) -> None:
     import signal
     import time
 
@@ -262,18 +244,16 @@ def test_killed_backup_leaves_no_snapshot_and_prune_removes_orphans(env: Env, op
     assert cli("snapshot", "verify", done["snapshot"], "--read-data", "--json", token=ops["dave"]).code == 0
 
 
-def test_shredded_repository_restores_nothing(env: Env, ops: dict) -> None:
+def test_shredded_repository_restores_nothing(env: Env, ops: People) -> None:
     snap = backup(env, ops["dave"])["snapshot"]
     assert cli("backup", "shred", "tiny", "--zone", "backup", "--reason", "x", "--json", token=ops["dave"]).code == 3
-    sam = cli("principal", "add", "sam", "--role", "security", "--team", "grc", "--json", token=ops["admin"]).json
-    sam_otp = cli("mfa", "enroll", "--json", token=sam["token"]).json["secret"]
-    cli("mfa", "verify", pyotp.TOTP(sam_otp).now(), "--json", token=sam["token"])
+    ops.add({"sam": ("security", "grc")})
     asked = cli("backup", "shred", "tiny", "--zone", "backup", "--reason", "legal deletion", "--json", token=ops["carol"])
     assert asked.code == 0 and asked.json["state"] == "awaiting_approval"  # the snapshot is still immutable
     assert cli("snapshot", "verify", snap, "--read-data", "--json", token=ops["dave"]).code == 0
-    for token, secret in ((ops["bob"], ops["bob_otp"]), (sam["token"], sam_otp)):
+    for who in ("bob", "sam"):
         r = cli("snapshot", "approve-delete", asked.json["deletion"], "--reason", "court order", "--otp",
-                next_code(secret), "--json", token=token)
+                ops.otp(who), "--json", token=ops[who])
         assert r.code == 0, r.stdout
     r = cli("backup", "shred", "tiny", "--zone", "backup", "--reason", "legal deletion", "--json", token=ops["carol"])
     assert r.code == 0 and r.json["snapshots_destroyed"] == 1
@@ -282,7 +262,7 @@ def test_shredded_repository_restores_nothing(env: Env, ops: dict) -> None:
     assert r.code == 6 and "forgotten" in r.json["error"]
 
 
-def test_scheduled_runs_and_drills(env: Env, ops: dict) -> None:
+def test_scheduled_runs_and_drills(env: Env, ops: People) -> None:
     cli("backup", "policy", "set", "tiny", "--zone", "backup", "--every", "* * * * *", "--rpo", "1h", "--rto", "10m",
         "--json", token=ops["dave"])
     first = cli("backup", "run", "--due", "--json", token=ops["dave"]).json
@@ -307,7 +287,7 @@ def test_scheduled_runs_and_drills(env: Env, ops: dict) -> None:
     assert cli("backup", "status", "--json", token=ops["dave"]).json[0]["rpo"] == "breached"
 
 
-def test_bad_policies_and_names(env: Env, ops: dict) -> None:
+def test_bad_policies_and_names(env: Env, ops: People) -> None:
     for args in (["--every", "soon"], ["--every", "61 * * * *"], ["--rpo", "never"], ["--keep-daily", "0",
                                                                                        "--keep-weekly", "0",
                                                                                        "--keep-monthly", "0"]):

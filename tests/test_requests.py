@@ -13,36 +13,14 @@ import pytest
 from sqlalchemy import text
 
 import custody
-from conftest import Env, cli, events, register
+from conftest import Env, People, cli, events, register
 from custody.control import grants
 from custody.control.store import requests_repo as rq
 
 
 @dataclass
-class Team:
-    env: Env
-    tokens: dict[str, str]
-    secrets: dict[str, str]
-    replica: str
-    steps: dict[str, int]
-
-    def t(self, who: str) -> str:
-        return self.tokens[who]
-
-    def otp(self, who: str) -> str:
-        """A code for the next unused time step (codes are single use; the server accepts ±1 step).
-
-        Starts at the current step (never the previous one, which may slip out of the window before
-        the server checks it) and waits for the clock when a principal has used up the window."""
-        totp = pyotp.TOTP(self.secrets[who])
-        while True:
-            now = totp.timecode(datetime.now(timezone.utc))
-            step = max(now, self.steps.get(who, -1) + 1)
-            if step <= now + 1:
-                break
-            time.sleep(totp.interval - time.time() % totp.interval + 0.05)
-        self.steps[who] = step
-        return totp.generate_otp(step)
+class Team(People):
+    replica: str = ""
 
 
 PEOPLE = {
@@ -53,18 +31,11 @@ PEOPLE = {
 
 @pytest.fixture
 def team(env: Env, model_dir: Path, tmp_path: Path) -> Team:
-    tokens, secrets = {"admin": env.token}, {}
-    for name, (role, team_name) in PEOPLE.items():
-        tokens[name] = cli("principal", "add", name, "--role", role, "--team", team_name, "--json",
-                           token=env.token).json["token"]
-    for name in ("bob", "carol", "frank"):
-        secrets[name] = cli("mfa", "enroll", "--json", token=tokens[name]).json["secret"]
+    team = Team(env, {"admin": env.token}, {}, {})
+    team.add(PEOPLE)
     cli("zone", "add", "eu-research", "--url", (tmp_path / "eu").as_uri(), "--kind", "research", "--region", "eu",
         "--jurisdiction", "DE", "--security-level", "4", "--json", token=env.token)
-    reg = register(env, model_dir, "tiny", "--sensitivity", "confidential", "--jurisdiction", "US")
-    team = Team(env, tokens, secrets, reg["replica"], {})
-    for name in secrets:  # a new factor counts once a first code from it is verified
-        assert cli("mfa", "verify", team.otp(name), "--json", token=tokens[name]).json["activated"] is True
+    team.replica = register(env, model_dir, "tiny", "--sensitivity", "confidential", "--jurisdiction", "US")["replica"]
     return team
 
 
@@ -297,9 +268,13 @@ def test_break_glass_dr_opens_a_review(team: Team) -> None:
     assert len(review) == 1 and review[0]["overdue"] is False
     rid = review[0]["id"]
     assert cli("review", "close", rid, "--comment", "ok", "--json", token=team.t("erin")).code == 3
-    assert cli("review", "close", rid, "--comment", "ok", "--json", token=team.t("bob")).json["state"] == "open"
-    assert cli("review", "close", rid, "--comment", "ok", "--json", token=team.t("bob")).code == 6
-    assert cli("review", "close", rid, "--comment", "fine", "--json", token=team.t("carol")).json["state"] == "closed"
+    assert cli("review", "close", rid, "--comment", "ok", "--json", token=team.t("bob")).code == 3  # no code
+    assert cli("review", "close", rid, "--comment", "ok", "--otp", team.otp("bob"), "--json",
+               token=team.t("bob")).json["state"] == "open"
+    assert cli("review", "close", rid, "--comment", "ok", "--otp", team.otp("bob"), "--json",
+               token=team.t("bob")).code == 6
+    assert cli("review", "close", rid, "--comment", "fine", "--otp", team.otp("carol"), "--json",
+               token=team.t("carol")).json["state"] == "closed"
     dr = cli("replica", "show", r.json["result_replica"], "--json", token=team.t("admin")).json
     assert dr["expires_at"] is None  # DR replicas do not expire
 
@@ -375,18 +350,20 @@ def test_policy_catalog_changes_are_governed(team: Team, tmp_path: Path) -> None
     failed = cli("policy", "test", str(wrong), "--json", token=team.t("carol"))
     assert failed.code == 1 and failed.json["failed"] >= 1
     assert cli("policy", "test", str(new), "--json", token=team.t("carol")).json["failed"] == 0
-    carol2 = cli("principal", "add", "sam", "--role", "security", "--team", "security", "--json",
-                 token=team.t("admin")).json["token"]
-    third = cli("principal", "add", "sue", "--role", "security", "--team", "grc", "--json", token=team.t("admin")).json["token"]
+    team.add({"sam": ("security", "security"), "sue": ("security", "grc")})
     p = cli("policy", "propose", str(new), "--purpose", "shorter research copies", "--json", token=team.t("carol")).json
-    late = cli("principal", "add", "lou", "--role", "security", "--team", "grc", "--json", token=team.t("admin")).json["token"]
-    assert cli("policy", "approve", p["proposal"], "--json", token=team.t("carol")).code == 3  # proposer
-    assert cli("policy", "approve", p["proposal"], "--json", token=team.t("bob")).code == 3  # not security
+    team.add({"lou": ("security", "grc")})
+    assert cli("policy", "approve", p["proposal"], "--otp", team.otp("carol"), "--json",
+               token=team.t("carol")).code == 3  # proposer
+    assert cli("policy", "approve", p["proposal"], "--otp", team.otp("bob"), "--json",
+               token=team.t("bob")).code == 3  # not security
+    assert cli("policy", "approve", p["proposal"], "--json", token=team.t("sam")).code == 3  # no one-time code
     assert cli("policy", "apply", p["proposal"], "--json", token=team.t("carol")).code == 3  # no approvals yet
-    cli("policy", "approve", p["proposal"], "--json", token=carol2)
+    assert cli("policy", "approve", p["proposal"], "--otp", team.otp("sam"), "--json", token=team.t("sam")).code == 0
     assert cli("policy", "apply", p["proposal"], "--json", token=team.t("carol")).code == 3  # one of two
-    assert cli("policy", "approve", p["proposal"], "--json", token=late).code == 3  # added after the proposal
-    cli("policy", "approve", p["proposal"], "--json", token=third)
+    assert cli("policy", "approve", p["proposal"], "--otp", team.otp("lou"), "--json",
+               token=team.t("lou")).code == 3  # added after the proposal
+    assert cli("policy", "approve", p["proposal"], "--otp", team.otp("sue"), "--json", token=team.t("sue")).code == 0
     applied = cli("policy", "apply", p["proposal"], "--json", token=team.t("carol"))
     assert applied.code == 0 and applied.json["old_hash"] == shown["hash"] and applied.json["new_hash"] == p["hash"]
     assert create(team, "alice", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "20d").code == 3
@@ -494,14 +471,25 @@ def test_destination_out_of_space_fails_cleanly(env: Env, tmp_path: Path, tiny_d
 
 
 def test_requester_cannot_mint_their_own_approvers(team: Team) -> None:
-    """An admin asks, then creates two approvers and approves through them: none of it counts."""
+    """An admin asks, then has two approvers added and approves through them: none of it counts."""
     rid = create(team, "admin", "--to", "research", "--kind", "migration", "--purpose", "x", "--ttl", "1d").json
     assert rid["state"] == "awaiting_approval"
-    for name, role, t in (("ghost1", "ml-lead", "a"), ("ghost2", "security", "b")):
-        token = cli("principal", "add", name, "--role", role, "--team", t, "--json", token=team.t("admin")).json["token"]
-        secret = cli("mfa", "enroll", "--json", token=token).json["secret"]
-        r = cli("request", "approve", rid["id"], "--otp", pyotp.TOTP(secret).now(), "--json", token=token)
+    asked = cli("principal", "add", "ghost0", "--role", "ml-lead", "--team", "a", "--json", token=team.t("admin"))
+    assert asked.code == 0 and "token" not in asked.json and asked.json["state"] == "proposed"  # no token: a proposal
+    team.add({"ghost1": ("ml-lead", "a"), "ghost2": ("security", "b")})  # approved by the security officers
+    for name in ("ghost1", "ghost2"):
+        r = cli("request", "approve", rid["id"], "--otp", team.otp(name), "--json", token=team.t(name))
         assert r.code == 3 and "added by admin" in r.json["error"]
+
+
+def test_no_approver_through_a_chain_of_principals(team: Team) -> None:
+    """admin has admin2 added, admin2 has an approver added: that approver cannot approve for admin."""
+    rid = create(team, "admin", "--to", "research", "--kind", "migration", "--purpose", "x", "--ttl", "1d").json["id"]
+    team.add({"admin2": ("admin", "platform")})
+    team.add({"puppet": ("security", "c")}, by="admin2")
+    r = cli("request", "approve", rid, "--otp", team.otp("puppet"), "--json", token=team.t("puppet"))
+    assert r.code == 3 and "added by admin (through admin2)" in r.json["error"]
+    assert events(team.env)[-1]["outcome"] == "denied"
 
 
 def test_approvals_recounted_when_the_copy_runs(team: Team) -> None:
@@ -541,8 +529,8 @@ def test_copies_come_from_primaries_and_never_outlive_their_source(team: Team) -
 def test_a_stale_policy_proposal_cannot_roll_back_the_catalog(team: Team, tmp_path: Path) -> None:
     import shutil
 
-    sam = cli("principal", "add", "sam", "--role", "security", "--team", "s2", "--json", token=team.t("admin")).json["token"]
-    sue = cli("principal", "add", "sue", "--role", "security", "--team", "s3", "--json", token=team.t("admin")).json["token"]
+    team.add({"sam": ("security", "s2"), "sue": ("security", "s3"), "tom": ("security", "s4"),
+              "uma": ("security", "s5")})
     proposals = []
     for ttl in ("14d", "21d"):
         folder = tmp_path / ttl
@@ -550,9 +538,9 @@ def test_a_stale_policy_proposal_cannot_roll_back_the_catalog(team: Team, tmp_pa
         (folder / "rules.toml").write_text((folder / "rules.toml").read_text().replace('max_ttl = "30d"',
                                                                                        f'max_ttl = "{ttl}"'))
         proposals.append(cli("policy", "propose", str(folder), "--purpose", ttl, "--json", token=team.t("carol")).json)
-    for p in proposals:
-        for token in (sam, sue):
-            assert cli("policy", "approve", p["proposal"], "--json", token=token).code == 0
+    for p, pair in zip(proposals, (("sam", "sue"), ("tom", "uma"))):
+        for who in pair:
+            assert cli("policy", "approve", p["proposal"], "--otp", team.otp(who), "--json", token=team.t(who)).code == 0
     assert cli("policy", "apply", proposals[0]["proposal"], "--json", token=team.t("carol")).code == 0
     stale = cli("policy", "apply", proposals[1]["proposal"], "--json", token=team.t("carol"))
     assert stale.code == 6 and "propose it again" in stale.json["error"]

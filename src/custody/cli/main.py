@@ -10,7 +10,7 @@ import typer
 
 from custody.cli import output
 from custody.cli.common import Ctx, command, emit, progress_bar
-from custody.control.services import assets, audit, keys, principals, replicas, setup, sweep as sweeper, zones
+from custody.control.services import assets, audit, identity, keys, principals, replicas, setup, sweep as sweeper, zones
 from custody.domain.errors import InvalidInput
 
 app = typer.Typer(help="custody: governed, sealed, ledgered copies of model weights.", no_args_is_help=True,
@@ -51,8 +51,16 @@ def init(ctx: Ctx,
                              "Never keep real weights here.", style="bold yellow")
         output.out.print("Admin token (shown once, store it now):")
         output.out.print(result.admin_token)
+        output.out.print(f"Next: {BOOTSTRAP_HINT}")
 
-    emit(ctx, {"home": str(result.home), "admin_token": result.admin_token, "demo": result.demo}, human)
+    emit(ctx, {"home": str(result.home), "admin_token": result.admin_token, "demo": result.demo,
+               "next": BOOTSTRAP_HINT}, human)
+
+
+BOOTSTRAP_HINT = ("name the first two security officers (`custody principal add NAME --role security --team TEAM`, "
+                  "twice); each then runs `custody principal rotate-token`, `custody mfa enroll` and `custody mfa "
+                  "verify CODE`. Approvers, admins and further security officers are then added by proposal, "
+                  "approved by two security officers.")
 
 
 @command(app, "demo")
@@ -160,23 +168,36 @@ def zone_show(ctx: Ctx, name: str) -> None:
 
 @command(principal_app, "add")
 def principal_add(ctx: Ctx, name: str,
-                  role: Annotated[list[str], typer.Option("--role", help="Repeatable.")],
+                  role: Annotated[list[str], typer.Option("--role", help="Repeatable. Adding an admin, security or "
+                                                          "ml-lead is a proposal two security officers approve.")],
                   team: Annotated[Optional[str], typer.Option()] = None,
-                  attr: Annotated[Optional[list[str]], typer.Option("--attr", help="k=v, repeatable.")] = None) -> None:
-    """Add a principal; its token is printed once."""
+                  attr: Annotated[Optional[list[str]], typer.Option("--attr", help="k=v, repeatable.")] = None,
+                  reason: Annotated[Optional[str], typer.Option(help="Why (shown to the approvers).")] = None) -> None:
+    """Add a principal (its token is printed once), or propose one with an approving role."""
     attributes = {}
     for item in attr or []:
         k, sep, v = item.partition("=")
         if not sep or not k:
             raise InvalidInput(f"bad --attr {item!r}: use key=value")
         attributes[k] = v
-    p = ctx.call(principals.add_principal, name=name, roles=role, team=team, attributes=attributes)
+    p = ctx.call(principals.add_principal, name=name, roles=role, team=team, attributes=attributes, reason=reason)
 
     def human() -> None:
+        if "proposal" in p:
+            print_identity_proposal(p)
+            return
         output.out.print(f"principal {p['name']} added ({', '.join(p['roles'])}). Token (shown once):")
         output.out.print(p["token"])
 
     emit(ctx, p, human)
+
+
+def print_identity_proposal(p: dict) -> None:
+    output.out.print(f"identity proposal {p['proposal']}: {p['change']} {p['principal']} ({', '.join(p['roles'])}), "
+                     f"{p['state']}; approved by {len(p['approved_by'])} of {p['needed']}"
+                     + (f" ({', '.join(p['approved_by'])})" if p["approved_by"] else ""))
+    if p.get("next"):
+        output.out.print(f"next: {p['next']}")
 
 
 @command(principal_app, "list")
@@ -187,10 +208,60 @@ def principal_list(ctx: Ctx) -> None:
 
 
 @command(principal_app, "suspend")
-def principal_suspend(ctx: Ctx, name: str) -> None:
-    """Suspend a principal: its token stops working at once."""
-    p = ctx.call(principals.suspend_principal, name)
-    emit(ctx, p, lambda: output.out.print(f"principal {name} suspended"))
+def principal_suspend(ctx: Ctx, name: str,
+                      reason: Annotated[Optional[str], typer.Option(help="Why (shown to the approvers).")] = None) -> None:
+    """Suspend a principal: its token stops working at once (an admin or security officer: once two
+    security officers approve)."""
+    p = ctx.call(principals.suspend_principal, name, reason=reason)
+    emit(ctx, p, lambda: print_identity_proposal(p) if "proposal" in p else output.out.print(f"principal {name} suspended"))
+
+
+@command(principal_app, "proposals")
+def principal_proposals(ctx: Ctx,
+                        open_only: Annotated[bool, typer.Option("--open", help="Only those awaiting approval.")] = False
+                        ) -> None:
+    """Identity proposals: additions of approvers and admins, suspensions of admins and security officers."""
+    rows = ctx.call(identity.list_proposals, open_only=open_only)
+    emit(ctx, rows, lambda: output.table(rows, ["proposal", "change", "principal", "roles", "proposer", "state",
+                                                "approved_by"], "identity proposals"))
+
+
+@command(principal_app, "approve")
+def principal_approve(ctx: Ctx, proposal: Annotated[list[str], typer.Argument(help="One or more proposal ids.")],
+                      otp: Annotated[Optional[str], typer.Option(help="A one-time code from your second factor.")] = None,
+                      comment: Annotated[Optional[str], typer.Option()] = None) -> None:
+    """Approve identity proposals (security officers, with one one-time code for all of them)."""
+    rows = ctx.call(identity.approve, proposal, otp=otp, comment=comment)
+
+    def human() -> None:
+        for p in rows:
+            print_identity_proposal(p)
+
+    emit(ctx, rows, human)
+
+
+@command(principal_app, "apply")
+def principal_apply(ctx: Ctx, proposal: str) -> None:
+    """Add the principal an approved proposal names (its proposer only); the token is printed once."""
+    p = ctx.call(identity.apply, proposal)
+
+    def human() -> None:
+        output.out.print(f"principal {p['name']} added ({', '.join(p['roles'])}). Token (shown once):")
+        output.out.print(p["token"])
+
+    emit(ctx, p, human)
+
+
+@command(principal_app, "rotate-token")
+def principal_rotate_token(ctx: Ctx) -> None:
+    """Replace your own token: the old one stops working at once; the new one is printed once."""
+    p = ctx.call(principals.rotate_token)
+
+    def human() -> None:
+        output.out.print(f"new token for {p['name']} (shown once; the old one no longer works):")
+        output.out.print(p["token"])
+
+    emit(ctx, p, human)
 
 
 # -- assets ---------------------------------------------------------------------------------
@@ -357,7 +428,8 @@ def audit_verify(ctx: Ctx,
     """Recompute the tree from the events and check it against every checkpoint."""
     r = ctx.call(audit.verify, checkpoint, public_key)
     emit(ctx, r, lambda: output.out.print(
-        f"ledger verified: {r['tree_size']} events, root {r['root']}, {r['checkpoints_checked']} checkpoints agree"))
+        f"ledger verified: {r['tree_size']} events, root {r['root']}, {r['checkpoints_checked']} checkpoints agree; "
+        f"{r['events_after_checkpoint']} events newer than the newest checkpoint"))
 
 
 def main() -> None:

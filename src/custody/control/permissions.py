@@ -9,7 +9,7 @@ from __future__ import annotations
 from custody.domain.errors import Denied
 from custody.domain.model import Principal
 
-ROLES = ("admin", "researcher", "ml-lead", "security", "backup-operator", "on-call", "auditor")
+ROLES = ("admin", "researcher", "ml-lead", "security", "backup-operator", "on-call", "auditor", "service")
 
 _ALLOWED: dict[str, frozenset[str]] = {
     "zone.add": frozenset({"admin"}),
@@ -17,6 +17,9 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "principal.add": frozenset({"admin"}),
     "principal.suspend": frozenset({"admin", "security"}),
     "principal.read": frozenset({"admin", "security", "auditor"}),
+    "principal.approve": frozenset({"security"}),  # identity proposals: two security officers with MFA
+    "principal.apply": frozenset({"admin"}),
+    "principal.rotate-token": frozenset(ROLES),
     "asset.register": frozenset({"admin", "ml-lead"}),
     "asset.read": frozenset(ROLES),
     "replica.read": frozenset(ROLES),

@@ -117,6 +117,8 @@ def _rule(index: int, entry: object) -> ApprovalRule:
     for flag in ("break_glass", "unsafe", "distinct_teams", "mfa"):
         if flag in entry and type(entry[flag]) is not bool:
             raise PolicyError(f"{where}: {flag} must be true or false")
+    if entry.get("mfa") is False:
+        raise PolicyError(f"{where}: mfa = false is not allowed: every approval needs a verified one-time code")
 
     approvals = entry.get("approvals")
     if type(approvals) is not int or not 0 <= approvals <= MAX_APPROVALS:
@@ -133,7 +135,7 @@ def _rule(index: int, entry: object) -> ApprovalRule:
     window = _duration(where, "window", entry.get("window")) or DEFAULT_WINDOW
 
     requirement = ApprovalRequirement(rule=name, approvals=approvals, roles=tuple(roles), distinct_teams=distinct,
-                                      mfa=entry.get("mfa", False), max_ttl_seconds=max_ttl, window_seconds=window)
+                                      mfa=True, max_ttl_seconds=max_ttl, window_seconds=window)
     return ApprovalRule(name=name, kinds=kinds, min_classification=min_class, min_bytes=min_bytes,
                         break_glass=entry.get("break_glass"), unsafe=entry.get("unsafe"), requirement=requirement)
 

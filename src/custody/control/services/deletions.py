@@ -29,7 +29,7 @@ def _statement(d: dict) -> dict:
 
 def _approvals(ws: Workspace, uow, d: dict) -> int:  # noqa: ANN001
     return len(counting(ws, uow, "deletion", d["id"], _statement(d), roles=ROLES, exclude=d["proposer"],
-                        since=d["created_at"], mfa=True, distinct_teams=True))
+                        since=d["created_at"], distinct_teams=True))
 
 
 def approved(ws: Workspace, a: Act, target_kind: str, target_id: str, reason: str) -> dict | None:
@@ -58,7 +58,7 @@ def approve(ws: Workspace, token: str | None, deletion_id: str, reason: str, otp
         d = br.deletion_by_id(a.uow, deletion_id)
         if d["state"] != "proposed" or d["created_at"] + WINDOW < datetime.now(timezone.utc):
             raise InvalidState(f"deletion {deletion_id} is no longer open")
-        sign_off(ws, a, "deletion", deletion_id, _statement(d), otp=otp, comment=reason, mfa_required=True,
+        sign_off(ws, a, "deletion", deletion_id, _statement(d), otp=otp, comment=reason,
                  exclude=d["proposer"], since=d["created_at"])
         count = _approvals(ws, a.uow, d)
         a.record(details={"target_kind": d["target_kind"], "target": d["target_id"], "approvals": count})

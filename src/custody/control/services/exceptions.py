@@ -58,10 +58,10 @@ def approve(ws: Workspace, token: str | None, exc_id: str, otp: str | None = Non
         if e["expires_at"] <= datetime.now(timezone.utc):
             raise InvalidState(f"exception {exc_id} was proposed to last until {views.ts(e['expires_at'])}; propose it again")
         statement = _statement(e)
-        sign_off(ws, a, "exception", exc_id, statement, otp=otp, comment=comment, mfa_required=True,
+        sign_off(ws, a, "exception", exc_id, statement, otp=otp, comment=comment,
                  exclude=e["proposer"], since=e["created_at"])
         valid = counting(ws, a.uow, "exception", exc_id, statement, roles=APPROVING_ROLES, exclude=e["proposer"],
-                         since=e["created_at"], mfa=True, distinct_teams=True)
+                         since=e["created_at"], distinct_teams=True)
         if len(valid) >= APPROVALS_NEEDED:
             # the exception's lifetime runs from activation, not from the proposal
             rq.activate_exception(a.uow, exc_id, datetime.now(timezone.utc) + (e["expires_at"] - e["created_at"]))

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from custody.control.door import act
 from custody.control.policy.catalog import Catalog
+from custody.control.services import identity
 from custody.control.services.signoffs import counting, sign_off
 from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
@@ -106,7 +107,7 @@ def approve(ws: Workspace, token: str | None, proposal_id: str, otp: str | None,
         p = rq.proposal_by_id(a.uow, proposal_id)
         if p["state"] != "proposed":
             raise InvalidState(f"proposal {proposal_id} is {p['state']}")
-        sign_off(ws, a, "policy", proposal_id, _statement(p), otp=otp, comment=comment, mfa_required=False,
+        sign_off(ws, a, "policy", proposal_id, _statement(p), otp=otp, comment=comment,
                  exclude=p["proposer"], since=p["created_at"])
         count = _valid_policy_approvals(ws, a.uow, p)
         a.record(details={"catalog_hash": p["catalog_hash"], "approvals": count})
@@ -129,7 +130,9 @@ def apply(ws: Workspace, token: str | None, proposal_id: str) -> dict:
             raise InvalidState(f"proposal {proposal_id} is {p['state']}")
         count = _valid_policy_approvals(ws, a.uow, p)
         if count < PROPOSAL_APPROVALS:
-            raise Denied(f"proposal {proposal_id} has {count} of {PROPOSAL_APPROVALS} security approvals")
+            blocked = identity.missing_approvers(a.uow)
+            raise Denied(f"proposal {proposal_id} has {count} of {PROPOSAL_APPROVALS} security approvals"
+                         + (f"; {blocked}" if blocked else ""))
         old = repo.get_meta(a.uow, "policy_hash")
         if p["base_hash"] != old:
             raise InvalidState(f"proposal {proposal_id} was made against catalog {str(p['base_hash'])[:12]}…, "

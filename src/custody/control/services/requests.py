@@ -15,6 +15,7 @@ from custody.control.door import Act, act
 from custody.control.policy.catalog import parse_duration
 from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
 from custody.control.services import assets as asset_service
+from custody.control.services import identity
 from custody.control.services.policy import active_catalog
 from custody.control.services.signoffs import counting, sign_off
 from custody.control.store import repositories as repo
@@ -286,7 +287,7 @@ def counting_approvals(ws: Workspace, uow: UnitOfWork, request: Request) -> list
     """The approvals that count now under the request's rule (see signoffs.counting)."""
     req = request.decision.requirement
     return counting(ws, uow, "request", request.id, approval_statement(request), roles=req.roles,
-                    exclude=request.requester, since=request.created_at, mfa=req.mfa,
+                    exclude=request.requester, since=request.created_at,
                     distinct_teams=req.distinct_teams)
 
 
@@ -295,8 +296,10 @@ def missing(ws: Workspace, uow: UnitOfWork, request: Request) -> dict:
     if req is None:
         return {}
     have = len(counting_approvals(ws, uow, request)) if request.approvals else 0  # none signed: none count
-    return {"approvals": max(0, req.approvals - have), "of": req.approvals, "roles": list(req.roles),
-            "distinct_teams": req.distinct_teams, "mfa": req.mfa}
+    out = {"approvals": max(0, req.approvals - have), "of": req.approvals, "roles": list(req.roles),
+           "distinct_teams": req.distinct_teams, "mfa": req.mfa}
+    blocked = identity.missing_approvers(uow) if out["approvals"] else None
+    return out | ({"blocked": blocked} if blocked else {})
 
 
 def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | None = None,
@@ -320,7 +323,7 @@ def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | Non
         if not any(r in req.roles for r in a.principal.roles):
             raise Denied(f"approvals for this request come from {', '.join(req.roles)}")
         approval = sign_off(ws, a, "request", request.id, approval_statement(request), otp=otp, comment=comment,
-                            mfa_required=req.mfa, exclude=request.requester, since=request.created_at)
+                            exclude=request.requester, since=request.created_at)
         request = rq.request_by_id(a.uow, request_id)
         left = missing(ws, a.uow, request)
         if left["approvals"] == 0:

@@ -39,7 +39,7 @@ def close(ws: Workspace, token: str | None, review_id: str, comment: str, otp: s
         if review["closed_at"] is not None:
             raise InvalidState(f"review {review_id} is already closed")
         statement = {"review": review_id, "request": review["request_id"]}
-        sign_off(ws, a, "review", review_id, statement, otp=otp, comment=comment, mfa_required=False,
+        sign_off(ws, a, "review", review_id, statement, otp=otp, comment=comment,
                  exclude=review["opened_by"], since=review["opened_at"])
         valid = counting(ws, a.uow, "review", review_id, statement, roles=APPROVING_ROLES,
                          exclude=review["opened_by"], since=review["opened_at"])

@@ -24,6 +24,7 @@ from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
 from custody.domain.errors import Denied
+from custody.domain.model import Principal
 from custody.domain.requests import Approval
 
 
@@ -33,53 +34,72 @@ def _full(statement: dict, kind: str, subject_id: str, principal: str, at: datet
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
 
-def check_independent(uow: UnitOfWork, signer, exclude: str, since: datetime | None) -> None:  # noqa: ANN001
-    """The signer may not be `exclude`, nor a principal `exclude` created, nor one created after `since`:
-    otherwise whoever asks could mint their own approvers (T1)."""
+def creators(uow: UnitOfWork, principal: Principal, limit: int = 64) -> list[str]:
+    """Who added `principal`, who added them, and so on up to a principal nobody added."""
+    chain: list[str] = []
+    current = principal.created_by
+    while current and current not in chain and len(chain) < limit:
+        chain.append(current)
+        parent = repo.principal_by_name(uow, current, missing_ok=True)
+        current = parent.created_by if parent else None
+    return chain
+
+
+def check_independent(uow: UnitOfWork, signer: Principal, exclude: str, since: datetime | None) -> None:
+    """The signer may not be `exclude`, nor a principal `exclude` added (directly or through others they
+    added), nor one added after `since`: otherwise whoever asks could mint their own approvers (T1)."""
     if signer.name == exclude:
         raise Denied(f"{signer.name} cannot sign off their own {'request' if since else 'proposal'}")
-    if signer.created_by == exclude:
-        raise Denied(f"{signer.name} was added by {exclude} and cannot approve for them")
+    chain = creators(uow, signer)
+    if exclude in chain:
+        via = chain[: chain.index(exclude)]
+        through = f" (through {', '.join(via)})" if via else ""
+        raise Denied(f"{signer.name} was added by {exclude}{through} and cannot approve for them")
     if since is not None and signer.created_at is not None and signer.created_at > since:
         raise Denied(f"{signer.name} was added after this was asked for and cannot approve it")
 
 
 def sign_off(ws: Workspace, a: Act, kind: str, subject_id: str, statement: dict, *, otp: str | None,
-             comment: str | None, mfa_required: bool, exclude: str = "", since: datetime | None = None) -> Approval:
-    """Record `a.principal`'s sign-off; verifies the TOTP code first when one is given or required."""
+             comment: str | None, exclude: str = "", since: datetime | None = None) -> Approval:
+    """Record `a.principal`'s sign-off. Every sign-off needs a verified one-time code: a principal
+    without a second factor in force never counts as an approver of anything."""
     check_independent(a.uow, a.principal, exclude, since)
-    verified = False
-    if otp or mfa_required:
-        mfa.check_code(ws, a.uow, a.principal.name, otp)
-        verified = True
+    mfa.check_code(ws, a.uow, a.principal.name, otp)
+    return signed(ws, a, kind, subject_id, statement, comment)
+
+
+def signed(ws: Workspace, a: Act, kind: str, subject_id: str, statement: dict, comment: str | None) -> Approval:
+    """Sign and store a sign-off whose signer's independence and code the caller has checked."""
     at = datetime.now(timezone.utc)
     signature = base64.b64encode(
-        ws.custodian().sign("signing", _full(statement, kind, subject_id, a.principal.name, at, verified))).decode()
+        ws.custodian().sign("signing", _full(statement, kind, subject_id, a.principal.name, at, True))).decode()
     approval = Approval(request_id=subject_id, approver=a.principal.name, team=a.principal.team,
-                        roles=a.principal.roles, at=at, mfa_verified=verified, comment=comment, signature=signature)
+                        roles=a.principal.roles, at=at, mfa_verified=True, comment=comment, signature=signature)
     rq.add_signoff(a.uow, kind, subject_id, approval)
     return approval
 
 
 def counting(ws: Workspace, uow: UnitOfWork, kind: str, subject_id: str, statement: dict, *,
-             roles: tuple[str, ...], exclude: str, since: datetime | None = None, mfa: bool = False,
+             roles: tuple[str, ...], exclude: str, since: datetime | None = None,
              distinct_teams: bool = False) -> list[Approval]:
-    """The sign-offs that count now: signature valid over this statement; signer still active, holding
-    one of `roles`, independent of `exclude`; with MFA and from distinct teams where required."""
+    """The sign-offs that count now: signature valid over this statement, made with a verified code;
+    signer still active, holding one of `roles`, with a second factor in force, independent of
+    `exclude`; from distinct teams where required."""
     key = load_pem_public_key(ws.public_key_pem("signing"))
     counted: list[Approval] = []
     teams: set[str] = set()
     for s in rq.approvals(uow, kind, subject_id):
         who = repo.principal_by_name(uow, s.approver, missing_ok=True)
-        if who is None or who.suspended or not who.has_role(*roles):
+        if who is None or who.suspended or not who.has_role(*roles) or not s.mfa_verified:
+            continue
+        seeds = rq.mfa_of(uow, who.name)
+        if seeds is None or seeds.active is None:
             continue
         try:
             check_independent(uow, who, exclude, since)
             key.verify(base64.b64decode(s.signature),
                        _full(statement, kind, subject_id, s.approver, s.at, s.mfa_verified), ec.ECDSA(hashes.SHA256()))
         except (Denied, InvalidSignature, ValueError):
-            continue
-        if mfa and not s.mfa_verified:
             continue
         if distinct_teams:
             if not who.team or who.team in teams:

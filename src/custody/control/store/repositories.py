@@ -109,6 +109,11 @@ def list_principals(uow: UnitOfWork) -> list[Principal]:
     return [_principal(r) for r in uow.conn.execute(select(t.principals).order_by(t.principals.c.name))]
 
 
+def set_token(uow: UnitOfWork, name: str, token_id: str, token_hash: str) -> None:
+    uow.conn.execute(update(t.principals).where(t.principals.c.name == name)
+                     .values(token_id=token_id, token_hash=token_hash))
+
+
 def suspend_principal(uow: UnitOfWork, name: str) -> None:
     uow.conn.execute(update(t.principals).where(t.principals.c.name == name).values(suspended=True))
 

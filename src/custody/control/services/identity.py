@@ -1,0 +1,183 @@
+"""Governed identity changes (DESIGN.md, "Identity is governed"; threat T1).
+
+Adding an admin, a security officer or an approver (ml-lead), and suspending an admin or a
+security officer, is a proposal: two security officers approve it with a one-time code, none of
+them the proposer or a principal the proposer added (directly or through others), none added after
+it was proposed. So one administrator cannot mint the approvers of their own requests. An addition
+is then applied by its proposer, who alone sees the new token; a suspension takes effect with its
+second approval.
+
+A new workspace has one admin and no security officer, so nobody could approve the first ones:
+while fewer than two active security officers exist (the bootstrap), the admin names security
+officers directly, and every other governed change says exactly what is missing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+from custody.control import tokens, views
+from custody.control.door import Act, act
+from custody.control.services import mfa
+from custody.control.services.signoffs import check_independent, counting, signed
+from custody.control.store import identity_repo as ids
+from custody.control.store import repositories as repo
+from custody.control.store.db import UnitOfWork
+from custody.control.workspace import Workspace
+from custody.domain.errors import Denied, InvalidInput, InvalidState
+from custody.domain.model import Principal, new_id
+
+GOVERNED_ROLES = ("admin", "security", "ml-lead")  # added only through a proposal
+GUARDED_ROLES = ("admin", "security")  # their holders are suspended only through a proposal
+APPROVER_ROLE = "security"
+APPROVALS = 2
+WINDOW = timedelta(hours=72)
+
+
+def governed(roles: tuple[str, ...] | list[str]) -> list[str]:
+    return [r for r in roles if r in GOVERNED_ROLES]
+
+
+def security_officers(uow: UnitOfWork) -> list[Principal]:
+    return [p for p in repo.list_principals(uow) if not p.suspended and p.has_role(APPROVER_ROLE)]
+
+
+def bootstrap_addition(uow: UnitOfWork, roles: list[str]) -> bool:
+    """Whether adding a principal with `roles` is one of the first two security officers (made at
+    once); raises when the change needs approvers that do not exist yet."""
+    officers = len(security_officers(uow))
+    if officers >= APPROVALS:
+        return False
+    if roles == [APPROVER_ROLE]:
+        return True
+    raise InvalidState(
+        f"adding {' and '.join(governed(roles))} needs {APPROVALS} security officers to approve, and this workspace "
+        f"has {officers}: name the first two with `custody principal add NAME --role security --team TEAM`; each "
+        "then runs `custody principal rotate-token`, `custody mfa enroll` and `custody mfa verify CODE`")
+
+
+def missing_approvers(uow: UnitOfWork) -> str | None:
+    """What stops any security approval from counting yet, in one line (None: nothing)."""
+    officers = len(security_officers(uow))
+    if officers >= APPROVALS:
+        return None
+    return (f"this workspace has {officers} of the {APPROVALS} security officers that approvals need: an admin names "
+            "them with `custody principal add NAME --role security --team TEAM`")
+
+
+def propose(ws: Workspace, a: Act, *, change: str, name: str, roles: list[str], team: str | None,
+            attributes: dict[str, str], reason: str | None) -> dict:
+    """Record the proposal inside the caller's action (`principal add` or `principal suspend`)."""
+    if change == "suspend" and len(security_officers(a.uow)) < APPROVALS:
+        raise InvalidState(missing_approvers(a.uow))
+    already = ids.open_for(a.uow, name)
+    if already is not None:
+        raise InvalidState(f"identity proposal {already['id']} about {name} is still open")
+    pid = ids.add(a.uow, change=change, principal=name, roles=roles, team=team, attributes=attributes,
+                  reason=(reason or "").strip(), proposer=a.principal.name)
+    a.record(outcome="proposed", details={"proposal": pid, "change": change, "roles": roles, "team": team})
+    return view(ws, a.uow, ids.by_id(a.uow, pid))
+
+
+def _statement(p: dict) -> dict:
+    """What an approver signs: exactly this change to exactly this principal."""
+    return {"change": p["change"], "principal": p["principal"], "roles": sorted(p["roles"]), "team": p["team"],
+            "attributes": p["attributes"]}
+
+
+def _counted(ws: Workspace, uow: UnitOfWork, p: dict) -> list:  # noqa: ANN001
+    return counting(ws, uow, "identity", p["id"], _statement(p), roles=(APPROVER_ROLE,), exclude=p["proposer"],
+                    since=p["created_at"])
+
+
+def _open(p: dict) -> None:
+    if p["state"] != "proposed":
+        raise InvalidState(f"identity proposal {p['id']} is {p['state']}")
+    if p["created_at"] + WINDOW < datetime.now(timezone.utc):
+        raise InvalidState(f"identity proposal {p['id']} is older than {int(WINDOW.total_seconds() // 3600)} h: "
+                           "propose it again")
+
+
+def view(ws: Workspace, uow: UnitOfWork, p: dict) -> dict:
+    counted = [s.approver for s in _counted(ws, uow, p)] if p["state"] == "proposed" else []
+    out = {"proposal": p["id"], "change": p["change"], "principal": p["principal"], "roles": p["roles"],
+           "team": p["team"], "attributes": p["attributes"], "reason": p["reason"], "proposer": p["proposer"],
+           "state": p["state"], "created_at": views.ts(p["created_at"]), "applied_at": views.ts(p["applied_at"]),
+           "approved_by": counted, "needed": APPROVALS}
+    if p["state"] == "proposed":
+        ready = len(counted) >= APPROVALS
+        out["next"] = (f"the proposer runs `custody principal apply {p['id']}` to get the token" if ready else
+                       f"{APPROVALS} security officers approve with `custody principal approve {p['id']} --otp CODE`"
+                       + ("; then the proposer runs `custody principal apply`" if p["change"] == "add" else
+                          "; the suspension takes effect with the second approval"))
+    return out
+
+
+def approve(ws: Workspace, token: str | None, proposal_ids: list[str], otp: str | None = None,
+            comment: str | None = None) -> list[dict]:
+    """Approve identity proposals with one one-time code (onboarding a team is one review)."""
+    wanted = list(dict.fromkeys(proposal_ids))
+    if not wanted:
+        raise InvalidInput("name at least one identity proposal to approve")
+    with act(ws, token, "principal.approve", subject=wanted[0] if len(wanted) == 1 else None,
+             rationale=comment, details={"proposals": wanted}) as a:
+        proposals = [ids.by_id(a.uow, pid, lock=True) for pid in wanted]
+        for p in proposals:
+            _open(p)
+            check_independent(a.uow, a.principal, p["proposer"], p["created_at"])
+            if p["change"] == "suspend" and p["principal"] == a.principal.name:
+                raise Denied("nobody approves their own suspension")
+        mfa.check_code(ws, a.uow, a.principal.name, otp)
+        out, counts = [], {}
+        for p in proposals:
+            signed(ws, a, "identity", p["id"], _statement(p), comment)
+            counts[p["id"]] = len(_counted(ws, a.uow, p))
+            if p["change"] == "suspend" and counts[p["id"]] >= APPROVALS:
+                _suspend(a, p)
+            out.append(view(ws, a.uow, ids.by_id(a.uow, p["id"])))
+        a.record(details={"proposals": wanted, "approvals": counts})
+    return out
+
+
+def _suspend(a: Act, p: dict) -> None:
+    target = repo.principal_by_name(a.uow, p["principal"])
+    if not target.suspended:
+        repo.suspend_principal(a.uow, target.name)
+    ids.set_state(a.uow, p["id"], "applied")
+
+
+def apply(ws: Workspace, token: str | None, proposal_id: str) -> dict:
+    """Add the principal an approved proposal names; its token is shown to the proposer, once."""
+    with act(ws, token, "principal.apply", subject=proposal_id) as a:
+        p = ids.by_id(a.uow, proposal_id, lock=True)
+        _open(p)
+        if p["change"] != "add":
+            raise InvalidState(f"identity proposal {proposal_id} is a {p['change']}: it takes effect with its "
+                               "second approval")
+        if p["proposer"] != a.principal.name:
+            raise Denied(f"only {p['proposer']}, who proposed it, applies identity proposal {proposal_id}")
+        count = len(_counted(ws, a.uow, p))
+        if count < APPROVALS:
+            hint = missing_approvers(a.uow)
+            raise Denied(f"identity proposal {proposal_id} has {count} of {APPROVALS} security approvals"
+                         + (f"; {hint}" if hint else ""))
+        new_token, principal = add(a.uow, name=p["principal"], roles=p["roles"], team=p["team"],
+                                   attributes=p["attributes"], created_by=p["proposer"])
+        ids.set_state(a.uow, proposal_id, "applied")
+        a.record(details={"principal": p["principal"], "roles": p["roles"], "team": p["team"]})
+    return {**views.principal(principal), "token": new_token, "proposal": proposal_id}
+
+
+def add(uow: UnitOfWork, *, name: str, roles: list[str], team: str | None, attributes: dict[str, str],
+        created_by: str | None) -> tuple[str, Principal]:
+    """Store a new principal with a fresh token: (token, principal). The token is stored only hashed."""
+    new_token, token_id, token_hash = tokens.mint()
+    principal = Principal(id=new_id(), name=name, roles=tuple(roles), team=team, attributes=attributes,
+                          created_by=created_by)
+    repo.add_principal(uow, principal, token_id, token_hash)
+    return new_token, repo.principal_by_name(uow, name)
+
+
+def list_proposals(ws: Workspace, token: str | None, open_only: bool = False) -> list[dict]:
+    with act(ws, token, "principal.read", details={"what": "identity proposals"}) as a:
+        return [view(ws, a.uow, p) for p in ids.listed(a.uow, "proposed" if open_only else None)]
