@@ -202,7 +202,7 @@ def test_rewritten_history_resigned_with_new_key_is_caught(any_env: Env, tmp_pat
         ["DROP TRIGGER ledger_nodes_append_only ON ledger_nodes",
          "DROP TRIGGER ledger_checkpoints_append_only ON ledger_checkpoints"])
     sql(any_env, *drop, "DELETE FROM ledger_nodes", "DELETE FROM ledger_checkpoints",
-        "UPDATE ledger_events SET line = :l WHERE seq = 5", params={"l": lines[5]})
+        "UPDATE ledger_events SET line = :l, actor = 'eve' WHERE seq = 5", params={"l": lines[5]})
     ws = any_env.open()
     with ws.engine.connect() as conn, conn.begin():
         for (level, idx), h in nodes.nodes.items():
@@ -214,6 +214,7 @@ def test_rewritten_history_resigned_with_new_key_is_caught(any_env: Env, tmp_pat
 
     (any_env.home / "keys" / "ledger.pub.pem").write_bytes(new_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (any_env.home / "ledger" / "checkpoint").unlink()  # the workspace's own copy goes too
     assert verify(any_env).code == 0  # the rewrite is internally consistent ...
     r = verify(any_env, "--checkpoint", str(saved))
     assert r.code == 5  # ... but not with what was saved before

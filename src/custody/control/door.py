@@ -3,7 +3,8 @@
 `act()` authenticates the principal, checks they may take the action, and opens the
 transaction in which the service changes state and records the action's ledger event. If
 anything refuses or fails, that transaction rolls back and the refusal or failure is ledgered
-in a transaction of its own, so every action, allowed or not, leaves exactly one event.
+in a transaction of its own, so every action, allowed or not, leaves exactly one event. After each
+commit a signed checkpoint is taken when one is due (`checkpoints.take_if_due`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from custody.control import permissions, tokens
+from custody.control.ledger import checkpoints
 from custody.control.ledger import store as ledger
 from custody.control.store import repositories as repo
 from custody.control.store.db import UnitOfWork
@@ -81,6 +83,8 @@ def act(ws: Workspace, token: str | None, action: str, *, subject: str | None = 
     except Exception as exc:
         _record_failure(ws, actor, action, current, subject, fields, "error", type(exc).__name__)
         raise
+    if current.event is not None:  # a deferred action's event comes with `record_after`
+        checkpoints.take_if_due(ws, current.event.seq)
 
 
 def identify(ws: Workspace, token: str | None, action: str) -> Principal:
@@ -107,10 +111,11 @@ def _record_failure(
     details["reason"] = reason
     try:
         with ws.uow() as uow:
-            ledger.append(uow, actor=actor, action=action, outcome=outcome, subject=subject, details=details,
-                          **{k: v for k, v in (fields or {}).items() if k != "details"})
+            event = ledger.append(uow, actor=actor, action=action, outcome=outcome, subject=subject, details=details,
+                                  **{k: v for k, v in (fields or {}).items() if k != "details"})
     except Exception:  # noqa: BLE001
-        pass  # the original error is what the caller must see; the database is likely down
+        return  # the original error is what the caller must see; the database is likely down
+    checkpoints.take_if_due(ws, event.seq)
 
 
 @contextmanager
@@ -130,4 +135,6 @@ def record_after(ws: Workspace, done: Act, outcome: str = "ok", **fields) -> Eve
     """The closing event of an action whose data-plane step has finished."""
     merged = {"subject": done.subject, **done.fields, **fields}
     with ws.uow() as uow:
-        return ledger.append(uow, actor=done.principal.name, action=done.action, outcome=outcome, **merged)
+        event = ledger.append(uow, actor=done.principal.name, action=done.action, outcome=outcome, **merged)
+    checkpoints.take_if_due(ws, event.seq)
+    return event

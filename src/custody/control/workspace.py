@@ -1,11 +1,12 @@
 """A custody workspace: its folder, configuration, database and key custodian.
 
 Layout of a workspace folder:
-    custody.toml        id, ledger origin, database URL, custodian kind
+    custody.toml        id, ledger origin, database URL, custodian kind, [ledger] checkpoint schedule
     custody.db          the SQLite store (unless the database is PostgreSQL)
     keys/keyring.sealed the local custodian's sealed keyring
     keys/*.pub.pem      public keys, readable without the passphrase
     zones/<name>/       the default local zones
+    ledger/checkpoint   the newest signed ledger checkpoint, a copy outside the database
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ class Workspace:
     db_url: str
     engine: Engine
     _custodian: KeyCustodian | None = field(default=None, repr=False)
+    checkpoint_every_events: int = 1000  # [ledger] in custody.toml: when to sign a checkpoint automatically
+    checkpoint_every_seconds: float = 60.0
+    newest_checkpoint: tuple[int, float] | None = field(default=None, repr=False)  # (size, unix time) last seen
 
     @classmethod
     def open(cls, home: Path | None = None) -> "Workspace":
@@ -61,7 +65,9 @@ class Workspace:
         engine = db.make_engine(url)
         if db.current_revision(engine) != db.HEAD_REVISION:
             db.migrate(engine)
-        ws = cls(home=home, id=ws_id, db_url=url, engine=engine)
+        events, seconds = _checkpoint_schedule(config.get("ledger", {}), home / CONFIG)
+        ws = cls(home=home, id=ws_id, db_url=url, engine=engine, checkpoint_every_events=events,
+                 checkpoint_every_seconds=seconds)
         with ws.uow() as uow:
             stored = repo.get_meta(uow, "workspace_id")
         if stored != ws_id:
@@ -106,3 +112,15 @@ class Workspace:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _checkpoint_schedule(table: object, path: Path) -> tuple[int, float]:
+    """`[ledger] checkpoint_every_events` and `checkpoint_every_seconds`, positive, 1000 and 60 by default."""
+    if not isinstance(table, dict):
+        raise CustodyError(f"{path}: [ledger] must be a table")
+    events, seconds = table.get("checkpoint_every_events", 1000), table.get("checkpoint_every_seconds", 60)
+    if isinstance(events, bool) or not isinstance(events, int) or events < 1:
+        raise CustodyError(f"{path}: [ledger] checkpoint_every_events must be a whole number of at least 1")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
+        raise CustodyError(f"{path}: [ledger] checkpoint_every_seconds must be a number of seconds above 0")
+    return events, float(seconds)

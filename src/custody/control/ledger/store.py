@@ -11,6 +11,7 @@ import functools
 
 import json
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _json_string
 from datetime import datetime, timezone
 from typing import Iterator, Mapping, Sequence
 
@@ -160,16 +161,104 @@ def prove_consistency(uow: UnitOfWork, old: int, new: int) -> list[bytes]:
 def events(uow: UnitOfWork, *, after: int = -1, before: int | None = None, batch: int = 5000
            ) -> Iterator[tuple[int, str]]:
     """Every (seq, line) with after < seq < before, in seq order, streamed in batches."""
+    for r in rows(uow, after=after, before=before, batch=batch, columns=False):
+        yield int(r.seq), r.line
+
+
+def rows(uow: UnitOfWork, *, after: int = -1, before: int | None = None, batch: int = 5000, columns: bool = True
+         ) -> Iterator:
+    """Every stored event row with after < seq < before, in seq order, streamed in batches: the line
+    and, with `columns`, the indexed copies of its fields (see `column_mismatch`)."""
     e = t.ledger_events.c
     while True:
-        q = select(e.seq, e.line).where(e.seq > after)
+        q = (select_rows() if columns else select(e.seq, e.line)).where(e.seq > after)
         if before is not None:
             q = q.where(e.seq < before)
-        rows = uow.conn.execute(q.order_by(e.seq).limit(batch)).all()
-        if not rows:
+        found = uow.conn.execute(q.order_by(e.seq).limit(batch)).all()
+        if not found:
             return
-        yield from ((int(r.seq), r.line) for r in rows)
-        after = int(rows[-1].seq)
+        yield from found
+        after = int(found[-1].seq)
+
+
+COLUMNS = ("seq", "time", "actor", "action", "subject", "outcome")
+"""The indexed columns beside each line: copies of its fields for queries. Only the line is hashed,
+so a copy is believed only once `column_mismatch` finds it equal to the line."""
+
+
+def select_rows():  # noqa: ANN201
+    """Event rows as `column_mismatch` reads them: seq, line, then the other indexed columns."""
+    e = t.ledger_events.c
+    return select(e.seq, e.line, e.time, e.actor, e.action, e.subject, e.outcome)
+
+
+def column_mismatch(row) -> str | None:  # noqa: ANN001
+    """What differs between a stored event's indexed columns and its line, or None when they agree.
+
+    Lines are canonical JSON (sorted keys, ASCII escapes, as `Event.line()` writes them), so agreement
+    is usually settled by exact spellings without decoding (verify runs this on every event): "action"
+    and "actor" open the line, "subject" and "time" close it, and the last "outcome" and "seq" keys are
+    the line's own (only strings follow them). Anything else is decoded and compared field by field."""
+    seq, line, when, actor, action, subject, outcome = row  # as `select_rows` reads them
+    at_outcome, at_seq = line.rfind(',"outcome":'), line.rfind(',"seq":')  # inline: this runs per event
+    if (at_outcome > 0 and at_seq > 0
+            and line.startswith(f'{{"action":{_json_string(action)},"actor":{_json_string(actor)},')
+            and line.endswith(f',"subject":{"null" if subject is None else _json_string(subject)},'
+                              f'"time":{_json_string(when)}}}')
+            and line.startswith(f'{_json_string(outcome)},"policy_ids":', at_outcome + 11)
+            and line.startswith(f'{seq},"source":', at_seq + 7)):
+        return None
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return "its line is not a JSON object"
+    for column in COLUMNS:
+        stored, said = getattr(row, column), doc.get(column)
+        if stored != said:
+            return f"its {column} column says {_short(stored)} where its line says {_short(said)}"
+    return None
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def first_since(uow: UnitOfWork, when: str) -> int:
+    """Position of the first event whose line says it was written at or after `when` (an RFC 3339
+    UTC time as `utc_now` spells it). Events are appended in time order, so this gallops back from
+    the head over the hashed lines, O(log k) reads for the k newer events, and the time column, which
+    anyone with the database can edit, plays no part."""
+    hi, step = size(uow), 1  # every event from hi on is at or after `when`
+    while hi > 0:
+        probe = max(hi - step, 0)
+        if _time_of(uow, probe) < when:
+            lo = probe + 1
+            break
+        hi, step = probe, step * 2
+    else:
+        return 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if _time_of(uow, mid) < when:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+def _time_of(uow: UnitOfWork, seq: int) -> str:
+    try:
+        doc = json.loads(event_line(uow, seq))
+    except NotFound:
+        raise IntegrityError(f"ledger event {seq} is missing (run custody audit verify)") from None
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict) or not isinstance(doc.get("time"), str):
+        raise IntegrityError(f"ledger event {seq} has no time in its line (run custody audit verify)")
+    return doc["time"]
 
 
 def decode(line: str) -> dict:

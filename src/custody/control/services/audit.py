@@ -10,15 +10,14 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import load_pem_public_key
-from sqlalchemy import func, insert, or_, select
+from sqlalchemy import func, select
 
 from custody.control.door import act, data_step, record_after
-from custody.control.ledger import checkpoint, merkle
+from custody.control.ledger import checkpoint, checkpoints, merkle
 from custody.control.ledger import store as ledger
 from custody.control.store import schema as t
 from custody.control.workspace import Workspace
@@ -44,42 +43,17 @@ def export(ws: Workspace, token: str | None, out: Path) -> dict:
     return {"out": str(out), "events": size, "tree_size": size, "root": root.hex()}
 
 
-def _ledger_key(ws: Workspace, pinned: Path | None = None) -> Ed25519PublicKey:
-    try:
-        pem = pinned.read_bytes() if pinned else ws.public_key_pem("ledger")
-    except OSError as exc:
-        raise InvalidInput(f"cannot read public key {pinned}: {exc.strerror}") from None
-    try:
-        key = load_pem_public_key(pem)
-    except ValueError:
-        raise IntegrityError("ledger public key is not a PEM public key") from None
-    if not isinstance(key, Ed25519PublicKey):
-        raise IntegrityError("ledger public key is not an Ed25519 key")
-    return key
-
-
-class _LedgerSigner:
-    """The custodian's ledger key in the shape of an Ed25519 private key."""
-
-    def __init__(self, ws: Workspace) -> None:
-        self._ws = ws
-
-    def public_key(self) -> Ed25519PublicKey:
-        return _ledger_key(self._ws)
-
-    def sign(self, data: bytes) -> bytes:
-        return self._ws.custodian().sign("ledger", data)
-
-
 def make_checkpoint(ws: Workspace, token: str | None) -> dict:
     with act(ws, token, "audit.checkpoint") as a:
         size, root = ledger.root(a.uow)
-        note = checkpoint.sign(checkpoint.Checkpoint(ws.origin, size, root), ws.origin, _LedgerSigner(ws))
-        exists = a.uow.conn.execute(select(t.ledger_checkpoints.c.size).where(t.ledger_checkpoints.c.size == size)).first()
-        if not exists:
-            a.uow.conn.execute(insert(t.ledger_checkpoints).values(size=size, note=note,
-                                                                    created_at=datetime.now(timezone.utc)))
+        checkpoints.check_extends(ws, a.uow, size, root)
+        note = checkpoints.sign(ws, size, root)
+        checkpoints.store(a.uow, size, note)
         a.record(details={"tree_size": size, "root": root.hex()})
+    try:
+        checkpoints.keep_copy(ws, note)
+    except OSError:
+        pass  # the database holds it; the next checkpoint retries the copy
     return {"tree_size": size, "root": root.hex(), "note": note}
 
 
@@ -121,7 +95,7 @@ def verify(ws: Workspace, token: str | None, saved: Path | None = None, public_k
 
 
 def _verify(ws: Workspace, saved: Path | None, public_key: Path | None) -> dict:
-    key = _ledger_key(ws, public_key)
+    key = checkpoints.ledger_key(ws, public_key)
     expectations: list[_Expect] = []
     if saved is not None:
         try:
@@ -130,6 +104,10 @@ def _verify(ws: Workspace, saved: Path | None, public_key: Path | None) -> dict:
             raise InvalidInput(f"cannot read checkpoint {saved}: {exc}") from None
         cp = _verified(note, ws.origin, key, f"checkpoint {saved}")
         expectations.append(_Expect(cp.size, cp.root, f"saved checkpoint {saved.name} (size {cp.size})"))
+    copy = checkpoints.read_copy(ws)  # read before the snapshot, which then holds every event it covers
+    if copy is not None:
+        cp = _verified(copy, ws.origin, key, f"the workspace checkpoint {checkpoints.COPY}")
+        expectations.append(_Expect(cp.size, cp.root, f"the workspace checkpoint {checkpoints.COPY} (size {cp.size})"))
     with ws.uow(readonly=True) as uow:
         n = ledger.size(uow)
         stored_cps = uow.conn.execute(select(t.ledger_checkpoints.c.size, t.ledger_checkpoints.c.note)
@@ -147,9 +125,9 @@ def _verify(ws: Workspace, saved: Path | None, public_key: Path | None) -> dict:
             old = expectations[0]
             proof = merkle.consistency_proof(old.size, n, ledger.StoredNodes(uow))
             merkle.verify_consistency(old.size, n, old.root, root, proof)
-    latest = stored_cps[-1].size if stored_cps else None
+    latest = max((e.size for e in expectations), default=None)
     return {"verified": True, "tree_size": n, "root": root.hex(), "checkpoints_checked": len(expectations),
-            "latest_checkpoint": latest}
+            "latest_checkpoint": latest, "events_after_checkpoint": n - (latest or 0)}
 
 
 def _verified(note: str, origin: str, key: Ed25519PublicKey, what: str) -> checkpoint.Checkpoint:
@@ -169,8 +147,8 @@ def _recompute(uow, n: int, expectations: list[_Expect]) -> bytes:  # noqa: ANN0
         by_size.setdefault(e.size, []).append(e)
     builder = merkle.TreeBuilder()
     expected_seq = 0
-    batch: list[tuple[int, str]] = []
-    for item in ledger.events(uow, before=n, batch=BATCH):
+    batch: list = []
+    for item in ledger.rows(uow, before=n, batch=BATCH):
         batch.append(item)
         if len(batch) == BATCH:
             expected_seq = _check_batch(uow, batch, builder, expected_seq, by_size)
@@ -188,11 +166,14 @@ def _recompute(uow, n: int, expectations: list[_Expect]) -> bytes:  # noqa: ANN0
 BATCH = 20000
 
 
-def _check_batch(uow, batch: list[tuple[int, str]], builder: merkle.TreeBuilder, expected_seq: int,  # noqa: ANN001
+def _check_batch(uow, batch: list, builder: merkle.TreeBuilder, expected_seq: int,  # noqa: ANN001
                  by_size: dict[int, list[_Expect]]) -> int:
-    first, last = batch[0][0], batch[-1][0]
+    """Each event row of the batch: its place, its leaf and the nodes it completes, and its indexed
+    columns against its line (searches, the portal and the MFA lock-out read those columns)."""
+    first, last = int(batch[0].seq), int(batch[-1].seq)
     stored = _stored_nodes(uow, first, last)
-    for seq, line in batch:
+    for row in batch:
+        seq, line = int(row.seq), row.line
         if seq != expected_seq:
             what = "missing" if seq > expected_seq else "out of order"
             raise IntegrityError(f"ledger event {expected_seq} is {what} (found seq {seq} in its place)")
@@ -207,6 +188,9 @@ def _check_batch(uow, batch: list[tuple[int, str]], builder: merkle.TreeBuilder,
             if declared is not None and declared != seq:
                 raise IntegrityError(f"ledger event {seq} says it is event {declared}: moved or inserted")
             raise IntegrityError(f"ledger event {seq} was altered: its hash does not match the tree")
+        problem = ledger.column_mismatch(row)
+        if problem:
+            raise IntegrityError(f"ledger event {seq} was altered: {problem}")
         for level, idx, h in builder.push(leaf):
             if level and stored.get((level, idx), h) != h:
                 raise IntegrityError(f"stored ledger node ({level}, {idx}) does not match events up to {seq}: "
@@ -227,37 +211,31 @@ def _stored_nodes(uow, first: int, last: int) -> dict[tuple[int, int], bytes]:  
     while (last + 1) >> level:
         lo, hi = first >> level, ((last + 1) >> level) - 1
         if hi >= lo:
-            rows = uow.conn.execute(select(n.idx, n.hash).where(n.level == level, n.idx >= lo, n.idx <= hi))
-            out.update({(level, int(r.idx)): bytes(r.hash) for r in rows})
+            rows = uow.conn.execute(select(n.idx, n.hash).where(n.level == level, n.idx >= lo, n.idx <= hi)).all()
+            out.update({(level, int(idx)): bytes(h) for idx, h in rows})
         level += 1
     return out
 
 
 def search(ws: Workspace, token: str | None, q: str | None = None, *, limit: int = 50,
            before: int | None = None) -> dict:
-    """Newest events first, those whose actor, action, subject or outcome contain `q`; each with its
-    inclusion proof against the latest checkpoint that covers it, and that checkpoint's status."""
+    """Newest events first, those whose actor, action, subject or outcome, as their lines say, contain
+    `q`; each with its inclusion proof against the latest checkpoint that covers it, and that
+    checkpoint's status, and flagged where its indexed columns disagree with its line."""
     limit = max(1, min(limit, 200))
     if before is not None and not 0 <= before <= 2**62:
         raise InvalidInput(f"before={before} is not a ledger position")
     if q is not None and len(q) > 200:
         raise InvalidInput("a ledger search is at most 200 characters")
     with act(ws, token, "audit.search", details={"q": q, "before": before}) as a:
-        e = t.ledger_events.c
-        query = select(e.seq, e.line).order_by(e.seq.desc()).limit(limit)
-        if before is not None:
-            query = query.where(e.seq < before)
-        if q:
-            needle = q.lower()  # matched literally: % and _ are not wildcards here
-            query = query.where(or_(*(func.lower(func.coalesce(col, "")).contains(needle, autoescape=True)
-                                      for col in (e.actor, e.action, e.subject, e.outcome))))
-        rows = a.uow.conn.execute(query).all()
+        rows = _matching(a.uow, (q or "").lower(), limit, before)
         latest = a.uow.conn.execute(select(t.ledger_checkpoints.c.size, t.ledger_checkpoints.c.note)
                                     .order_by(t.ledger_checkpoints.c.size.desc()).limit(1)).first()
         status = _checkpoint_status(ws, a.uow, latest)
         size = status["tree_size"] if status["verified"] else None
         events = []
-        for seq, line in rows:
+        for row, doc in rows:
+            seq, line = int(row.seq), row.line
             proof = None
             if size is not None and seq < size:
                 try:  # checked here against the line as stored and the signed root, not taken on trust
@@ -267,9 +245,46 @@ def search(ws: Workspace, token: str | None, q: str | None = None, *, limit: int
                     proof = {**p.to_dict(), "verified": True}
                 except IntegrityError as exc:  # shown on its row: tampering must not blank the page
                     proof = {"leaf_index": seq, "tree_size": size, "verified": False, "problem": exc.message}
-            events.append({"seq": seq, "event": ledger.decode(line), "proof": proof})
+            events.append({"seq": seq, "event": doc or {}, "proof": proof,
+                           "column_problem": ledger.column_mismatch(row)})
         ledger_size = ledger.size(a.uow)
     return {"events": events, "checkpoint": status, "ledger_size": ledger_size}
+
+
+SEARCHED = ("actor", "action", "subject", "outcome")
+
+
+def _matching(uow, needle: str, limit: int, before: int | None) -> list[tuple]:  # noqa: ANN001
+    """The newest `limit` event rows whose line has `needle` in one of SEARCHED, with the decoded line.
+    The lines are matched, not the columns beside them (copies anyone with the database can edit): the
+    database narrows to lines that hold `needle` as JSON spells it (literally: % and _ are not
+    wildcards), and each candidate is decoded and matched field by field."""
+    e = t.ledger_events.c
+    page = limit if not needle else 4 * limit
+    found: list[tuple] = []
+    while len(found) < limit:
+        query = ledger.select_rows().order_by(e.seq.desc()).limit(page)
+        if before is not None:
+            query = query.where(e.seq < before)
+        if needle:
+            query = query.where(func.lower(e.line).contains(_json_string(needle)[1:-1], autoescape=True))
+        rows = uow.conn.execute(query).all()
+        for row in rows:
+            doc = _decoded(row.line)
+            if not needle or (doc and any(needle in str(doc.get(f) or "").lower() for f in SEARCHED)):
+                found.append((row, doc))
+        if len(rows) < page:
+            break
+        before = int(rows[-1].seq)
+    return found[:limit]
+
+
+def _decoded(line: str) -> dict | None:
+    try:
+        doc = ledger.decode(line)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
 
 
 def _checkpoint_status(ws: Workspace, uow, latest) -> dict:  # noqa: ANN001
@@ -278,7 +293,7 @@ def _checkpoint_status(ws: Workspace, uow, latest) -> dict:  # noqa: ANN001
         return {"verified": False, "tree_size": 0, "root": None, "problem": "no checkpoint yet"}
     size, note = latest
     try:
-        cp = _verified(note, ws.origin, _ledger_key(ws), f"checkpoint at size {size}")
+        cp = _verified(note, ws.origin, checkpoints.ledger_key(ws), f"checkpoint at size {size}")
         _, root = ledger.root(uow, cp.size)
         if root != cp.root:
             raise IntegrityError(f"checkpoint at size {size}: the tree's root at that size differs")

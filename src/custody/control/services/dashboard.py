@@ -35,8 +35,8 @@ def figures(ws: Workspace, token: str | None, days: int = DAYS) -> dict:
                 day["denied" if state == "denied" else "allowed"] += 1
         replica_rows = c.execute(select(rep.kind, rep.zone, rep.state, rep.created_at, rep.updated_at)
                                  .where(rep.version_id.is_not(None))).all()
-        alerts = [ledger.decode(line) for (line,) in c.execute(
-            select(t.ledger_events.c.line).where(t.ledger_events.c.action.like("alert.%"))
+        alerts = [ledger.decode(line) for (line,) in c.execute(  # by the hashed line, which opens with its action
+            select(t.ledger_events.c.line).where(t.ledger_events.c.line.startswith('{"action":"alert.'))
             .order_by(t.ledger_events.c.seq.desc()).limit(10))]
         open_reviews = c.execute(select(func.count()).where(t.reviews.c.closed_at.is_(None))).scalar_one()
     m = metrics.collect(ws)

@@ -10,12 +10,15 @@ until the window passes; the count comes from the ledger, which keeps every refu
 from __future__ import annotations
 
 import hmac
+import json
 from datetime import datetime, timedelta, timezone
+from json.encoder import encode_basestring_ascii
 
 import pyotp
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from custody.control.door import act
+from custody.control.ledger import store as ledger
 from custody.control.store import requests_repo as rq
 from custody.control.store import schema as t
 from custody.control.store.db import UnitOfWork
@@ -58,12 +61,27 @@ def _matching_step(secret: str, code: str) -> int | None:
 
 
 def _recent_failures(uow: UnitOfWork, principal: str) -> int:
-    """Wrong codes in the lockout window, as the ledger recorded them."""
+    """Wrong codes in the lockout window, as the hashed ledger lines say (the indexed columns are copies
+    anyone with the database could edit to hide a failure). The window is found by seq over the lines'
+    own times; the database then narrows it to lines naming the principal and the refusal, and each of
+    those is decoded and checked."""
     e = t.ledger_events.c
     since = (datetime.now(timezone.utc) - LOCKOUT).isoformat(timespec="microseconds").replace("+00:00", "Z")
-    q = select(func.count()).where(e.actor == principal, e.outcome == "denied", e.time >= since,
-                                   e.line.like(f"%{WRONG}%"))
-    return int(uow.conn.execute(q).scalar_one())
+    first = ledger.first_since(uow, since)
+    named = f'"actor":{encode_basestring_ascii(principal)},'
+    lines = uow.conn.execute(select(e.line).where(e.seq >= first, e.line.contains(named, autoescape=True),
+                                                  e.line.contains(WRONG, autoescape=True))).scalars()
+    return sum(1 for line in lines if _is_failure(line, principal, since))
+
+
+def _is_failure(line: str, principal: str, since: str) -> bool:
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return False
+    return (isinstance(doc, dict) and doc.get("actor") == principal and doc.get("outcome") == "denied"
+            and isinstance(doc.get("details"), dict) and doc["details"].get("reason") == WRONG
+            and isinstance(doc.get("time"), str) and doc["time"] >= since)
 
 
 def _check(ws: Workspace, uow: UnitOfWork, principal: str, code: str | None, sealed: bytes | None,

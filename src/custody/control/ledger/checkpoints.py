@@ -1,0 +1,157 @@
+"""Signed checkpoints of the stored ledger: taking them, on request and on a schedule, and the copy of
+the newest one kept in the workspace folder, outside the database. (`checkpoint` is the note format.)
+
+`audit verify` holds the events to every checkpoint, so deleting the newest events also means deleting
+every checkpoint that covers them; the workspace copy is out of reach of database access alone. Taken
+automatically after N events or M seconds (`[ledger]` in custody.toml), at most M seconds or N events
+are ever unwitnessed.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+from sqlalchemy import insert, select
+
+from custody.control.ledger import checkpoint, merkle
+from custody.control.ledger import store as ledger
+from custody.control.store import schema as t
+from custody.control.store.db import UnitOfWork
+from custody.control.store.repositories import as_utc
+from custody.control.workspace import Workspace
+from custody.domain.errors import IntegrityError, InvalidInput
+
+COPY = "ledger/checkpoint"
+
+
+def ledger_key(ws: Workspace, pinned: Path | None = None) -> Ed25519PublicKey:
+    try:
+        pem = pinned.read_bytes() if pinned else ws.public_key_pem("ledger")
+    except OSError as exc:
+        raise InvalidInput(f"cannot read public key {pinned}: {exc.strerror}") from None
+    try:
+        key = load_pem_public_key(pem)
+    except ValueError:
+        raise IntegrityError("ledger public key is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise IntegrityError("ledger public key is not an Ed25519 key")
+    return key
+
+
+class LedgerSigner:
+    """The custodian's ledger key in the shape of an Ed25519 private key."""
+
+    def __init__(self, ws: Workspace) -> None:
+        self._ws = ws
+
+    def public_key(self) -> Ed25519PublicKey:
+        return ledger_key(self._ws)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._ws.custodian().sign("ledger", data)
+
+
+def sign(ws: Workspace, size: int, root: bytes) -> str:
+    return checkpoint.sign(checkpoint.Checkpoint(ws.origin, size, root), ws.origin, LedgerSigner(ws))
+
+
+def check_extends(ws: Workspace, uow: UnitOfWork, size: int, root: bytes) -> None:
+    """Refuse to sign a tree that is not the newest checkpoint's tree grown by appends (that one kept in
+    the workspace, and that stored): signing a truncated or rewritten ledger would launder it."""
+    c = t.ledger_checkpoints.c
+    stored = uow.conn.execute(select(c.note).order_by(c.size.desc()).limit(1)).scalar_one_or_none()
+    for note in (read_copy(ws), stored):
+        if note is None:
+            continue
+        old = checkpoint.verify(note, ws.origin, ledger_key(ws))
+        if old.origin != ws.origin:
+            raise IntegrityError(f"a checkpoint of another ledger ({old.origin}) is kept here")
+        if old.size > size:
+            raise IntegrityError(f"the ledger holds {size} events but a checkpoint covers {old.size}: "
+                                 "events were removed (run custody audit verify)")
+        if old.size:
+            proof = merkle.consistency_proof(old.size, size, ledger.StoredNodes(uow))
+            merkle.verify_consistency(old.size, size, old.root, root, proof)
+
+
+def store(uow: UnitOfWork, size: int, note: str) -> None:
+    """Keep the note for `size` unless one is kept already (one checkpoint per size)."""
+    c = t.ledger_checkpoints.c
+    if uow.conn.execute(select(c.size).where(c.size == size)).first() is None:
+        uow.conn.execute(insert(t.ledger_checkpoints).values(size=size, note=note, created_at=datetime.now(timezone.utc)))
+
+
+def newest(uow: UnitOfWork) -> tuple[int, float] | None:
+    """(size, unix time taken) of the newest stored checkpoint."""
+    c = t.ledger_checkpoints.c
+    row = uow.conn.execute(select(c.size, c.created_at).order_by(c.size.desc()).limit(1)).first()
+    return None if row is None else (int(row.size), as_utc(row.created_at).timestamp())
+
+
+def keep_copy(ws: Workspace, note: str) -> None:
+    """Replace the workspace copy with `note` (atomically, 0600) unless the copy covers more events."""
+    size = checkpoint.parse(note)[0].size
+    held = read_copy(ws)
+    try:
+        if held is not None and checkpoint.parse(held)[0].size > size:
+            return
+    except IntegrityError:
+        pass  # a mangled copy is replaced; verify would refuse it
+    path = ws.home / COPY
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.partial")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(note)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def read_copy(ws: Workspace) -> str | None:
+    """The workspace copy of the newest checkpoint, or None where there is none yet."""
+    try:
+        return (ws.home / COPY).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IntegrityError(f"cannot read the workspace checkpoint {COPY}: {exc}") from None
+
+
+def _due(ws: Workspace, size: int, last: tuple[int, float] | None) -> bool:
+    if last is None:
+        return size > 0
+    covered, at = last
+    return size > covered and (size - covered >= ws.checkpoint_every_events
+                               or time.time() - at >= ws.checkpoint_every_seconds)
+
+
+def take_if_due(ws: Workspace, seq: int | None = None) -> None:
+    """Sign and keep a checkpoint when the schedule says one is due; called after a commit (`seq`: the
+    event it wrote) and by the server's timer. What this process last saw usually settles that none is
+    due without a read (a checkpoint taken elsewhere only makes one less due). The root is read and
+    signed outside any write transaction (opening the keyring may take a moment); only the insert
+    writes. Never raises: without a passphrase in this process, or on any failure, it simply waits for
+    the next chance, and `audit verify` reports the events a checkpoint does not cover yet."""
+    try:
+        if seq is not None and not _due(ws, seq + 1, ws.newest_checkpoint):
+            return
+        with ws.uow(readonly=True) as uow:
+            ws.newest_checkpoint = newest(uow)
+            if not _due(ws, ledger.size(uow), ws.newest_checkpoint):
+                return
+            size, root = ledger.root(uow)
+            check_extends(ws, uow, size, root)
+        note = sign(ws, size, root)
+        with ws.uow() as uow:
+            store(uow, size, note)
+        ws.newest_checkpoint = (size, time.time())
+        keep_copy(ws, note)
+    except Exception:  # noqa: BLE001
+        pass  # a safeguard taken later must never fail (or hold up) the action that prompted it
