@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from custody.control.policy import (ApproveFacts, AssetFacts, Catalog, CopyFacts, PolicyError, PrincipalFacts,
-                                    ZoneFacts, format_duration, parse_duration)
+                                    ReadFacts, ZoneFacts, format_duration, parse_duration)
+from custody.control.policy.rules import parse_rules
 from custody.control.policy import cedar_input
 from custody.control.policy.bench import bench_decisions
 from custody.control.policy.durations import MAX_SECONDS
@@ -192,11 +193,11 @@ def test_approval_rules_of_the_default_catalog() -> None:
         r = DEFAULT.decide_copy(facts).requirement
         return r.rule, r.approvals, r.distinct_teams, r.mfa
 
-    assert rule(research(principal=OLGA, kind="backup", destination=BACKUP)) == ("backup", 0, False, False)
-    assert rule(research()) == ("research", 1, False, False)
+    assert rule(research(principal=OLGA, kind="backup", destination=BACKUP)) == ("backup", 0, False, True)
+    assert rule(research()) == ("research", 1, False, True)
     assert rule(research(asset=replace(MODEL, classification="restricted"))) == ("sensitive-copy", 2, True, True)
     assert rule(research(asset=replace(MODEL, size_bytes=1 << 30))) == ("large-copy", 2, True, True)
-    assert rule(research(asset=replace(MODEL, size_bytes=(1 << 30) - 1))) == ("research", 1, False, False)
+    assert rule(research(asset=replace(MODEL, size_bytes=(1 << 30) - 1))) == ("research", 1, False, True)
     assert rule(research(asset=replace(MODEL, unsafe=True))) == ("unsafe-format", 2, True, True)
     assert rule(research(principal=LENA, kind="migration", destination=PROD_EU)) == ("catch-all", 2, True, True)
     req = DEFAULT.decide_copy(research()).requirement
@@ -502,13 +503,14 @@ def test_describe() -> None:
     d = DEFAULT.describe()
     assert d["hash"] == DEFAULT.hash and json.loads(json.dumps(d)) == d
     ids = [p["id"] for p in d["policies"]]
-    assert len(ids) == len(set(ids)) == 19  # 15 for copies and approvals, plus restore and drill permits and placements
+    # 15 for copies and approvals, restore and drill permits and placements (4), and 5 for reads
+    assert len(ids) == len(set(ids)) == 24
     jurisdiction = next(p for p in d["policies"] if p["id"] == "forbid-jurisdiction")
     assert jurisdiction == {"id": "forbid-jurisdiction", "effect": "forbid", "actions": ["copy"],
                             "file": "placement.cedar", "reason": jurisdiction["reason"]}
     assert [r["name"] for r in d["rules"]][-1] == "catch-all" and d["rules"][-1]["match"] == {}
     assert d["rules"][0] == {"name": "backup", "match": {"kinds": ["backup"]}, "approvals": 0, "roles": [],
-                             "distinct_teams": False, "mfa": False, "max_ttl": "400d", "window": "3d"}
+                             "distinct_teams": False, "mfa": True, "max_ttl": "400d", "window": "3d"}
 
 
 def test_bench_runs() -> None:
@@ -532,3 +534,54 @@ def test_the_catalog_hash_notices_every_edit_even_when_cached(tmp_path: Path) ->
     target.write_text('forbid (principal, action, resource) when { true };\n'[:len(target.read_text())])
     os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, mtime put back: ctime still moves
     assert Catalog.folder_hash(folder) != second
+
+
+def test_every_approval_needs_a_second_factor() -> None:
+    """A rule cannot waive MFA: a principal without a second factor never counts as an approver."""
+    text = (Catalog.default_folder() / "rules.toml").read_text()
+    assert all(r.requirement.mfa for r in DEFAULT.rules)
+    with pytest.raises(PolicyError, match="mfa = false is not allowed"):
+        parse_rules(text.replace("approvals = 1\n", "approvals = 1\nmfa = false\n", 1))
+
+
+def test_reads_are_decided_like_copies() -> None:
+    """No standing read of weights: an admin or ml lead reads a primary only under an approved read request."""
+    prod = ZoneFacts("prod", "production", "US", 4, "us")
+    def read(who, way="direct", kind="primary", own=False, zone=prod, asset=MODEL):  # noqa: ANN001, ANN202
+        return DEFAULT.decide_read(ReadFacts(who, asset, zone, kind, own, way, "eval", 3600 if way == "asking" else None))
+
+    for who in (ADA, LENA, RITA, OLGA, SAM):
+        assert not read(who).allowed
+    assert read(RITA, kind="research", own=True, zone=replace(prod, kind="research")).policy_ids == ("permit-read-own-copy",)
+    assert not read(RITA, kind="primary", own=True).allowed  # "own" counts only for research and derivative copies
+    svc = PrincipalFacts("svc", ("service",), "serving", {"zone": "prod"})
+    assert read(svc).policy_ids == ("permit-read-serving-zone",)
+    assert not read(replace(svc, attributes={"zone": "prod-eu"})).allowed
+    assert not read(replace(svc, attributes={})).allowed
+    assert not read(svc, zone=replace(prod, kind="backup")).allowed
+    asking = read(LENA, way="asking")
+    assert asking.allowed and asking.requirement.rule == "read" and asking.requirement.approvals == 1
+    critical = read(LENA, way="asking", asset=replace(MODEL, classification="critical"))
+    assert critical.requirement.rule == "critical-copy" and critical.requirement.roles == ("security",)
+    assert read(ADA, way="approved").policy_ids == ("permit-read-approved",)
+    assert not read(ADA, way="approved", kind="drill").allowed
+    assert not read(PrincipalFacts("aud", ("auditor",), "audit"), way="asking").allowed
+    with pytest.raises(PolicyError):
+        read(ADA, way="sideways")
+
+
+def test_a_catalog_from_before_reads_still_decides_copies_and_denies_reads(tmp_path: Path) -> None:
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(Catalog.default_folder(), old)
+    (old / "reads.cedar").unlink()
+    schema = (old / "schema.cedarschema").read_text()
+    (old / "schema.cedarschema").write_text(schema[:schema.index("// Decrypt a replica's weights")])
+    cases = (old / "tests.toml").read_text()
+    (old / "tests.toml").write_text(cases[:cases.index("# ---- reads of plaintext")])
+    catalog = Catalog.load(old)
+    assert catalog.decide_copy(research()).allowed
+    denied = catalog.decide_read(ReadFacts(ADA, MODEL, ZoneFacts("prod", "production", "US", 4, "us"), "primary",
+                                           False, "approved", "eval"))
+    assert not denied.allowed and "does not decide reads" in denied.reasons[0]

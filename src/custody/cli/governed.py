@@ -115,14 +115,14 @@ def policy_apply(ctx: Ctx, proposal: str) -> None:
 
 @command(request_app, "create")
 def request_create(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="ASSET[@VERSION]")],
-                   to: Annotated[str, typer.Option("--to", help="Destination zone.")],
-                   kind: Annotated[str, typer.Option(help="backup|dr|research|derivative|migration")],
+                   kind: Annotated[str, typer.Option(help="backup|dr|research|derivative|migration|read")],
                    purpose: Annotated[str, typer.Option(help="Why this copy must exist.")],
+                   to: Annotated[Optional[str], typer.Option("--to", help="Destination zone (none for a read).")] = None,
                    ttl: Annotated[Optional[str], typer.Option(help="How long the copy may live: 7d, 12h, ...")] = None,
                    source: Annotated[Optional[str], typer.Option("--from", help="Source replica (default: primary).")] = None,
                    break_glass: Annotated[bool, typer.Option("--break-glass", help="On-call DR without approvals; opens a review.")] = False,
                    run: Annotated[bool, typer.Option("--run", help="Run at once if approved.")] = False) -> None:
-    """Ask for a copy; the policy decides at once."""
+    """Ask for a copy, or (--kind read) to read a replica's weights once in memory; the policy decides at once."""
     r = ctx.call(requests.create, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source,
                  break_glass=break_glass)
     if run and r["state"] == "approved":

@@ -24,7 +24,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "asset.read": frozenset(ROLES),
     "replica.read": frozenset(ROLES),
     "replica.verify": frozenset({"admin", "ml-lead", "security", "auditor", "backup-operator"}),
-    "replica.open": frozenset({"admin", "ml-lead", "researcher"}),
+    "replica.open": frozenset(ROLES),  # whether a read may happen is the policy catalog's (Action::"read")
     "replica.revoke": frozenset({"admin", "security"}),
     "keys.read": frozenset({"admin", "security", "auditor"}),
     "keys.rotate": frozenset({"admin", "security"}),

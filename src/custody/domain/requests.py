@@ -17,6 +17,7 @@ class RequestKind(str, Enum):
     MIGRATION = "migration"
     RESTORE = "restore"  # a snapshot back into a zone: a copy like any other (T11)
     DRILL = "drill"  # a DR drill's restore, shredded as soon as it is checked
+    READ = "read"  # plaintext in memory, once, from one replica (custody.open_safetensors): no copy
 
 
 # Kinds whose copies do not expire: disaster-recovery replicas and restored replicas.

@@ -12,7 +12,7 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
+from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, ZoneFacts
 from custody.control.policy.durations import parse_duration
 from custody.control.policy.errors import PolicyError
 from custody.domain.errors import InvalidInput
@@ -21,7 +21,7 @@ from custody.domain.requests import Decision
 FILE = "tests.toml"
 _PARTS = ("principal", "asset", "source", "destination")
 _CASE_KEYS = {"name", "action", "kind", "ttl", "purpose", "break_glass", "exceptions", "requester", "requester_team",
-              "allow", "policies", "approvals", "rule", *_PARTS}
+              "replica_kind", "own_copy", "request", "allow", "policies", "approvals", "rule", *_PARTS}
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "principal": {"name": str, "roles": list, "team": str, "attributes": dict},
     "asset": {"name": str, "classification": str, "jurisdictions": list, "min_security_level": int, "owner": str,
@@ -44,7 +44,7 @@ class CaseResult:
 @dataclass(frozen=True, slots=True)
 class Case:
     name: str
-    facts: CopyFacts | ApproveFacts
+    facts: CopyFacts | ApproveFacts | ReadFacts
     expected: dict  # allow, and optionally policies, approvals, rule
 
     def check(self, decision: Decision) -> CaseResult:
@@ -107,16 +107,24 @@ def _case(index: int, entry: Any, defaults: dict) -> Case:
                        min_security_level=a["min_security_level"], owner=a["owner"], size_bytes=a["size_bytes"],
                        unsafe=a["unsafe"], parameters=a.get("parameters"))
     source, destination = (ZoneFacts(**parts[z]) for z in ("source", "destination"))
-    kind = _typed(where, "kind", entry.get("kind"), str)
     action = entry.get("action", "copy")
+    ttl = entry.get("ttl")
+    try:
+        ttl_seconds = parse_duration(_typed(where, "ttl", ttl, str)) if ttl is not None else None
+    except InvalidInput as e:
+        raise PolicyError(f"{where}: ttl: {e}") from None
+    if action == "read":  # the replica lives in the case's source zone
+        facts: CopyFacts | ApproveFacts | ReadFacts = ReadFacts(
+            principal=principal, asset=asset, zone=source,
+            replica_kind=_typed(where, "replica_kind", entry.get("replica_kind", "primary"), str),
+            own_copy=_typed(where, "own_copy", entry.get("own_copy", False), bool),
+            request=_typed(where, "request", entry.get("request", "direct"), str),
+            purpose=_typed(where, "purpose", entry.get("purpose", "catalog test"), str), ttl_seconds=ttl_seconds)
+        return Case(name=name, facts=facts, expected=_expected(where, entry))
+    kind = _typed(where, "kind", entry.get("kind"), str)
     if action == "copy":
-        ttl = entry.get("ttl")
-        try:
-            ttl_seconds = parse_duration(_typed(where, "ttl", ttl, str)) if ttl is not None else None
-        except InvalidInput as e:
-            raise PolicyError(f"{where}: ttl: {e}") from None
         exceptions = _typed(where, "exceptions", entry.get("exceptions", []), list)
-        facts: CopyFacts | ApproveFacts = CopyFacts(
+        facts = CopyFacts(
             principal=principal, asset=asset, source=source, destination=destination, kind=kind,
             ttl_seconds=ttl_seconds, purpose=_typed(where, "purpose", entry.get("purpose", "catalog test"), str),
             break_glass=_typed(where, "break_glass", entry.get("break_glass", False), bool),
@@ -127,8 +135,11 @@ def _case(index: int, entry: Any, defaults: dict) -> Case:
                              requester_team=_typed(where, "requester_team", team, str) if team is not None else None,
                              asset=asset, destination=destination, kind=kind)
     else:
-        raise PolicyError(f"{where}: action must be \"copy\" or \"approve\"")
+        raise PolicyError(f"{where}: action must be \"copy\", \"approve\" or \"read\"")
+    return Case(name=name, facts=facts, expected=_expected(where, entry))
 
+
+def _expected(where: str, entry: dict) -> dict:
     expected: dict = {"allow": _typed(where, "allow", entry.get("allow"), bool)}
     if "policies" in entry:
         expected["policies"] = [_typed(where, "policies", p, str) for p in _typed(where, "policies", entry["policies"], list)]
@@ -136,7 +147,7 @@ def _case(index: int, entry: Any, defaults: dict) -> Case:
         expected["approvals"] = _typed(where, "approvals", entry["approvals"], int)
     if "rule" in entry:
         expected["rule"] = _typed(where, "rule", entry["rule"], str)
-    return Case(name=name, facts=facts, expected=expected)
+    return expected
 
 
 def _part(where: str, part: str, default: Any, given: Any) -> dict:

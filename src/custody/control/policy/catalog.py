@@ -21,7 +21,7 @@ import cedarpy
 from custody.control.policy import cedar_input
 from custody.control.policy.budgets import Budgets, parse_budgets
 from custody.control.policy.cases import Case, CaseResult, parse_cases
-from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
+from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, ZoneFacts
 from custody.control.policy.durations import format_duration, parse_duration
 from custody.control.policy.errors import PolicyError
 from custody.control.policy.rules import ApprovalRule, first_match, parse_rules
@@ -137,13 +137,14 @@ class Catalog:
     def _check_schema_fits(self) -> None:
         """Refuse a schema that cannot take what custody sends: it would deny every request, silently."""
         for facts in _sample_facts():
-            request, entities = (cedar_input.copy_input(facts) if isinstance(facts, CopyFacts)
-                                 else cedar_input.approve_input(facts))
+            request, entities = _input(facts)
             try:
                 result = cedarpy.is_authorized(request, self._policy_set, entities, schema=self._schema)
             except Exception as e:  # noqa: BLE001 - an engine that cannot answer here will not answer later
                 raise PolicyError(f"{SCHEMA_FILE}: the policy engine cannot decide with it: {_one_line(e)}") from None
             for err in result.diagnostics.errors:
+                if isinstance(facts, ReadFacts) and _NO_READS in err:
+                    continue  # a catalog from before reads: it loads, and every read is denied (decide_read)
                 if any(marker in err for marker in _INPUT_ERRORS):
                     raise PolicyError(f"{SCHEMA_FILE}: does not accept the facts custody sends for "
                                       f"{request['action']['id']}: {_one_line(_without(err, entities))}")
@@ -156,6 +157,10 @@ class Catalog:
         decision = self._authorize(request, entities, "copy")
         if not decision.allowed:
             return decision
+        return self._with_requirement(decision, facts)
+
+    def _with_requirement(self, decision: Decision, facts: CopyFacts | ReadFacts) -> Decision:
+        """An allowed decision with what the first matching approval rule requires (a TTL above its cap denies)."""
         rule = first_match(self.rules, facts)
         cap = rule.requirement.max_ttl_seconds
         if cap is not None and facts.ttl_seconds is not None and facts.ttl_seconds > cap:
@@ -163,6 +168,18 @@ class Catalog:
                             (f"TTL {format_duration(facts.ttl_seconds)} is above the {format_duration(cap)} "
                              f"that approval rule {rule.name!r} allows",), None, self.hash)
         return replace(decision, requirement=rule.requirement)
+
+    def decide_read(self, facts: ReadFacts) -> Decision:
+        """Cedar first (may this principal read this replica, this way?); when a read request is being
+        asked for, the rule table then says what approving it takes, like for a copy."""
+        request, entities = cedar_input.read_input(facts)
+        decision = self._authorize(request, entities, "read")
+        if any(_NO_READS in e for e in decision.errors):
+            return Decision(False, (), ("the policy catalog in force does not decide reads (its schema has no "
+                                        "Action::\"read\"): propose one that does",), None, self.hash, decision.errors)
+        if not decision.allowed or facts.request != "asking":
+            return decision
+        return self._with_requirement(decision, facts)
 
     def decide_approval(self, facts: ApproveFacts) -> Decision:
         """May this principal approve this request? Quorum and distinct teams are the workflow's to count."""
@@ -209,7 +226,8 @@ class Catalog:
         results = []
         for case in self.cases:
             f = case.facts
-            decision = self.decide_copy(f) if isinstance(f, CopyFacts) else self.decide_approval(f)
+            decision = (self.decide_copy(f) if isinstance(f, CopyFacts) else self.decide_read(f)
+                        if isinstance(f, ReadFacts) else self.decide_approval(f))
             results.append(case.check(decision))
         return results
 
@@ -219,6 +237,17 @@ class Catalog:
                               "file": p.file} for p in self.policies],
                 "rules": [r.describe() for r in self.rules], "budgets": self.budgets.describe(),
                 "cases": len(self.cases)}
+
+
+_NO_READS = 'action `Action::"read"` does not exist'
+
+
+def _input(facts: CopyFacts | ApproveFacts | ReadFacts) -> tuple[dict, str]:
+    if isinstance(facts, CopyFacts):
+        return cedar_input.copy_input(facts)
+    if isinstance(facts, ReadFacts):
+        return cedar_input.read_input(facts)
+    return cedar_input.approve_input(facts)
 
 
 def _check_policy_file(rel: str, text: str, schema: cedarpy.Schema) -> list[PolicyInfo]:
@@ -318,15 +347,17 @@ def _one_line(e: object) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _sample_facts() -> list[CopyFacts | ApproveFacts]:
+def _sample_facts() -> list[CopyFacts | ApproveFacts | ReadFacts]:
     """Two shapes of facts, with every optional field present and with every one absent."""
     zone = ZoneFacts("sample-a", "production", "US", 3, "us-east")
     other = ZoneFacts("sample-b", "backup", "US", 3, "us-east")
-    out: list[CopyFacts | ApproveFacts] = []
+    out: list[CopyFacts | ApproveFacts | ReadFacts] = []
     for full in (True, False):
         who = PrincipalFacts("sample", ("admin",), "infra" if full else None, {"clearance": "high"} if full else {})
         asset = AssetFacts("sample", "internal", ("US",), 1, "owner", 1, False, 1 if full else None)
         out.append(CopyFacts(who, asset, zone, other, "backup", 3600 if full else None, "check", False,
                              frozenset({"x"}) if full else frozenset()))
         out.append(ApproveFacts(who, "someone", "research" if full else None, asset, other, "backup"))
+        out.append(ReadFacts(who, asset, zone, "primary", full, "asking" if full else "direct", "check",
+                             3600 if full else None))
     return out

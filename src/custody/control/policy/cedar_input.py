@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import json
 
-from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
+from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, ZoneFacts
 from custody.control.policy.errors import PolicyError
 from custody.domain.model import Classification
 
 KINDS = ("backup", "dr", "research", "derivative", "migration", "restore", "drill")
+READ = "read"  # a read request: decided by Action::"read", approved like a copy
+RULE_KINDS = (*KINDS, READ)  # what the approval-rule table and approvals speak of
+READ_WAYS = ("direct", "asking", "approved")
 SENSITIVITY = {c.value: c.rank for c in Classification}  # public 0 ... critical 4
 
 COPY = {"type": "Action", "id": "copy"}
 APPROVE = {"type": "Action", "id": "approve"}
+READ_ACTION = {"type": "Action", "id": "read"}
 
 
 def _uid(kind: str, name: str) -> dict:
@@ -59,9 +63,9 @@ def _zones(*zones: ZoneFacts) -> list[dict]:
     return [_zone(z) for z in seen.values()]
 
 
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise PolicyError(f"unknown copy kind {kind!r}: use one of {', '.join(KINDS)}")
+def _check_kind(kind: str, kinds: tuple[str, ...] = KINDS) -> None:
+    if kind not in kinds:
+        raise PolicyError(f"unknown copy kind {kind!r}: use one of {', '.join(kinds)}")
 
 
 def copy_input(f: CopyFacts) -> tuple[dict, str]:
@@ -81,7 +85,7 @@ def copy_input(f: CopyFacts) -> tuple[dict, str]:
 
 def approve_input(f: ApproveFacts) -> tuple[dict, str]:
     """The Cedar request and entities JSON for `approve`: principal is the approver, resource the asset."""
-    _check_kind(f.kind)
+    _check_kind(f.kind, RULE_KINDS)
     context: dict = {"kind": f.kind, "requester": {"__entity": _uid("User", f.requester)},
                      "destination": {"__entity": _uid("Zone", f.destination.name)}}
     if f.requester_team is not None:
@@ -90,3 +94,16 @@ def approve_input(f: ApproveFacts) -> tuple[dict, str]:
                "resource": _uid("Asset", f.asset.name), "context": context}
     entities = [_user(f.approver), _asset(f.asset), _zone(f.destination)]
     return request, json.dumps(entities)
+
+
+def read_input(f: ReadFacts) -> tuple[dict, str]:
+    """The Cedar request and entities JSON for `read`: principal User, resource Asset, the replica's zone in context."""
+    if f.request not in READ_WAYS:
+        raise PolicyError(f"unknown way of reading {f.request!r}: use one of {', '.join(READ_WAYS)}")
+    context: dict = {"replica_kind": f.replica_kind, "zone": {"__entity": _uid("Zone", f.zone.name)},
+                     "zone_name": f.zone.name, "own_copy": f.own_copy, "request": f.request, "purpose": f.purpose}
+    if f.ttl_seconds is not None:
+        context["ttl_seconds"] = f.ttl_seconds
+    request = {"principal": _uid("User", f.principal.name), "action": READ_ACTION,
+               "resource": _uid("Asset", f.asset.name), "context": context}
+    return request, json.dumps([_user(f.principal), _asset(f.asset), _zone(f.zone)])

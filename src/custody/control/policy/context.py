@@ -60,3 +60,23 @@ class ApproveFacts:
     asset: AssetFacts
     destination: ZoneFacts
     kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFacts:
+    """Decrypting a replica's weights in memory for the principal (DESIGN.md: reads are copies).
+
+    `request` says how the read is asked: "direct" (now, with no read request), "asking" (a read
+    request being created, whose approvals the rule table sets) or "approved" (now, under the
+    principal's approved, unspent read request for this replica)."""
+
+    principal: PrincipalFacts
+    asset: AssetFacts
+    zone: ZoneFacts  # where the replica lives
+    replica_kind: str  # primary | backup | dr | research | derivative | migration | drill
+    own_copy: bool  # the replica was made for a request of this principal
+    request: str  # direct | asking | approved
+    purpose: str
+    ttl_seconds: int | None = None  # how long an approved read request stays usable
+    kind: str = "read"  # for the approval-rule table
+    break_glass: bool = False

@@ -10,8 +10,8 @@ from __future__ import annotations
 import tomllib
 from dataclasses import dataclass
 
-from custody.control.policy.cedar_input import KINDS, SENSITIVITY
-from custody.control.policy.context import CopyFacts
+from custody.control.policy.cedar_input import RULE_KINDS, SENSITIVITY
+from custody.control.policy.context import CopyFacts, ReadFacts
 from custody.control.policy.durations import format_duration, parse_duration
 from custody.control.policy.errors import PolicyError
 from custody.domain.errors import InvalidInput
@@ -38,7 +38,7 @@ class ApprovalRule:
     def catch_all(self) -> bool:
         return (self.kinds, self.min_classification, self.min_bytes, self.break_glass, self.unsafe) == (None,) * 5
 
-    def matches(self, f: CopyFacts) -> bool:
+    def matches(self, f: CopyFacts | ReadFacts) -> bool:
         if self.kinds is not None and f.kind not in self.kinds:
             return False
         if self.min_classification is not None and \
@@ -61,7 +61,7 @@ class ApprovalRule:
                 "window": format_duration(r.window_seconds)}
 
 
-def first_match(rules: tuple[ApprovalRule, ...], f: CopyFacts) -> ApprovalRule:
+def first_match(rules: tuple[ApprovalRule, ...], f: CopyFacts | ReadFacts) -> ApprovalRule:
     for rule in rules:
         if rule.matches(f):
             return rule
@@ -105,8 +105,8 @@ def _rule(index: int, entry: object) -> ApprovalRule:
 
     kinds = entry.get("kinds")
     if kinds is not None:
-        if not isinstance(kinds, list) or not kinds or any(k not in KINDS for k in kinds):
-            raise PolicyError(f"{where}: kinds must be a non-empty list of {', '.join(KINDS)}")
+        if not isinstance(kinds, list) or not kinds or any(k not in RULE_KINDS for k in kinds):
+            raise PolicyError(f"{where}: kinds must be a non-empty list of {', '.join(RULE_KINDS)}")
         kinds = tuple(kinds)
     min_class = entry.get("min_classification")
     if min_class is not None and min_class not in SENSITIVITY:

@@ -27,7 +27,7 @@ from custody.data import copier, replica_files
 from custody.domain.errors import CustodyError, Denied, InvalidState
 from custody.domain.manifest import Manifest
 from custody.domain.model import Replica, ReplicaKind, ReplicaState, new_id
-from custody.domain.requests import NO_EXPIRY, Request, RequestState
+from custody.domain.requests import NO_EXPIRY, Request, RequestKind, RequestState
 from custody.keys import bundle, granted
 from custody.keys.custodian import CustodianSigner
 
@@ -56,6 +56,9 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
     """The one door for running any approved request: a copy, a backup snapshot, a restore, a drill."""
     with act(ws, token, "request.run", subject=request_id, request_id=request_id) as a:
         request = _current(a.uow, request_id, lock=True)
+        if request.kind is RequestKind.READ:
+            raise InvalidState(f"request {request_id} is a read: it is spent by reading, e.g. "
+                               f"custody.open_safetensors({request.source_replica!r}, purpose=..., request={request_id!r})")
         if request.requester != a.principal.name and not a.principal.has_role(*RUNNERS):
             raise Denied("only the requester, an admin or a backup operator can run a request")
         requester = repo.principal_by_name(a.uow, request.requester)

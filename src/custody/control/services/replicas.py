@@ -13,11 +13,12 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from custody.control import views
 from custody.control.door import Act, act, data_step, record_after
+from custody.control.services import reads
 from custody.control.store import repositories as repo
 from custody.control.store.db import purge_freed
 from custody.control.workspace import Workspace
 from custody.data import replica_files, tensors
-from custody.domain.errors import Denied, IntegrityError, InvalidInput, InvalidState, NotFound
+from custody.domain.errors import IntegrityError, InvalidInput, InvalidState, NotFound
 from custody.domain.manifest import Manifest
 from custody.keys import bundle
 from custody.domain.model import Replica, ReplicaState
@@ -50,18 +51,28 @@ def show_replica(ws: Workspace, token: str | None, replica_id: str) -> dict:
 
 def _readable(ws: Workspace, a: Act, replica_id: str) -> tuple[Replica, Manifest, bytes]:
     """What the data plane needs to read an active replica: its signed manifest and its unwrapped key."""
+    replica = _active(a, replica_id)
+    return (replica, *_unsealed(ws, a, replica))
+
+
+def _active(a: Act, replica_id: str) -> Replica:
+    """The replica, refused unless it is active and unexpired."""
     replica = repo.replica_by_id(a.uow, replica_id)
     if not replica.readable:
         raise InvalidState(f"replica {replica_id} is {replica.state.value}; only active replicas can be read")
     if replica.expires_at is not None and replica.expires_at <= datetime.now(timezone.utc):
         raise InvalidState(f"replica {replica_id} expired at {views.ts(replica.expires_at)}")
+    return replica
+
+
+def _unsealed(ws: Workspace, a: Act, replica: Replica) -> tuple[Manifest, bytes]:
     wrapped = repo.data_key(a.uow, replica.key_id)
     if wrapped is None:
-        raise InvalidState(f"replica {replica_id}: its data key was shredded")
+        raise InvalidState(f"replica {replica.id}: its data key was shredded")
     version = repo.version_by_id(a.uow, replica.version_id)
     manifest = Manifest.from_json(version.manifest_json)
-    check_signed(ws, repo.replica_bundle(a.uow, replica_id) or version.bundle_json, manifest, replica_id)
-    return replica, manifest, ws.custodian().unwrap(wrapped)
+    check_signed(ws, repo.replica_bundle(a.uow, replica.id) or version.bundle_json, manifest, replica.id)
+    return manifest, ws.custodian().unwrap(wrapped)
 
 
 def check_signed(ws: Workspace, bundle_json: str | None, manifest: Manifest, what: str) -> None:
@@ -105,26 +116,18 @@ def shred(a: Act, replica: Replica) -> None:
     repo.set_replica_state(a.uow, replica, ReplicaState.SHREDDED, writer=None)
 
 
-READ_ANY = ("admin", "ml-lead")  # others read only the copies made for them
-
-
-def _check_own_copy(a: Act, replica: Replica) -> None:
-    from custody.control.store import requests_repo as rq
-
-    if replica.request_id is None or rq.request_by_id(a.uow, replica.request_id).requester != a.principal.name:
-        raise Denied(f"{a.principal.name} may read only copies made for their own requests")
-
-
 def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpose: str,
-                     names: list[str] | None = None) -> dict:
-    """Tensors of an active replica, decrypted in memory; ledgered as a read with its purpose."""
+                     names: list[str] | None = None, request: str | None = None) -> dict:
+    """Tensors of an active replica, decrypted in memory, when the catalog allows this read (directly,
+    or under the caller's approved read request, which the read spends); ledgered with its decision
+    and purpose."""
     with act(ws, token, "replica.open", subject=replica_id, rationale=purpose,
              details={"tensors": names[:50] if names else "all"}) as a:
         if not purpose or not purpose.strip():
             raise InvalidInput("reading tensors needs a purpose")
-        replica, manifest, dek = _readable(ws, a, replica_id)
-        if not a.principal.has_role(*READ_ANY):
-            _check_own_copy(a, replica)
+        replica = _active(a, replica_id)
+        reads.decide(ws, a, replica, purpose, request)
+        _, dek = _unsealed(ws, a, replica)
         zone = repo.zone_by_name(a.uow, replica.zone)
         files = [f["path"] for f in repo.version_formats(a.uow, replica.version_id) if f["kind"] == "safetensors"]
         if not files:

@@ -64,10 +64,11 @@ def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: Asset, 
 # -- create -------------------------------------------------------------------------------
 
 
-def create(ws: Workspace, token: str | None, ref: str | None, *, to: str, kind: str, purpose: str,
+def create(ws: Workspace, token: str | None, ref: str | None, *, to: str | None = None, kind: str, purpose: str,
            ttl: str | None = None, source: str | None = None, break_glass: bool = False,
            snapshot: str | None = None, method: str = "replica", drill: bool = False) -> dict:
-    """Ask for a copy of ASSET[@VERSION] (from a replica), or a restore of a snapshot (`snapshot`)."""
+    """Ask for a copy of ASSET[@VERSION] (from a replica), a restore of a snapshot (`snapshot`), or a
+    read of a replica in place (kind "read": no destination)."""
     with act(ws, token, "request.create", subject=ref or snapshot, destination=to, rationale=purpose) as a:
         plan = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source, break_glass=break_glass,
                      snapshot=snapshot, drill=drill)
@@ -111,7 +112,7 @@ class _Plan:
     ttl_seconds: int | None
 
 
-def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose: str, ttl: str | None,
+def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str | None, kind: str, purpose: str, ttl: str | None,
           source: str | None, break_glass: bool, snapshot: str | None = None, drill: bool = False) -> _Plan:
     """Check a request's arguments and decide it: what `create` stores and `preview` shows."""
     try:
@@ -128,14 +129,18 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose
         src = None
     else:
         asset, version = asset_service.resolve_version(a.uow, ref)
-        src = _source_replica(a.uow, asset.name, version, source)
+        src = _source_replica(a.uow, asset.name, version, source, request_kind)
         src_zone, src_replica_id = repo.zone_by_name(a.uow, src.zone), src.id
+    if request_kind is RequestKind.READ:
+        return _plan_read(ws, a, asset, version, src, to, purpose, ttl_seconds)
     if (request_kind is RequestKind.DRILL) != drill:
         raise InvalidInput("drill requests are made by `custody drill dr` only")
     if request_kind in SNAPSHOT_KINDS and snapshot is None:
         raise InvalidInput("restore and drill requests read a snapshot")
     if snapshot is not None and request_kind not in SNAPSHOT_KINDS | {RequestKind.DR}:
         raise InvalidInput("a snapshot is restored by a restore, dr or drill request")
+    if not to:
+        raise InvalidInput("a copy needs a destination zone (--to)")
     dest = repo.zone_by_name(a.uow, to)
     decision = _decide(ws, a.uow, a.principal, asset, version, src_zone, dest, request_kind.value,
                        ttl_seconds, purpose, break_glass)
@@ -148,7 +153,23 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str, kind: str, purpose
     return _Plan(request_kind, asset, version, src_replica_id, dest, decision, ttl_seconds)
 
 
-def preview(ws: Workspace, token: str | None, ref: str, *, to: str, kind: str, purpose: str,
+def _plan_read(ws: Workspace, a: Act, asset: Asset, version: AssetVersion, replica: Replica, to: str | None,
+               purpose: str, ttl_seconds: int | None) -> _Plan:
+    """A read request reads its replica where it lives: decided by the catalog's read action, approved
+    like a research copy of the asset, usable once within its TTL (an hour unless asked otherwise)."""
+    from custody.control.services import reads
+
+    zone = repo.zone_by_name(a.uow, replica.zone)
+    if to and to != zone.name:
+        raise InvalidInput(f"a read request reads replica {replica.id} where it lives (zone {zone.name}): drop --to")
+    ttl_seconds = ttl_seconds or reads.READ_TTL
+    _within_source_life(replica, ttl_seconds, RequestKind.READ)
+    decision = active_catalog(ws, a.uow).decide_read(
+        reads.facts(ws, a.uow, a.principal, replica, "asking", purpose, ttl_seconds))
+    return _Plan(RequestKind.READ, asset, version, replica.id, zone, decision, ttl_seconds)
+
+
+def preview(ws: Workspace, token: str | None, ref: str, *, to: str | None = None, kind: str, purpose: str,
             ttl: str | None = None, source: str | None = None) -> dict:
     """The decision a request would get and the approvals it would need; nothing is stored but the event."""
     with act(ws, token, "request.preview", subject=ref, destination=to, rationale=purpose) as a:
@@ -225,14 +246,15 @@ def _source_snapshot(uow: UnitOfWork, snapshot_id: str):  # noqa: ANN202
 SOURCE_KINDS = ("primary", "backup", "dr")  # copies are made from these, never from a copy of a copy
 
 
-def _source_replica(uow: UnitOfWork, asset: str, version: AssetVersion, source: str | None):  # noqa: ANN202
+def _source_replica(uow: UnitOfWork, asset: str, version: AssetVersion, source: str | None,  # noqa: ANN202
+                    kind: RequestKind | None = None):
     if source:
         replica = repo.replica_by_id(uow, source)
         if replica.version_id != version.id:
             raise InvalidInput(f"replica {source} holds another version of {asset}")
         if not replica.readable:
             raise InvalidState(f"replica {source} is {replica.state.value}")
-        if replica.kind.value not in SOURCE_KINDS:
+        if kind is not RequestKind.READ and replica.kind.value not in SOURCE_KINDS:
             raise InvalidInput(f"replica {source} is a {replica.kind.value} copy; copies come from "
                                f"{', '.join(SOURCE_KINDS)} replicas")
         return replica
@@ -257,6 +279,8 @@ def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> Request:
     from custody.control import grants
 
     expires = _now() + GRANT_WINDOW
+    if request.kind is RequestKind.READ:  # one read, within the TTL asked for
+        expires = min(expires, _now() + timedelta(seconds=request.ttl_seconds or 0))
     grant = grants.mint(ws.custodian().grant_root_key(), grants.GrantClaims(
         request_id=request.id, version_digest=request.version_digest, source_replica=request.source,
         destination_zone=request.destination_zone, expires_at=expires))
@@ -431,6 +455,12 @@ def inbox(ws: Workspace, token: str | None) -> list[dict]:
 def decide_for(ws: Workspace, uow: UnitOfWork, r: Request, requester: Principal) -> Decision:
     """The decision the catalog in force gives this request now."""
     version = repo.version_by_id(uow, r.version_id)
+    if r.kind is RequestKind.READ:
+        from custody.control.services import reads
+
+        replica = repo.replica_by_id(uow, r.source_replica)
+        return active_catalog(ws, uow).decide_read(
+            reads.facts(ws, uow, requester, replica, "asking", r.purpose, r.ttl_seconds))
     if r.source_snapshot:
         src = _source_snapshot(uow, r.source_snapshot)[2]
     else:

@@ -1,0 +1,103 @@
+"""Reads of plaintext, decided by the policy catalog like copies (DESIGN.md, "Reads are copies").
+
+A principal decrypts a replica's weights in memory (custody.open_safetensors) when the catalog
+allows it directly (by default: a research or derivative copy made for them, or, for a service
+principal, the replicas in the production zone it is bound to). Anything else takes an approved
+read request of theirs for that replica: the read spends the request's single-use grant in the
+transaction that ledgers it, so one approval is one read. Admins and ml leads have no standing read.
+"""
+
+from __future__ import annotations
+
+from custody.control.door import Act
+from custody.control.policy.context import ReadFacts
+from custody.control.services.policy import active_catalog
+from custody.control.store import repositories as repo
+from custody.control.store import requests_repo as rq
+from custody.control.store.db import UnitOfWork
+from custody.control.workspace import Workspace
+from custody.domain.errors import Denied, InvalidInput
+from custody.domain.model import Principal, Replica
+from custody.domain.requests import Decision, Request, RequestKind, RequestState
+from custody.keys import granted
+
+READ_TTL = 3600  # how long an approved read request stays usable when the asker names no --ttl
+
+
+def facts(ws: Workspace, uow: UnitOfWork, principal: Principal, replica: Replica, way: str, purpose: str,
+          ttl_seconds: int | None = None) -> ReadFacts:
+    from custody.control.services.requests import asset_facts, principal_facts, zone_facts
+
+    version = repo.version_by_id(uow, replica.version_id)
+    asset = repo.asset_by_name(uow, repo.replica_asset_name(uow, replica.id))
+    return ReadFacts(principal=principal_facts(principal), asset=asset_facts(asset, version),
+                     zone=zone_facts(repo.zone_by_name(uow, replica.zone)), replica_kind=replica.kind.value,
+                     own_copy=own_copy(uow, principal, replica), request=way, purpose=purpose,
+                     ttl_seconds=ttl_seconds)
+
+
+def own_copy(uow: UnitOfWork, principal: Principal, replica: Replica) -> bool:
+    """Whether the replica was made for a request of this principal."""
+    return replica.request_id is not None and rq.request_by_id(uow, replica.request_id).requester == principal.name
+
+
+def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: str | None) -> Decision:
+    """Decide this read and, when it goes under a read request, spend that request; the decision and
+    the request are recorded in the act's event. Raises Denied when the read may not happen."""
+    catalog = active_catalog(ws, a.uow)
+    decision = catalog.decide_read(facts(ws, a.uow, a.principal, replica, "direct", purpose))
+    request = None
+    if request_id is not None or not decision.allowed:
+        request = _read_request(a, replica, request_id)
+    if request is not None:
+        from custody.control.services.copies import still_allowed
+
+        still_allowed(ws, a.uow, request, a.principal)
+        decision = catalog.decide_read(facts(ws, a.uow, a.principal, replica, "approved", purpose))
+    a.fields["policy_ids"] = decision.policy_ids
+    a.fields["request_id"] = request.id if request else None
+    a.fields.setdefault("details", {})["decision"] = {"allowed": decision.allowed, "reasons": list(decision.reasons),
+                                                      "catalog_hash": decision.catalog_hash}
+    if not decision.allowed:
+        hint = "" if request else (f"; ask with `custody request create {repo.replica_asset_name(a.uow, replica.id)} "
+                                   f"--kind read --from {replica.id} --purpose ...`")
+        raise Denied(f"read of replica {replica.id} denied: "
+                     + ("; ".join(decision.reasons) or "no policy permits it") + hint)
+    if request is not None:
+        _spend(ws, a, request, replica)
+    return decision
+
+
+def _read_request(a: Act, replica: Replica, request_id: str | None) -> Request | None:
+    """The read request this read goes under: the one named, else the caller's oldest approved one
+    for this replica (None when there is none)."""
+    if request_id is None:
+        mine = [r for r in rq.list_requests(a.uow, requester=a.principal.name, state=RequestState.APPROVED.value)
+                if r.kind is RequestKind.READ and r.source_replica == replica.id]
+        return min(mine, key=lambda r: r.created_at) if mine else None
+    from custody.control.services.requests import _current
+
+    request = _current(a.uow, request_id, lock=True)
+    if request.kind is not RequestKind.READ:
+        raise InvalidInput(f"request {request_id} is a {request.kind.value} request, not a read")
+    if request.requester != a.principal.name:
+        raise Denied(f"read request {request_id} is {request.requester}'s: a read request is used by its requester")
+    if request.source_replica != replica.id:
+        raise InvalidInput(f"read request {request_id} is for replica {request.source_replica}, not {replica.id}")
+    if request.state is not RequestState.APPROVED:
+        raise Denied(f"read request {request_id} is {request.state.value}; a read needs an approved, unspent one")
+    return request
+
+
+def _spend(ws: Workspace, a: Act, request: Request, replica: Replica) -> None:
+    """Check the request's grant and spend it, in the read's own transaction: one approval, one read."""
+    found = rq.grant_of(a.uow, request.id)
+    if found is None:
+        raise Denied(f"read request {request.id} has no grant")
+    token, use_id, _ = found
+    granted.check(ws.custodian(), token, granted.Expected(
+        request_id=request.id, version_digest=request.version_digest, source_replica=replica.id,
+        destination_zone=replica.zone), "unwrap-source")
+    rq.use_grant(a.uow, use_id, request.id)
+    running = rq.move_request(a.uow, request, RequestState.RUNNING)
+    rq.move_request(a.uow, running, RequestState.DONE)
