@@ -2,7 +2,8 @@
 
 `verify` trusts nothing stored: it recomputes every leaf from the event lines, rebuilds the
 tree in one pass (O(n) time, O(log n) memory), and compares with the stored nodes, every stored
-checkpoint, and optionally a checkpoint the caller saved earlier (and a pinned public key).
+checkpoint, the workspace's copy of the newest, and optionally a checkpoint the caller saved earlier
+(and a pinned public key); in the same pass each event's indexed columns are held to its line.
 """
 
 from __future__ import annotations
