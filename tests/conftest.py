@@ -176,7 +176,7 @@ def run_custody(*args: str, env: dict[str, str], timeout: float = 120) -> Result
 
 # -- people ------------------------------------------------------------------------------------
 
-GOVERNED = ("admin", "security", "ml-lead")  # added only through an identity proposal
+GOVERNED = ("admin", "security", "ml-lead", "service")  # added only through an identity proposal
 OFFICERS = ("officer-a", "officer-b")  # the bootstrap security officers who approve identity proposals
 
 
@@ -236,14 +236,15 @@ class People:
             self.tokens[name] = r.json["token"]
             self.enroll(name)
 
-    def add(self, spec: dict[str, tuple[str, str | None]], *, enroll: bool = True, by: str = "admin") -> dict[str, str]:
-        """Add NAME: (ROLE, TEAM) for each entry; approvers (ml-lead, security) get a second factor
-        in force unless `enroll` is false. Returns the new tokens (also kept in `tokens`)."""
-        if any(role in GOVERNED for role, _ in spec.values()):
+    def add(self, spec: dict[str, tuple], *, enroll: bool = True, by: str = "admin") -> dict[str, str]:
+        """Add NAME: (ROLE, TEAM[, ATTRIBUTES]) for each entry; approvers (ml-lead, security) get a
+        second factor in force unless `enroll` is false. Returns the new tokens (also kept in `tokens`)."""
+        if any(entry[0] in GOVERNED for entry in spec.values()):
             self._officers()
         pending = []
-        for name, (role, team) in spec.items():
+        for name, (role, team, *attrs) in spec.items():
             args = ["principal", "add", name, "--role", role, "--json"] + (["--team", team] if team else [])
+            args += [f"--attr={k}={v}" for k, v in (attrs[0] if attrs else {}).items()]
             r = cli(*args, token=self.tokens[by])
             assert r.code == 0, r.stdout
             if "proposal" in r.json:
@@ -260,13 +261,13 @@ class People:
                 assert r.code == 0, r.stdout
                 self.tokens[name] = r.json["token"]
         if enroll:
-            for name, (role, _) in spec.items():
+            for name, (role, *_) in spec.items():
                 if role in ("ml-lead", "security"):
                     self.enroll(name)
         return {name: self.tokens[name] for name in spec}
 
 
-def people(env: Env, spec: dict[str, tuple[str, str | None]], **kw) -> People:  # noqa: ANN003
+def people(env: Env, spec: dict[str, tuple], **kw) -> People:  # noqa: ANN003
     """A People with `spec` added (see People.add)."""
     found = People.of(env)
     found.add(spec, **kw)

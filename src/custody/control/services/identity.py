@@ -1,6 +1,7 @@
 """Governed identity changes (DESIGN.md, "Identity is governed"; threat T1).
 
-Adding an admin, a security officer or an approver (ml-lead), and suspending an admin or a
+Adding an admin, a security officer, an approver (ml-lead) or a service (which reads the
+production replicas of the zone it is bound to without asking), and suspending an admin or a
 security officer, is a proposal: two security officers approve it with a one-time code, none of
 them the proposer or a principal the proposer added (directly or through others), none added after
 it was proposed. So one administrator cannot mint the approvers of their own requests. An addition
@@ -27,7 +28,8 @@ from custody.control.workspace import Workspace
 from custody.domain.errors import Denied, InvalidInput, InvalidState
 from custody.domain.model import Principal, new_id
 
-GOVERNED_ROLES = ("admin", "security", "ml-lead")  # added only through a proposal
+# added only through a proposal: administering, approving, or (service) reading production weights
+GOVERNED_ROLES = ("admin", "security", "ml-lead", "service")
 GUARDED_ROLES = ("admin", "security")  # their holders are suspended only through a proposal
 APPROVER_ROLE = "security"
 APPROVALS = 2
