@@ -43,15 +43,38 @@ def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> Non
     hf_model(model)
     admin = env.token
     tokens, secrets = {}, {}
-    for name, role, team in (("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
-                             ("carol", "security", "security")):
-        r = call(server, "POST", "/api/v1/principals", admin, json={"name": name, "roles": [role], "team": team})
-        assert r.status_code == 201, r.text
-        tokens[name] = r.json()["token"]
-    for name in ("bob", "carol"):
+
+    def enrolled(name: str) -> None:
         secrets[name] = call(server, "POST", "/api/v1/mfa/enroll", tokens[name], json={}).json()["secret"]
         assert call(server, "POST", "/api/v1/mfa/verify", tokens[name],
                     json={"code": pyotp.TOTP(secrets[name]).now()}).json()["activated"] is True
+
+    def soon(name: str) -> str:  # the current step was spent verifying
+        totp = pyotp.TOTP(secrets[name])
+        return totp.at(time.time() + totp.interval)
+
+    proposals = {}
+    for name, role, team in (("olga", "security", "office"), ("omar", "security", "office"),
+                             ("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
+                             ("carol", "security", "security")):
+        r = call(server, "POST", "/api/v1/principals", admin, json={"name": name, "roles": [role], "team": team})
+        assert r.status_code == 201, r.text
+        if "proposal" in r.json():  # an approver joins only once two security officers approve
+            proposals[name] = r.json()["proposal"]
+        else:
+            tokens[name] = r.json()["token"]
+    assert sorted(proposals) == ["bob", "carol"]
+    for name in ("olga", "omar"):
+        enrolled(name)
+        r = call(server, "POST", "/api/v1/identity-proposals/approve", tokens[name],
+                 json={"proposal_ids": list(proposals.values()), "otp": soon(name)})
+        assert r.status_code == 200, r.text
+    for name, pid in proposals.items():
+        r = call(server, "POST", f"/api/v1/identity-proposals/{pid}/apply", admin)
+        assert r.status_code == 200, r.text
+        tokens[name] = r.json()["token"]
+    for name in ("bob", "carol"):
+        enrolled(name)
     r = call(server, "POST", "/api/v1/assets", admin, json={"name": "tiny", "path": str(model), "opts": {
                  "classification": "confidential", "jurisdictions": ["US"]}})
     assert r.status_code == 201, r.text
@@ -73,10 +96,8 @@ def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> Non
         (req["id"], "confidential", "US", "nlp")]
     assert call(server, "GET", "/api/v1/requests/inbox", tokens["alice"]).json() == []  # never her own
     assert call(server, "POST", f"/api/v1/requests/{req['id']}/approve", tokens["alice"], json={}).status_code == 403
-    totp = {n: pyotp.TOTP(s) for n, s in secrets.items()}
     for name in ("bob", "carol"):
-        code = totp[name].at(time.time() + totp[name].interval)  # the current step was spent verifying
-        r = call(server, "POST", f"/api/v1/requests/{req['id']}/approve", tokens[name], json={"otp": code})
+        r = call(server, "POST", f"/api/v1/requests/{req['id']}/approve", tokens[name], json={"otp": soon(name)})
         assert r.status_code == 200, r.text
     assert r.json()["state"] == "approved"
     done = call(server, "POST", f"/api/v1/requests/{req['id']}/run", tokens["alice"])

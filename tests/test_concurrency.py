@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Env, cli, hf_model, make_env, register, reset_postgres, run_custody, serving
+from conftest import Env, cli, hf_model, make_env, people, register, reset_postgres, run_custody, serving
 
 WORKER = """
 import os, sys
@@ -48,17 +48,16 @@ def test_racing_approvals_and_runs(pg_env: Env, tmp_path: Path) -> None:
     model = tmp_path / "m"
     hf_model(model)
     register(pg_env, model, "tiny", "--jurisdiction", "US")
-    tokens = {}
-    for name, role, team in (("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
-                             ("carol", "security", "security"), ("dave", "backup-operator", "infra")):
-        tokens[name] = cli("principal", "add", name, "--role", role, "--team", team, "--json",
-                           token=pg_env.token).json["token"]
+    crew = people(pg_env, {"alice": ("researcher", "nlp"), "bob": ("ml-lead", "platform"),
+                           "carol": ("security", "security"), "dave": ("backup-operator", "infra")})
+    tokens = crew.tokens
+    codes = {who: crew.otp(who) for who in ("bob", "carol")}
     # internal, not confidential: one approval from ml-lead or security
     rid = cli("request", "create", "tiny", "--to", "research", "--kind", "research", "--purpose", "race",
               "--ttl", "1d", "--json", token=tokens["alice"]).json["id"]
     env = pg_env.environ()
     with ThreadPoolExecutor(2) as pool:
-        approvals = list(pool.map(lambda who: run_custody("request", "approve", rid, "--json",
+        approvals = list(pool.map(lambda who: run_custody("request", "approve", rid, "--otp", codes[who], "--json",
                                                           env={**env, "CUSTODY_TOKEN": tokens[who]}), ["bob", "carol"]))
     assert sorted(a.code for a in approvals) in ([0, 0], [0, 6])  # the second finds it approved already
     shown = cli("request", "show", rid, "--json", token=tokens["alice"]).json
@@ -79,10 +78,10 @@ def test_two_servers_on_one_store(pg_env: Env, tmp_path: Path) -> None:
     model = tmp_path / "m"
     hf_model(model)
     register(pg_env, model, "tiny", "--jurisdiction", "US")
-    tokens = {name: cli("principal", "add", name, "--role", role, "--team", team, "--json",
-                        token=pg_env.token).json["token"]
-              for name, role, team in (("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
-                                       ("carol", "security", "security"))}
+    crew = people(pg_env, {"alice": ("researcher", "nlp"), "bob": ("ml-lead", "platform"),
+                           "carol": ("security", "security")})
+    tokens = crew.tokens
+    codes = {who: crew.otp(who) for who in ("bob", "carol")}
 
     def post(base: str, path: str, who: str, body: dict | None = None) -> httpx.Response:
         return httpx.post(f"{base}/api/v1{path}", json=body or {}, timeout=60,
@@ -95,7 +94,7 @@ def test_two_servers_on_one_store(pg_env: Env, tmp_path: Path) -> None:
         assert [r.status_code for r in made] == [201] * 48
         rid = made[0].json()["id"]
         with ThreadPoolExecutor(2) as pool:  # internal asset: one approval; bob and carol race on two servers
-            approvals = list(pool.map(lambda a: post(a[0], f"/requests/{rid}/approve", a[1]),
+            approvals = list(pool.map(lambda a: post(a[0], f"/requests/{rid}/approve", a[1], {"otp": codes[a[1]]}),
                                       [(one, "bob"), (two, "carol")]))
         assert sorted(a.status_code for a in approvals) in ([200, 200], [200, 409])
         with ThreadPoolExecutor(4) as pool:

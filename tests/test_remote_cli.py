@@ -47,10 +47,24 @@ def scenario(run: Run, env: Env, model: Path) -> list[tuple[str, int, str]]:
     step("zone", "show", "mars", "--json", expect=4)
     step("zone", "list", token="cst_not_a_token", expect=3)
     tokens, totp = {}, {}
-    for name, role, team in (("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
-                             ("carol", "security", "security")):
-        tokens[name] = step("principal", "add", name, "--role", role, "--team", team, "--json").json["token"]
+    step("principal", "add", "bob", "--role", "ml-lead", "--team", "platform", expect=6)  # no security officers yet
+    for name in ("olga", "omar"):  # the bootstrap: the first two security officers are named directly
+        tokens[name] = step("principal", "add", name, "--role", "security", "--team", "office", "--json").json["token"]
+    tokens["alice"] = step("principal", "add", "alice", "--role", "researcher", "--team", "nlp", "--json").json["token"]
+    proposals = {name: step("principal", "add", name, "--role", role, "--team", team, "--reason", "joins",
+                            "--json").json["proposal"]
+                 for name, role, team in (("bob", "ml-lead", "platform"), ("carol", "security", "security"))}
     step("principal", "add", "mallory", "--role", "wizard", expect=2)
+    step("principal", "proposals", "--open")
+    step("principal", "apply", proposals["bob"], expect=3)  # not approved yet
+    step("principal", "approve", proposals["bob"], token=tokens["alice"], expect=3)  # not a security officer
+    for name in ("olga", "omar"):
+        totp[name] = pyotp.TOTP(step("mfa", "enroll", "--json", token=tokens[name]).json["secret"])
+        step("mfa", "verify", totp[name].now(), token=tokens[name])
+        step("principal", "approve", *proposals.values(), "--otp", totp[name].at(time.time() + totp[name].interval),
+             token=tokens[name])
+    for name, pid in proposals.items():
+        tokens[name] = step("principal", "apply", pid, "--json").json["token"]
     for name in ("bob", "carol"):
         totp[name] = pyotp.TOTP(step("mfa", "enroll", "--json", token=tokens[name]).json["secret"])
         step("mfa", "verify", totp[name].now(), token=tokens[name])
@@ -71,6 +85,7 @@ def scenario(run: Run, env: Env, model: Path) -> list[tuple[str, int, str]]:
         code = totp[name].at(time.time() + totp[name].interval)  # the current step was spent verifying
         step("request", "approve", rid, "--otp", code, token=tokens[name])
     step("request", "list", "--mine", token=tokens["alice"])
+    step("request", "create", "tiny", "--kind", "read", "--purpose", "look at the head", token=tokens["bob"])
     step("request", "show", rid, token=tokens["alice"])
     step("policy", "explain", rid)
     done = step("request", "run", rid, "--json", token=tokens["alice"])

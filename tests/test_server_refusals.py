@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import text
 
+from conftest import people as make_people
 from conftest import Env, cli, hf_model, register, serving
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -142,8 +143,7 @@ def test_server_paths_stay_inside_their_folders(env: Env, tmp_path: Path) -> Non
 
 
 def test_the_inbox_never_holds_my_own_request(env: Env, people: dict[str, str]) -> None:
-    tokens = {name: cli("principal", "add", name, "--role", role, "--team", team, "--json", token=env.token).json["token"]
-              for name, role, team in (("bob", "ml-lead", "platform"), ("carol", "security", "security"))}
+    tokens = make_people(env, {"bob": ("ml-lead", "platform"), "carol": ("security", "security")}).tokens
     with serving(env) as base:
         def inbox(who: str) -> list[str]:
             r = httpx.get(f"{base}/api/v1/requests/inbox", headers={"Authorization": f"Bearer {tokens[who]}"})

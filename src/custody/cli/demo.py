@@ -19,7 +19,8 @@ from custody.library import open_safetensors
 from custody.cli import output
 from custody.cli.common import Ctx, emit
 from custody.control.services import (
-    assets, audit, backups, copies, drills, keys, mfa, principals, replicas, requests, reviews, setup, sweep, zones,
+    assets, audit, backups, copies, drills, identity, keys, mfa, principals, replicas, requests, reviews, setup, sweep,
+    zones,
 )
 from custody.control.workspace import Workspace
 from custody.domain.errors import CustodyError
@@ -54,7 +55,35 @@ def make_model(root: Path, shards: int = 3) -> dict[str, np.ndarray]:
 
 
 PEOPLE = (("lena", "ml-lead", "platform"), ("alice", "researcher", "nlp"), ("bob", "ml-lead", "platform"),
-          ("carol", "security", "security"), ("dave", "backup-operator", "infra"), ("erin", "on-call", "sre"))
+          ("carol", "security", "security"), ("dave", "backup-operator", "infra"), ("erin", "on-call", "sre"),
+          ("svc-serve", "service", "serving"))
+OFFICERS = (("olga", "security", "security-office"), ("omar", "security", "security-office"))
+ATTRIBUTES = {"svc-serve": {"zone": "prod"}}  # the serving service reads the replicas in zone prod
+
+
+def onboard(ws: Workspace, admin: str, people: tuple[tuple[str, str, str], ...], used: dict[str, int]
+            ) -> tuple[dict[str, str], dict[str, str]]:
+    """Add `people` as custody requires: the two bootstrap security officers first (each with a second
+    factor in force), then everyone else, approvers and services through identity proposals the
+    officers approve with one code each. Returns (tokens, the officers' TOTP secrets)."""
+    tokens, secrets = {}, {}
+    for name, role, team in OFFICERS:
+        tokens[name] = principals.add_principal(ws, admin, name=name, roles=[role], team=team)["token"]
+        secrets[name] = mfa.enroll(ws, tokens[name])["secret"]
+        mfa.verify(ws, tokens[name], next_code(secrets[name], used, name))
+    proposals = {}
+    for name, role, team in people:
+        added = principals.add_principal(ws, admin, name=name, roles=[role], team=team,
+                                         attributes=ATTRIBUTES.get(name, {}), reason="demo team")
+        if "proposal" in added:
+            proposals[name] = added["proposal"]
+        else:
+            tokens[name] = added["token"]
+    for officer, _, _ in OFFICERS:
+        identity.approve(ws, tokens[officer], list(proposals.values()), otp=next_code(secrets[officer], used, officer))
+    for name, pid in proposals.items():
+        tokens[name] = identity.apply(ws, admin, pid)["token"]
+    return tokens, secrets
 
 
 def next_code(secret: str, used: dict[str, int], who: str) -> str:
@@ -151,12 +180,11 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
         init = setup.init_workspace(home, passphrase=None, demo=True)
         ws = Workspace.open(home)
         admin = init.admin_token
-        people = {}
-        for name, role, team in PEOPLE:
-            people[name] = principals.add_principal(ws, admin, name=name, roles=[role], team=team, attributes={})["token"]
+        people, _ = onboard(ws, admin, PEOPLE, {})
         lead = people["lena"]
-        say("   " + ", ".join(f"{n} ({r}, {t})" for n, r, t in PEOPLE) + " join; each token is shown once and "
-            "stored only as a hash.")
+        say("   olga and omar are named the first two security officers; " + ", ".join(
+            f"{n} ({r}, {t})" for n, r, t in PEOPLE) + " join, the approvers and the service only once both "
+            "officers approve with one-time codes; each token is shown once and stored only as a hash.")
 
         model = scratch / "demo-llm"
         model.mkdir()
@@ -187,13 +215,20 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
             "`model_signing verify key demo-llm --signature BUNDLE --public_key signing.pub.pem`.")
         facts["bundle_matches"] = ok
 
-        got = open_safetensors(reg["replica"], purpose="demo: check one layer", tensors=["layers.1.mlp.weight"],
-                               home=home, token=lead)
+        got = open_safetensors(reg["replica"], purpose="demo: serve one layer", tensors=["layers.1.mlp.weight"],
+                               home=home, token=people["svc-serve"])
         same = bool(np.array_equal(got["layers.1.mlp.weight"], tensors["layers.1.mlp.weight"]))
-        say(f"\n[bold]5. Reading without plaintext on disk.[/bold] custody.open_safetensors decrypts only the chunks "
-            f"of layers.1.mlp.weight {tuple(got['layers.1.mlp.weight'].shape)} in memory; equal to the original: "
-            f"{same}. The read is ledgered with its purpose.")
+        try:
+            open_safetensors(reg["replica"], purpose="demo: a look", home=home, token=lead)
+            lead_read = "ALLOWED (this is a bug)"
+        except CustodyError as exc:
+            lead_read = f"refused ({exc.message.split(';')[0]})"
+        say(f"\n[bold]5. Reading without plaintext on disk.[/bold] svc-serve, a service bound to zone prod, reads "
+            f"layers.1.mlp.weight {tuple(got['layers.1.mlp.weight'].shape)} with custody.open_safetensors: only its "
+            f"chunks are decrypted, in memory; equal to the original: {same}. The read is decided by the policy "
+            f"catalog and ledgered with its purpose. lena, an ml lead, has no standing read: {lead_read}.")
         facts["tensor_equal"] = same
+        facts["lead_read"] = lead_read
 
         _governed_copies(ws, admin, people, scratch, say, facts)
 
@@ -207,7 +242,7 @@ def run_demo(ctx: Ctx, keep: Path | None) -> None:
         saved.write_text(audit.make_checkpoint(ws, admin)["note"])
         replicas.revoke_replica(ws, admin, reg["replica"], reason="demo: revoke the only copy")
         try:
-            open_safetensors(reg["replica"], purpose="after shred", home=home, token=lead)
+            open_safetensors(reg["replica"], purpose="after shred", home=home, token=people["svc-serve"])
             refused = "NOT refused (this is a bug)"
         except CustodyError as exc:
             refused = f"refused: {exc.message}"

@@ -12,8 +12,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from custody.cli.demo import PEOPLE, make_model, next_code
-from custody.control.services import assets, audit, copies, mfa, principals, requests, setup, zones
+from custody.cli.demo import OFFICERS, PEOPLE, make_model, next_code, onboard
+from custody.control.services import assets, audit, copies, mfa, requests, setup, zones
 from custody.control.workspace import Workspace
 
 PEOPLE_FILE = "demo-people.json"
@@ -28,11 +28,12 @@ def seed(home: Path) -> dict:
     ws = Workspace.open(home)
     try:
         admin = init.admin_token
-        people = {name: {"role": role, "team": team,
-                         "token": principals.add_principal(ws, admin, name=name, roles=[role], team=team)["token"]}
-                  for name, role, team in PEOPLE + (("grace", "security", "risk"),)}
-        tok = {name: p["token"] for name, p in people.items()}
         used: dict[str, int] = {}
+        everyone = PEOPLE + (("grace", "security", "risk"),)
+        tok, officer_secrets = onboard(ws, admin, everyone, used)
+        people = {name: {"role": role, "team": team, "token": tok[name]} for name, role, team in OFFICERS + everyone}
+        for name, secret in officer_secrets.items():
+            people[name]["totp_secret"] = secret
         for who in MFA_PEOPLE:
             secret = mfa.enroll(ws, tok[who])["secret"]
             mfa.verify(ws, tok[who], next_code(secret, used, who))
