@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pyotp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
@@ -30,7 +31,8 @@ os.environ.setdefault("CUSTODY_SCRYPT_LOG_N", "14")
 from conftest import server_process, write_safetensors  # noqa: E402
 from custody.control.ledger import merkle  # noqa: E402
 from custody.control.ledger import store as ledger  # noqa: E402
-from custody.control.services import assets, audit, setup  # noqa: E402
+from custody.cli.demo import onboard  # noqa: E402
+from custody.control.services import assets, audit, mfa, setup  # noqa: E402
 from custody.control.store import schema as t  # noqa: E402
 from custody.control.workspace import Workspace  # noqa: E402
 
@@ -56,6 +58,13 @@ def make_model(folder: Path, shards: int, shard_bytes: int) -> Path:
         if not path.exists():
             write_safetensors(path, {f"layer.{i}.weight": rng.integers(0, 255, size=shard_bytes, dtype=np.uint8)})
     return folder if shards > 1 else folder / "model.safetensors"
+
+
+def _unused_code(secret: str) -> str:
+    """A code for a time step after the last one accepted (codes are single use): waits for the next step."""
+    totp = pyotp.TOTP(secret)
+    time.sleep(totp.interval - time.time() % totp.interval + 0.1)
+    return totp.now()
 
 
 def fresh_workspace(root: Path) -> tuple[Workspace, str]:
@@ -263,8 +272,10 @@ def bench_backup(work: Path, size: int, rounds: int) -> dict:
     _write_model(model, tensors)
     logical = model.stat().st_size
     ws, admin = fresh_workspace(work / "ws-bk")
-    dave = principals.add_principal(ws, admin, name="dave", roles=["backup-operator"], team="infra", attributes={})["token"]
-    bob = principals.add_principal(ws, admin, name="bob", roles=["ml-lead"], team="platform", attributes={})["token"]
+    crew, _ = onboard(ws, admin, (("dave", "backup-operator", "infra"), ("bob", "ml-lead", "platform")), {})
+    dave, bob = crew["dave"], crew["bob"]
+    bob_secret = mfa.enroll(ws, bob)["secret"]
+    mfa.verify(ws, bob, pyotp.TOTP(bob_secret).now())
     assets.register(ws, admin, "m", model_dir, assets.RegisterOptions())
     backups.set_policy(ws, dave, "m", zone="backup", every="@daily", keep_daily=7, keep_weekly=4, keep_monthly=6,
                        rpo="24h", rto="1h")
@@ -319,7 +330,7 @@ def bench_backup(work: Path, size: int, rounds: int) -> dict:
         req = restores.restore(ws, dave, snap, to="dr", purpose=f"bench restore {r}")
         from custody.control.services import requests as request_service
 
-        request_service.approve(ws, bob, req["id"])
+        request_service.approve(ws, bob, req["id"], otp=_unused_code(bob_secret))
         for f in repo_files:
             drop_caches_of(f)
         t0 = time.perf_counter()
