@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from custody.control.policy import (ApproveFacts, AssetFacts, Catalog, CopyFacts, PolicyError, PrincipalFacts,
-                                    ReadFacts, ZoneFacts, format_duration, parse_duration)
+                                    ReadFacts, RegisterFacts, ZoneFacts, format_duration, parse_duration)
 from custody.control.policy.rules import parse_rules
 from custody.control.policy import cedar_input
 from custody.control.policy.bench import bench_decisions
@@ -503,8 +503,8 @@ def test_describe() -> None:
     d = DEFAULT.describe()
     assert d["hash"] == DEFAULT.hash and json.loads(json.dumps(d)) == d
     ids = [p["id"] for p in d["policies"]]
-    # 15 for copies and approvals, restore and drill permits and placements (4), and 5 for reads
-    assert len(ids) == len(set(ids)) == 24
+    # 15 for copies and approvals, restore and drill permits and placements (4), 5 for reads, 2 for registrations
+    assert len(ids) == len(set(ids)) == 26
     jurisdiction = next(p for p in d["policies"] if p["id"] == "forbid-jurisdiction")
     assert jurisdiction == {"id": "forbid-jurisdiction", "effect": "forbid", "actions": ["copy"],
                             "file": "placement.cedar", "reason": jurisdiction["reason"]}
@@ -576,6 +576,7 @@ def test_a_catalog_from_before_reads_still_decides_copies_and_denies_reads(tmp_p
     old = tmp_path / "old"
     shutil.copytree(Catalog.default_folder(), old)
     (old / "reads.cedar").unlink()
+    (old / "content.cedar").unlink()
     schema = (old / "schema.cedarschema").read_text()
     (old / "schema.cedarschema").write_text(schema[:schema.index("// Decrypt a replica's weights")])
     cases = (old / "tests.toml").read_text()
@@ -585,3 +586,14 @@ def test_a_catalog_from_before_reads_still_decides_copies_and_denies_reads(tmp_p
     denied = catalog.decide_read(ReadFacts(ADA, MODEL, ZoneFacts("prod", "production", "US", 4, "us"), "primary",
                                            False, "approved", "eval"))
     assert not denied.allowed and "does not decide reads" in denied.reasons[0]
+    zone = ZoneFacts("prod", "production", "US", 4, "us")
+    known = catalog.decide_register(RegisterFacts(ADA, MODEL, zone, "other", False))
+    assert not known.allowed and "does not decide registrations" in known.reasons[0]
+
+
+def test_known_weights_keep_their_label() -> None:
+    zone = ZoneFacts("prod", "production", "US", 4, "us")
+    assert DEFAULT.decide_register(RegisterFacts(LENA, MODEL, zone, "crown", False)).allowed
+    looser = DEFAULT.decide_register(RegisterFacts(LENA, MODEL, zone, "crown", True))
+    assert not looser.allowed and looser.policy_ids == ("forbid-relabel",)
+    assert DEFAULT.decide_register(RegisterFacts(LENA, MODEL, zone, "crown", True, frozenset({"forbid-relabel"}))).allowed

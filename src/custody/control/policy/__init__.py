@@ -6,9 +6,10 @@ the parsed handles. The default catalog ships in `default/` and is copied into e
 
 from custody.control.policy.cases import CaseResult
 from custody.control.policy.catalog import Catalog, PolicyInfo
-from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, ZoneFacts
+from custody.control.policy.context import (ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, RegisterFacts,
+                                            ZoneFacts)
 from custody.control.policy.durations import format_duration, parse_duration
 from custody.control.policy.errors import PolicyError
 
 __all__ = ["ApproveFacts", "AssetFacts", "CaseResult", "Catalog", "CopyFacts", "PolicyError", "PolicyInfo",
-           "PrincipalFacts", "ReadFacts", "ZoneFacts", "format_duration", "parse_duration"]
+           "PrincipalFacts", "ReadFacts", "RegisterFacts", "ZoneFacts", "format_duration", "parse_duration"]

@@ -12,7 +12,8 @@ import tomllib
 from dataclasses import dataclass
 from typing import Any
 
-from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, ZoneFacts
+from custody.control.policy.context import (ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, RegisterFacts,
+                                            ZoneFacts)
 from custody.control.policy.durations import parse_duration
 from custody.control.policy.errors import PolicyError
 from custody.domain.errors import InvalidInput
@@ -21,7 +22,7 @@ from custody.domain.requests import Decision
 FILE = "tests.toml"
 _PARTS = ("principal", "asset", "source", "destination")
 _CASE_KEYS = {"name", "action", "kind", "ttl", "purpose", "break_glass", "exceptions", "requester", "requester_team",
-              "replica_kind", "own_copy", "request", "allow", "policies", "approvals", "rule", *_PARTS}
+              "replica_kind", "own_copy", "request", "matched", "relabels", "allow", "policies", "approvals", "rule", *_PARTS}
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "principal": {"name": str, "roles": list, "team": str, "attributes": dict},
     "asset": {"name": str, "classification": str, "jurisdictions": list, "min_security_level": int, "owner": str,
@@ -44,7 +45,7 @@ class CaseResult:
 @dataclass(frozen=True, slots=True)
 class Case:
     name: str
-    facts: CopyFacts | ApproveFacts | ReadFacts
+    facts: CopyFacts | ApproveFacts | ReadFacts | RegisterFacts
     expected: dict  # allow, and optionally policies, approvals, rule
 
     def check(self, decision: Decision) -> CaseResult:
@@ -114,12 +115,19 @@ def _case(index: int, entry: Any, defaults: dict) -> Case:
     except InvalidInput as e:
         raise PolicyError(f"{where}: ttl: {e}") from None
     if action == "read":  # the replica lives in the case's source zone
-        facts: CopyFacts | ApproveFacts | ReadFacts = ReadFacts(
+        facts: CopyFacts | ApproveFacts | ReadFacts | RegisterFacts = ReadFacts(
             principal=principal, asset=asset, zone=source,
             replica_kind=_typed(where, "replica_kind", entry.get("replica_kind", "primary"), str),
             own_copy=_typed(where, "own_copy", entry.get("own_copy", False), bool),
             request=_typed(where, "request", entry.get("request", "direct"), str),
             purpose=_typed(where, "purpose", entry.get("purpose", "catalog test"), str), ttl_seconds=ttl_seconds)
+        return Case(name=name, facts=facts, expected=_expected(where, entry))
+    if action == "register":  # registered into the case's destination zone
+        exceptions = _typed(where, "exceptions", entry.get("exceptions", []), list)
+        facts = RegisterFacts(principal=principal, asset=asset, zone=destination,
+                              matched=_typed(where, "matched", entry.get("matched", "known"), str),
+                              relabels=_typed(where, "relabels", entry.get("relabels", False), bool),
+                              exceptions=frozenset(_typed(where, "exceptions", e, str) for e in exceptions))
         return Case(name=name, facts=facts, expected=_expected(where, entry))
     kind = _typed(where, "kind", entry.get("kind"), str)
     if action == "copy":
@@ -135,7 +143,7 @@ def _case(index: int, entry: Any, defaults: dict) -> Case:
                              requester_team=_typed(where, "requester_team", team, str) if team is not None else None,
                              asset=asset, destination=destination, kind=kind)
     else:
-        raise PolicyError(f"{where}: action must be \"copy\", \"approve\" or \"read\"")
+        raise PolicyError(f"{where}: action must be \"copy\", \"approve\", \"read\" or \"register\"")
     return Case(name=name, facts=facts, expected=_expected(where, entry))
 
 

@@ -21,7 +21,8 @@ import cedarpy
 from custody.control.policy import cedar_input
 from custody.control.policy.budgets import Budgets, parse_budgets
 from custody.control.policy.cases import Case, CaseResult, parse_cases
-from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, ZoneFacts
+from custody.control.policy.context import (ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, RegisterFacts,
+                                            ZoneFacts)
 from custody.control.policy.durations import format_duration, parse_duration
 from custody.control.policy.errors import PolicyError
 from custody.control.policy.rules import ApprovalRule, first_match, parse_rules
@@ -143,8 +144,9 @@ class Catalog:
             except Exception as e:  # noqa: BLE001 - an engine that cannot answer here will not answer later
                 raise PolicyError(f"{SCHEMA_FILE}: the policy engine cannot decide with it: {_one_line(e)}") from None
             for err in result.diagnostics.errors:
-                if isinstance(facts, ReadFacts) and _NO_READS in err:
-                    continue  # a catalog from before reads: it loads, and every read is denied (decide_read)
+                if (isinstance(facts, ReadFacts) and _NO_READS in err) or \
+                        (isinstance(facts, RegisterFacts) and _NO_REGISTER in err):
+                    continue  # a catalog from before this action: it loads, and the action is denied
                 if any(marker in err for marker in _INPUT_ERRORS):
                     raise PolicyError(f"{SCHEMA_FILE}: does not accept the facts custody sends for "
                                       f"{request['action']['id']}: {_one_line(_without(err, entities))}")
@@ -180,6 +182,16 @@ class Catalog:
         if not decision.allowed or facts.request != "asking":
             return decision
         return self._with_requirement(decision, facts)
+
+    def decide_register(self, facts: RegisterFacts) -> Decision:
+        """May content that matches registered weights be registered under the label asked for?"""
+        request, entities = cedar_input.register_input(facts)
+        decision = self._authorize(request, entities, "registration")
+        if any(_NO_REGISTER in e for e in decision.errors):
+            return Decision(False, (), ("the policy catalog in force does not decide registrations of known content "
+                                        "(its schema has no Action::\"register\"): propose one that does",), None,
+                            self.hash, decision.errors)
+        return decision
 
     def decide_approval(self, facts: ApproveFacts) -> Decision:
         """May this principal approve this request? Quorum and distinct teams are the workflow's to count."""
@@ -227,7 +239,8 @@ class Catalog:
         for case in self.cases:
             f = case.facts
             decision = (self.decide_copy(f) if isinstance(f, CopyFacts) else self.decide_read(f)
-                        if isinstance(f, ReadFacts) else self.decide_approval(f))
+                        if isinstance(f, ReadFacts) else self.decide_register(f) if isinstance(f, RegisterFacts)
+                        else self.decide_approval(f))
             results.append(case.check(decision))
         return results
 
@@ -240,13 +253,17 @@ class Catalog:
 
 
 _NO_READS = 'action `Action::"read"` does not exist'
+_NO_REGISTER = 'action `Action::"register"` does not exist'
+Facts = CopyFacts | ApproveFacts | ReadFacts | RegisterFacts
 
 
-def _input(facts: CopyFacts | ApproveFacts | ReadFacts) -> tuple[dict, str]:
+def _input(facts: Facts) -> tuple[dict, str]:
     if isinstance(facts, CopyFacts):
         return cedar_input.copy_input(facts)
     if isinstance(facts, ReadFacts):
         return cedar_input.read_input(facts)
+    if isinstance(facts, RegisterFacts):
+        return cedar_input.register_input(facts)
     return cedar_input.approve_input(facts)
 
 
@@ -347,11 +364,11 @@ def _one_line(e: object) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _sample_facts() -> list[CopyFacts | ApproveFacts | ReadFacts]:
+def _sample_facts() -> list[Facts]:
     """Two shapes of facts, with every optional field present and with every one absent."""
     zone = ZoneFacts("sample-a", "production", "US", 3, "us-east")
     other = ZoneFacts("sample-b", "backup", "US", 3, "us-east")
-    out: list[CopyFacts | ApproveFacts | ReadFacts] = []
+    out: list[Facts] = []
     for full in (True, False):
         who = PrincipalFacts("sample", ("admin",), "infra" if full else None, {"clearance": "high"} if full else {})
         asset = AssetFacts("sample", "internal", ("US",), 1, "owner", 1, False, 1 if full else None)
@@ -360,4 +377,5 @@ def _sample_facts() -> list[CopyFacts | ApproveFacts | ReadFacts]:
         out.append(ApproveFacts(who, "someone", "research" if full else None, asset, other, "backup"))
         out.append(ReadFacts(who, asset, zone, "primary", full, "asking" if full else "direct", "check",
                              3600 if full else None))
+        out.append(RegisterFacts(who, asset, zone, "other", full, frozenset({"x"}) if full else frozenset()))
     return out

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 
-from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, ZoneFacts
+from custody.control.policy.context import (ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, RegisterFacts,
+                                            ZoneFacts)
 from custody.control.policy.errors import PolicyError
 from custody.domain.model import Classification
 
@@ -23,6 +24,7 @@ SENSITIVITY = {c.value: c.rank for c in Classification}  # public 0 ... critical
 COPY = {"type": "Action", "id": "copy"}
 APPROVE = {"type": "Action", "id": "approve"}
 READ_ACTION = {"type": "Action", "id": "read"}
+REGISTER = {"type": "Action", "id": "register"}
 
 
 def _uid(kind: str, name: str) -> dict:
@@ -105,5 +107,14 @@ def read_input(f: ReadFacts) -> tuple[dict, str]:
     if f.ttl_seconds is not None:
         context["ttl_seconds"] = f.ttl_seconds
     request = {"principal": _uid("User", f.principal.name), "action": READ_ACTION,
+               "resource": _uid("Asset", f.asset.name), "context": context}
+    return request, json.dumps([_user(f.principal), _asset(f.asset), _zone(f.zone)])
+
+
+def register_input(f: RegisterFacts) -> tuple[dict, str]:
+    """The Cedar request and entities JSON for `register`: the new version as the resource."""
+    context = {"zone": {"__entity": _uid("Zone", f.zone.name)}, "matched": f.matched, "relabels": f.relabels,
+               "exceptions": sorted(f.exceptions)}
+    request = {"principal": _uid("User", f.principal.name), "action": REGISTER,
                "resource": _uid("Asset", f.asset.name), "context": context}
     return request, json.dumps([_user(f.principal), _asset(f.asset), _zone(f.zone)])

@@ -80,3 +80,15 @@ class ReadFacts:
     ttl_seconds: int | None = None  # how long an approved read request stays usable
     kind: str = "read"  # for the approval-rule table
     break_glass: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterFacts:
+    """Registering content that matches already registered weights (T3)."""
+
+    principal: PrincipalFacts
+    asset: AssetFacts  # the new version, with the label asked for
+    zone: ZoneFacts
+    matched: str  # the matched asset with the strictest label
+    relabels: bool  # the label asked for is looser than the matched content's
+    exceptions: frozenset[str] = frozenset()  # policy ids excepted for the matched asset and this zone
