@@ -17,6 +17,8 @@ from pathlib import Path
 from custody.control import views
 from custody.control.door import act, data_step
 from custody.control.ledger import store as ledger
+from custody.control.services import content
+from custody.control.store import content_repo
 from custody.control.store import repositories as repo
 from custody.control.store.db import purge_freed
 from custody.control.workspace import Workspace
@@ -96,7 +98,7 @@ def register(ws: Workspace, token: str | None, name: str, path: Path, opts: Regi
 
     try:
         with act(ws, token, "asset.register", subject=name, destination=zone.name) as a:
-            result = _record_version(ws, a, name, attrs, report, replica_id, path, sources, previous)
+            result = _record_version(ws, a, name, attrs, report, replica_id, path, sources, previous, opts, zone)
     except BaseException:
         _abandon(ws, replica_id, storage)
         raise
@@ -145,8 +147,13 @@ def _attributes(opts: RegisterOptions, previous: AssetVersion | None, zone_juris
             "owner": opts.owner}
 
 
-def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previous) -> dict:  # noqa: ANN001
+def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previous, opts, zone) -> dict:  # noqa: ANN001
     asset = repo.asset_by_name(a.uow, name, missing_ok=True)
+    digests = content.identifying(report)
+    found = content.matches(a.uow, digests, asset.id if asset else None)
+    explicit = {key for key, given in (("classification", opts.classification), ("jurisdictions", opts.jurisdictions),
+                                       ("min_security_level", opts.min_security_level is not None)) if given}
+    asked, attrs = attrs, content.settle(ws, a, name, attrs, explicit, found, zone)
     if asset is None:
         asset = Asset(id=new_id(), name=name, owner=attrs["owner"] or a.principal.name)
         repo.add_asset(a.uow, asset)
@@ -169,15 +176,22 @@ def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previ
     repo.add_version(a.uow, version, [
         {"path": f.path, "kind": f.kind, "parameters": f.parameters, "unsafe": f.unsafe} for f in report.formats
     ])
+    same = content.record(a, version.id, digests, found)
     replica = repo.replica_by_id(a.uow, replica_id)
     repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, version_id=version.id,
                            bytes_sealed=report.bytes_sealed, bundle_json=signed.decode(), writer=None)
     mbps = report.bytes_read / 1e6 / report.seconds if report.seconds > 0 else None
-    a.record(details={"version": version.number, "digest": version.digest, "replica": replica_id,
-                      "bytes": report.bytes_read, "unsafe": version.unsafe,
-                      "classification": version.classification.value, "jurisdictions": list(version.jurisdictions),
-                      "min_security_level": version.min_security_level})
+    details = {"version": version.number, "digest": version.digest, "replica": replica_id,
+               "bytes": report.bytes_read, "unsafe": version.unsafe,
+               "classification": version.classification.value, "jurisdictions": list(version.jurisdictions),
+               "min_security_level": version.min_security_level, "same_content_as": same}
+    if asked != attrs:
+        details["label_asked"] = {"classification": asked["classification"].value,
+                                  "jurisdictions": list(asked["jurisdictions"]),
+                                  "min_security_level": asked["min_security_level"]}
+    a.record(details=details)
     out = views.version(version, name)
+    out["same_content_as"] = same
     out.update({"version_id": version.id, "replica": replica_id, "seconds": round(report.seconds, 3),
                 "mb_per_s": round(mbps, 1) if mbps else None, "formats": dict(kinds)})
     return out
@@ -246,7 +260,14 @@ def _described(uow, asset: Asset, version: AssetVersion) -> dict:  # noqa: ANN00
     out["file_formats"] = repo.version_formats(uow, version.id)
     out["replicas"] = [views.replica(r, n) for r, n in repo.list_replicas(uow, asset=asset.name)
                        if r.version_id == version.id]
+    out["same_content_as"] = [_linked(uow, *link) for link in content_repo.links_of(uow, version.id)]
     return out
+
+
+def _linked(uow, version_id: str, matched_by: str, nbytes: int) -> dict:  # noqa: ANN001
+    other = repo.version_by_id(uow, version_id)
+    return {"asset": repo.asset_name_of_version(uow, other), "version": other.number, "matched_by": matched_by,
+            "bytes": nbytes}
 
 
 def signature_bundle(ws: Workspace, token: str | None, ref: str) -> bytes:

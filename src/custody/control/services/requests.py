@@ -133,6 +133,10 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str | None, kind: str, 
         src_zone, src_replica_id = repo.zone_by_name(a.uow, src.zone), src.id
     if request_kind is RequestKind.READ:
         return _plan_read(ws, a, asset, version, src, to, purpose, ttl_seconds)
+    if request_kind is RequestKind.DERIVATIVE:
+        # custody has no transforms yet: a "derivative" would hold its source's bytes, i.e. be a full clone
+        raise Denied(f"a derivative of {asset.name} would hold exactly its bytes (digest {version.digest[:16]}…): "
+                     "a byte-identical copy is never a derivative; ask for a research copy (--kind research)")
     if (request_kind is RequestKind.DRILL) != drill:
         raise InvalidInput("drill requests are made by `custody drill dr` only")
     if request_kind in SNAPSHOT_KINDS and snapshot is None:
@@ -204,7 +208,8 @@ def choices(ws: Workspace, token: str | None, asset: str) -> list[dict]:
         return out
 
 
-ASKABLE_KINDS = (RequestKind.RESEARCH, RequestKind.DERIVATIVE, RequestKind.BACKUP, RequestKind.DR, RequestKind.MIGRATION)
+# derivatives join once custody transforms weights (a byte-identical "derivative" is refused)
+ASKABLE_KINDS = (RequestKind.RESEARCH, RequestKind.BACKUP, RequestKind.DR, RequestKind.MIGRATION)
 
 
 class RequestDenied(Denied):

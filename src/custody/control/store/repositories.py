@@ -236,6 +236,10 @@ def version_by_id(uow: UnitOfWork, version_id: str) -> AssetVersion:
     return _version(row)
 
 
+def asset_name_of_version(uow: UnitOfWork, version: AssetVersion) -> str:
+    return uow.conn.execute(select(t.assets.c.name).where(t.assets.c.id == version.asset_id)).scalar_one()
+
+
 def versions_of(uow: UnitOfWork, asset_id: str) -> list[AssetVersion]:
     rows = uow.conn.execute(
         select(t.asset_versions).where(t.asset_versions.c.asset_id == asset_id).order_by(t.asset_versions.c.number)

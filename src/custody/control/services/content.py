@@ -1,0 +1,145 @@
+"""The same weights keep their label (threat T3), whatever they are called.
+
+Registration reports every file's digest and every safetensors or GGUF tensor's digest. The
+identifying ones (weight files, large opaque files, and distinctive tensors: not tiny, not one
+value repeated) are stored and looked up; a version holding any identifying digest of another
+asset's version is linked to it ("same content as") and takes the strictest label of everything
+it matched: the highest classification, the jurisdictions all of them allow, the highest zone
+floor. Asking for a looser label than that is refused by the catalog (`forbid-relabel`) unless an
+approved exception names the matched asset and the registration's zone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+
+from custody.control.door import Act
+from custody.control.policy.context import RegisterFacts
+from custody.control.services.policy import active_catalog
+from custody.control.store import content_repo as content
+from custody.control.store import repositories as repo
+from custody.control.store import requests_repo as rq
+from custody.control.workspace import Workspace
+from custody.data.ingest import IngestReport
+from custody.domain.errors import Denied
+from custody.domain.model import MIN_DISTINCTIVE_BYTES, Asset, AssetVersion, Classification, Zone
+
+OPAQUE_WEIGHTS = 64 << 20  # an opaque file this large is taken for weights (a tokenizer or a config is smaller)
+
+
+def identifying(report: IngestReport) -> list[content.Digest]:
+    """The digests that say whose weights these are: distinctive tensors; safetensors and GGUF files
+    holding one; other model files of at least MIN_DISTINCTIVE_BYTES; opaque files of OPAQUE_WEIGHTS
+    (a shared config, tokenizer or all-constant file says nothing about whose weights these are)."""
+    kinds = {f.path: f.kind for f in report.formats}
+    with_tensors = {d.path for d in report.tensors}
+    telling = {d.path for d in report.tensors if d.distinctive}
+
+    def identifies(path: str, size: int) -> bool:
+        if path in with_tensors:
+            return path in telling
+        if kinds.get(path, "opaque") == "opaque":
+            return size >= OPAQUE_WEIGHTS
+        return size >= MIN_DISTINCTIVE_BYTES
+
+    files = [content.Digest(f.sha256, "file", f.path, None, f.size) for f in report.manifest.files
+             if identifies(f.path, f.size)]
+    tensors = [content.Digest(d.digest, "tensor", d.path, d.name, d.size) for d in report.tensors if d.distinctive]
+    return files + tensors
+
+
+@dataclass(frozen=True)
+class Match:
+    version: AssetVersion
+    asset: str
+    matched_by: str  # file | tensor: the strongest kind of digest that matched
+    bytes: int  # how many of the new version's bytes the matched digests cover
+
+
+def matches(uow, digests: list[content.Digest], asset_id: str | None) -> list[Match]:  # noqa: ANN001
+    """Versions of other assets that hold any of `digests`."""
+    by_version: dict[str, list[content.Found]] = {}
+    for found in content.find(uow, digests):
+        by_version.setdefault(found.version_id, []).append(found)
+    out = []
+    for version_id, found in by_version.items():
+        version = repo.version_by_id(uow, version_id)
+        if version.asset_id == asset_id:
+            continue  # an asset's own versions: the loosening rule of registration covers them
+        hit = {f.digest for f in found}
+        covered = sum(d.size for d in digests if d.digest in hit and d.kind == "tensor") or \
+            sum(d.size for d in digests if d.digest in hit)
+        out.append(Match(version, repo.asset_name_of_version(uow, version), "file" if any(
+            f.kind == "file" for f in found) else "tensor", covered))
+    return sorted(out, key=lambda m: (m.asset, m.version.number))
+
+
+@dataclass(frozen=True)
+class Label:
+    classification: Classification
+    jurisdictions: tuple[str, ...]
+    min_security_level: int
+
+
+def strictest(versions: list[AssetVersion]) -> Label:
+    allowed = set(versions[0].jurisdictions)
+    for v in versions[1:]:
+        allowed &= set(v.jurisdictions)
+    return Label(max((v.classification for v in versions), key=lambda c: c.rank),
+                 tuple(j for j in versions[0].jurisdictions if j in allowed),
+                 max(v.min_security_level for v in versions))
+
+
+def settle(ws: Workspace, a: Act, name: str, asked: dict, explicit: set[str], found: list[Match], zone: Zone
+           ) -> dict:
+    """The label the new version gets: the strictest of what was asked and what it matched. A looser
+    label asked for explicitly goes to the catalog (`forbid-relabel` unless excepted); one that came
+    by default is tightened silently (and recorded)."""
+    if not found:
+        return asked
+    floor = strictest([m.version for m in found])
+    tightened = {"classification": max(asked["classification"], floor.classification, key=lambda c: c.rank),
+                 "jurisdictions": tuple(j for j in asked["jurisdictions"] if j in floor.jurisdictions),
+                 "min_security_level": max(asked["min_security_level"], floor.min_security_level)}
+    looser = [k for k in ("classification", "jurisdictions", "min_security_level")
+              if k in explicit and tightened[k] != asked[k]]
+    strictest_match = max(found, key=lambda m: (m.version.classification.rank, m.version.min_security_level))
+    if looser:
+        from custody.control.services.requests import asset_facts, principal_facts, zone_facts
+
+        proposed = replace(strictest_match.version, classification=asked["classification"],
+                           jurisdictions=asked["jurisdictions"], min_security_level=asked["min_security_level"])
+        asset = Asset(id="", name=name, owner=asked.get("owner") or a.principal.name)
+        excepted = frozenset.intersection(*(rq.active_exceptions(a.uow, m.asset, zone.name, datetime.now(timezone.utc))
+                                            for m in found))
+        decision = active_catalog(ws, a.uow).decide_register(RegisterFacts(
+            principal=principal_facts(a.principal), asset=asset_facts(asset, proposed), zone=zone_facts(zone),
+            matched=strictest_match.asset, relabels=True, exceptions=excepted))
+        a.fields["policy_ids"] = decision.policy_ids
+        if not decision.allowed:
+            raise Denied(f"these files hold the same weights as {_named(found)}: "
+                         f"{'; '.join(decision.reasons) or 'no policy permits it'} (asked a looser "
+                         f"{', '.join(looser)}; an exception needs `custody exception propose --policy forbid-relabel "
+                         f"--asset {strictest_match.asset} --zone {zone.name} ...`)")
+        return asked
+    if not tightened["jurisdictions"]:
+        raise Denied(f"these files hold the same weights as {_named(found)}, which may live in no jurisdiction in common "
+                     f"with {', '.join(asked['jurisdictions'])}")
+    if zone.jurisdiction not in tightened["jurisdictions"] or zone.security_level < tightened["min_security_level"]:
+        raise Denied(f"these files hold the same weights as {_named(found)}, which may not live in zone {zone.name} "
+                     f"({zone.jurisdiction}, security level {zone.security_level})")
+    return {**asked, **tightened}
+
+
+def _named(found: list[Match]) -> str:
+    return ", ".join(f"{m.asset}@{m.version.number} ({m.version.classification.value}, "
+                     f"{'/'.join(m.version.jurisdictions)})" for m in found[:3]) + (" and others" if len(found) > 3 else "")
+
+
+def record(a: Act, version_id: str, digests: list[content.Digest], found: list[Match]) -> list[dict]:
+    """Store the new version's digests and its links; what `asset show` and the event list as "same content as"."""
+    content.add_digests(a.uow, version_id, digests)
+    for m in found:
+        content.add_link(a.uow, version_id, m.version.id, m.matched_by, m.bytes)
+    return [{"asset": m.asset, "version": m.version.number, "matched_by": m.matched_by, "bytes": m.bytes} for m in found]

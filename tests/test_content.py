@@ -1,0 +1,110 @@
+"""The same weights keep their label: re-registering them under another name, a looser label, another
+container or another file layout is caught by their digests (threat T3), on real SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import Env, People, cli, events, hf_model, last_event, people, register, write_safetensors
+
+US_ONLY = ("--sensitivity", "confidential", "--jurisdiction", "US")
+
+
+@pytest.fixture
+def crew(any_env: Env, model_dir: Path, tmp_path: Path) -> People:
+    crew = people(any_env, {"alice": ("researcher", "nlp"), "lena": ("ml-lead", "platform"),
+                            "carol": ("security", "security")})
+    cli("zone", "add", "eu-research", "--url", (tmp_path / "eu").as_uri(), "--kind", "research", "--region", "eu",
+        "--jurisdiction", "DE", "--security-level", "4", "--json", token=any_env.token)
+    register(any_env, model_dir, "tiny", *US_ONLY)
+    return crew
+
+
+def reg(crew: People, path: Path, name: str, *extra: str):  # noqa: ANN201
+    return cli("asset", "register", name, str(path), "--json", *extra, token=crew.t("lena"))
+
+
+def test_known_weights_under_a_looser_label_are_refused(crew: People, model_dir: Path) -> None:
+    r = reg(crew, model_dir, "tiny-copy", "--sensitivity", "internal", "--jurisdiction", "US", "--jurisdiction", "DE")
+    assert r.code == 3 and "same weights as tiny@1 (confidential, US)" in r.json["error"], r.stdout
+    event = [e for e in events(crew.env) if e["action"] == "asset.register"][-1]
+    assert (event["outcome"], event["policy_ids"]) == ("denied", ["forbid-relabel"])
+    assert events(crew.env)[-1]["action"] == "replica.abandon"  # its sealed files and key are gone
+    assert cli("asset", "show", "tiny-copy", "--json", token=crew.t("admin")).code == 4  # nothing half-made
+    assert [r["state"] for r in cli("replica", "list", "--json", token=crew.t("admin")).json
+            if r["asset"] == "tiny-copy"] in ([], ["failed"], ["shredded"])
+
+
+def test_known_weights_under_a_new_name_inherit_the_label_and_stay_home(crew: People, model_dir: Path) -> None:
+    r = reg(crew, model_dir, "tiny-copy")  # no label asked for: the defaults would be internal, in the zone's US
+    assert r.code == 0, r.stdout
+    assert (r.json["classification"], r.json["jurisdictions"]) == ("confidential", ["US"])
+    assert r.json["same_content_as"] == [{"asset": "tiny", "version": 1, "matched_by": "file",
+                                          "bytes": r.json["same_content_as"][0]["bytes"]}]
+    event = last_event(crew.env)
+    assert event["action"] == "asset.register" and event["details"]["same_content_as"][0]["asset"] == "tiny"
+    assert event["details"]["label_asked"]["classification"] == "internal"
+    shown = cli("asset", "show", "tiny", "--json", token=crew.t("alice")).json
+    assert [(s["asset"], s["version"]) for s in shown["same_content_as"]] == [("tiny-copy", 1)]
+    denied = cli("request", "create", "tiny-copy", "--to", "eu-research", "--kind", "research", "--purpose", "x",
+                 "--ttl", "1d", "--json", token=crew.t("alice"))
+    assert denied.code == 3 and "forbid-jurisdiction" in denied.json["decision"]["policy_ids"]
+
+
+def test_repackaged_tensors_are_the_same_weights(crew: People, model_dir: Path, tmp_path: Path) -> None:
+    """Every file digest differs (other names, order, container split), the tensors are the same bytes."""
+    from safetensors.numpy import load_file
+
+    tensors = {}
+    for shard in sorted(model_dir.glob("*.safetensors")):
+        tensors.update(load_file(shard))
+    repack = tmp_path / "repack"
+    write_safetensors(repack / "weights.safetensors",
+                      {f"renamed.{i}": tensors[k] for i, k in enumerate(reversed(sorted(tensors)))})
+    r = reg(crew, repack, "repack", "--sensitivity", "public")
+    assert r.code == 3 and "tiny@1" in r.json["error"]
+    one = tmp_path / "one-layer"
+    write_safetensors(one / "w.safetensors", {"x": tensors["model.embed.weight"]})  # a single stolen matrix
+    r = reg(crew, one, "one-layer")
+    assert r.code == 0 and r.json["classification"] == "confidential"
+    assert r.json["same_content_as"][0]["matched_by"] == "tensor"
+
+
+def test_unrelated_models_sharing_configs_and_constant_tensors_are_not_linked(crew: People, tmp_path: Path) -> None:
+    other = tmp_path / "other"
+    hf_model(other, seed=42)  # the same config.json and tokenizer.json, other weights
+    write_safetensors(other / "norms.safetensors", {"model.norm.weight": np.ones(4096, dtype=np.float32),
+                                                    "model.bias": np.zeros(2048, dtype=np.float32)})
+    hf_model(tmp_path / "with-norms", seed=0)
+    r = reg(crew, other, "other", "--sensitivity", "public")
+    assert r.code == 0 and r.json["same_content_as"] == [] and r.json["classification"] == "public"
+    other2 = tmp_path / "other2"
+    hf_model(other2, seed=43)
+    (other2 / "norms.safetensors").write_bytes((other / "norms.safetensors").read_bytes())  # only constants shared
+    r = reg(crew, other2, "other2", "--sensitivity", "public")
+    assert r.code == 0 and r.json["same_content_as"] == [], r.json["same_content_as"]
+
+
+def test_an_approved_exception_lets_known_weights_take_a_looser_label(crew: People, model_dir: Path) -> None:
+    crew.add({"sam": ("security", "grc")})
+    e = cli("exception", "propose", "--policy", "forbid-relabel", "--asset", "tiny", "--zone", "prod",
+            "--justification", "publishing the public checkpoint", "--expires", "1d", "--json", token=crew.t("lena"))
+    assert e.code == 0, e.stdout
+    for who in ("carol", "sam"):
+        assert cli("exception", "approve", e.json["id"], "--otp", crew.otp(who), "--json", token=crew.t(who)).code == 0
+    r = reg(crew, model_dir, "tiny-public", "--sensitivity", "public")
+    assert r.code == 0 and r.json["classification"] == "public", r.stdout
+    assert r.json["same_content_as"][0]["asset"] == "tiny"  # still linked: the relabel is on the record
+
+
+def test_a_byte_identical_derivative_is_refused(crew: People) -> None:
+    r = cli("request", "create", "tiny", "--to", "research", "--kind", "derivative", "--purpose", "quantize",
+            "--ttl", "1d", "--json", token=crew.t("alice"))
+    assert r.code == 3 and "never a derivative" in r.json["error"]
+    assert events(crew.env)[-1]["outcome"] == "denied"
+    offered = cli("request", "choices", "tiny", "--json", token=crew.t("alice"))
+    assert offered.code != 0 or all(c["kind"] != "derivative" for c in json.loads(offered.stdout))
