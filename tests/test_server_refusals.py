@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import text
 
 from conftest import people as make_people
-from conftest import Env, cli, hf_model, register, serving
+from conftest import Env, cli, events, hf_model, register, serving
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
@@ -153,3 +153,30 @@ def test_the_inbox_never_holds_my_own_request(env: Env, people: dict[str, str]) 
                        json={"ref": "tiny", "to": "research", "kind": "research", "purpose": "mine", "ttl": "1d"})
         assert r.status_code == 201 and r.json()["state"] == "awaiting_approval"
         assert inbox("bob") == [] and inbox("carol") == [r.json()["id"]]  # an approver's own request waits for others
+
+
+def test_a_request_is_shown_only_to_those_it_concerns(env: Env, people: dict[str, str]) -> None:
+    """Its requester, whoever may approve it, and security, auditors and admins; to others it does not exist."""
+    crew = make_people(env, {"rob": ("researcher", "vision"), "dave": ("backup-operator", "infra"),
+                             "bob": ("ml-lead", "platform"), "carol": ("security", "security")})
+    tokens = {**people, **crew.tokens}
+    with serving(env) as base:
+        def get(who: str, path: str) -> httpx.Response:
+            return httpx.get(f"{base}/api/v1{path}", headers={"Authorization": f"Bearer {tokens[who]}"})
+
+        made = httpx.post(f"{base}/api/v1/requests", headers={"Authorization": f"Bearer {tokens['alice']}"},
+                          json={"ref": "tiny", "to": "research", "kind": "research", "purpose": "private study",
+                                "ttl": "1d"}).json()
+        rid = made["id"]
+        for who in ("alice", "bob", "carol", "ada", "admin"):
+            assert get(who, f"/requests/{rid}").status_code == 200, who
+            assert get(who, f"/requests/{rid}/explain").status_code == 200, who
+            assert rid in [r["id"] for r in get(who, "/requests").json()], who
+        for who in ("rob", "dave"):
+            for path in (f"/requests/{rid}", f"/requests/{rid}/explain"):
+                r = get(who, path)
+                assert r.status_code == 404 and r.json() == {"error": f"no request {rid}", "exit_code": 4}
+            assert rid not in [r["id"] for r in get(who, "/requests").json()]
+            assert "private study" not in get(who, "/requests").text
+    refusal = [e for e in events(env) if e["actor"] == "rob" and e["action"] == "request.read"][0]
+    assert refusal["outcome"] == "not_found" and refusal["subject"] == rid

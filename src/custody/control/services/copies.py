@@ -17,7 +17,7 @@ from custody.control.ledger import store as ledger
 from custody.control.services import egress, lifetimes
 from custody.control.services.assets import writer_tag
 from custody.control.services.replicas import check_signed
-from custody.control.services.requests import _current, show_request
+from custody.control.services.requests import _current, view
 from custody.control.services.sweep import writer_alive
 from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
@@ -100,14 +100,14 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
                  destination=started.fields.get("destination")) as a:
             request = rq.request_by_id(a.uow, request_id)
             extra = job.finish(a, request, report)
-            rq.move_request(a.uow, request, RequestState.DONE, writer=None)  # refused if revoked meanwhile
+            done = rq.move_request(a.uow, request, RequestState.DONE, writer=None)  # refused if revoked meanwhile
             extra.update({"bytes": report.bytes, "seconds": round(report.seconds, 3),
                           "mb_per_s": round(report.bytes / 1e6 / report.seconds, 1) if report.seconds else None})
+            out = view(ws, a.uow, done)  # the runner sees what they ran, from its own transaction
             a.record(details=extra)
     except CustodyError as exc:  # refused at activation: the request fails, its pending replica is swept
         _mark_failed(ws, request_id, exc.message)
         raise
-    out = show_request(ws, token, request_id)
     out.update(extra)
     return out
 

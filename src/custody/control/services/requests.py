@@ -418,9 +418,27 @@ def view(ws: Workspace, uow: UnitOfWork, r: Request) -> dict:
     }
 
 
+OVERSEERS = ("security", "auditor", "admin")  # see every request
+
+
+def visible(principal: Principal, r: Request) -> bool:
+    """A request is shown to its requester, to whoever may approve it, and to security, auditors and admins;
+    to anyone else it does not exist (what others ask for, and why, is not everyone's business)."""
+    req = r.decision.requirement if r.decision else None
+    return (r.requester == principal.name or principal.has_role(*OVERSEERS)
+            or (req is not None and req.approvals > 0 and principal.has_role(*req.roles)))
+
+
+def _visible_request(a: Act, request_id: str) -> Request:
+    request = rq.request_by_id(a.uow, request_id)
+    if not visible(a.principal, request):
+        raise NotFound(f"no request {request_id}")
+    return request
+
+
 def show_request(ws: Workspace, token: str | None, request_id: str) -> dict:
     with act(ws, token, "request.read", subject=request_id, request_id=request_id) as a:
-        out = view(ws, a.uow, rq.request_by_id(a.uow, request_id))
+        out = view(ws, a.uow, _visible_request(a, request_id))
     return out
 
 
@@ -429,7 +447,8 @@ def list_requests(ws: Workspace, token: str | None, *, mine: bool = False, await
     if state is not None and state not in {s.value for s in RequestState}:
         raise InvalidInput(f"unknown request state {state!r}: one of {', '.join(s.value for s in RequestState)}")
     with act(ws, token, "request.read") as a:
-        rows = rq.list_requests(a.uow, requester=a.principal.name if mine else None, state=state)
+        rows = [r for r in rq.list_requests(a.uow, requester=a.principal.name if mine else None, state=state)
+                if visible(a.principal, r)]
         if awaiting_me:
             rows = _awaiting(a.principal, rows)
         return [view(ws, a.uow, r) for r in rows]
@@ -478,7 +497,7 @@ def decide_for(ws: Workspace, uow: UnitOfWork, r: Request, requester: Principal)
 def explain(ws: Workspace, token: str | None, request_id: str) -> dict:
     """The decision as recorded, the decision the catalog in force would give now, and what is missing."""
     with act(ws, token, "policy.read", subject=request_id, request_id=request_id) as a:
-        r = rq.request_by_id(a.uow, request_id)
+        r = _visible_request(a, request_id)
         now = decide_for(ws, a.uow, r, repo.principal_by_name(a.uow, r.requester))
         return {"request": r.id, "state": r.state.value, "recorded": r.decision.to_dict() if r.decision else None,
                 "now": now.to_dict(), "still_needed": missing(ws, a.uow, r)}
