@@ -203,15 +203,17 @@ class People:
     def otp(self, who: str) -> str:
         """A code for the next unused time step (codes are single use; the server accepts ±1 step).
 
-        Starts at the current step (never the previous one, which may slip out of the window before
-        the server checks it) and waits for the clock when a principal has used up the window."""
+        Starts at the previous step while more than 10 s of the current one are left (so it cannot
+        slip out of the window before the server checks it), else at the current one, and waits for
+        the clock when a principal has used up the window."""
         import pyotp
         from datetime import datetime, timezone
 
         totp = pyotp.TOTP(self.secrets[who])
         while True:
             now = totp.timecode(datetime.now(timezone.utc))
-            step = max(now, self.steps.get(who, -1) + 1)
+            left = totp.interval - time.time() % totp.interval  # the previous step stays good till then
+            step = max(now - 1 if left > 10 else now, self.steps.get(who, -1) + 1)
             if step <= now + 1:
                 break
             time.sleep(totp.interval - time.time() % totp.interval + 0.05)

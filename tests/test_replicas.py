@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import text
 
 import custody
-from conftest import Env, cli, events, hf_model, register, write_safetensors
+from conftest import Env, cli, events, hf_model, people, register, write_safetensors
 from custody.control.store import repositories as repo
 from custody.data import sealed, tensors
 from custody.domain.errors import AuthenticationError, InvalidInput, InvalidState, NotFound
@@ -78,7 +78,8 @@ def test_verify_and_tamper(env: Env, big_model) -> None:  # noqa: ANN001
 def test_open_safetensors_reads_only_what_it_needs(env: Env, big_model, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
     root, written = big_model
     rid = register(env, root)["replica"]
-    monkeypatch.setenv("CUSTODY_TOKEN", env.token)
+    serving = people(env, {"svc": ("service", "serving", {"zone": "prod"})})  # reads zone prod's replicas
+    monkeypatch.setenv("CUSTODY_TOKEN", serving.t("svc"))
     got = custody.open_safetensors(rid, purpose="unit test", tensors=["model.norm.bias", "model.embed.weight"])
     assert set(got) == {"model.norm.bias", "model.embed.weight"}
     for name, arr in got.items():

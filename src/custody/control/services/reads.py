@@ -9,6 +9,8 @@ transaction that ledgers it, so one approval is one read. Admins and ml leads ha
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from custody.control.door import Act
 from custody.control.policy.context import ReadFacts
 from custody.control.services.policy import active_catalog
@@ -71,11 +73,13 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
 def _read_request(a: Act, replica: Replica, request_id: str | None) -> Request | None:
     """The read request this read goes under: the one named, else the caller's oldest approved one
     for this replica (None when there is none)."""
+    from custody.control.services.requests import _current, lapsed
+
     if request_id is None:
+        now = datetime.now(timezone.utc)
         mine = [r for r in rq.list_requests(a.uow, requester=a.principal.name, state=RequestState.APPROVED.value)
-                if r.kind is RequestKind.READ and r.source_replica == replica.id]
+                if r.kind is RequestKind.READ and r.source_replica == replica.id and not lapsed(r, now)]
         return min(mine, key=lambda r: r.created_at) if mine else None
-    from custody.control.services.requests import _current
 
     request = _current(a.uow, request_id, lock=True)
     if request.kind is not RequestKind.READ:
