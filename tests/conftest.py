@@ -259,7 +259,7 @@ class People:
                         token=self.tokens[officer])
                 assert r.code == 0, r.stdout
             for name, pid in pending:
-                r = cli("principal", "apply", pid, "--json", token=self.tokens[by])
+                r = cli("principal", "apply", pid, "--json", token=self.tokens[OFFICERS[0]])
                 assert r.code == 0, r.stdout
                 self.tokens[name] = r.json["token"]
         if enroll:

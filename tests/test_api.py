@@ -70,7 +70,8 @@ def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> Non
                  json={"proposal_ids": list(proposals.values()), "otp": soon(name)})
         assert r.status_code == 200, r.text
     for name, pid in proposals.items():
-        r = call(server, "POST", f"/api/v1/identity-proposals/{pid}/apply", admin)
+        assert call(server, "POST", f"/api/v1/identity-proposals/{pid}/apply", admin).status_code == 403
+        r = call(server, "POST", f"/api/v1/identity-proposals/{pid}/apply", tokens["olga"])  # an approving officer
         assert r.status_code == 200, r.text
         tokens[name] = r.json()["token"]
     for name in ("bob", "carol"):

@@ -56,7 +56,7 @@ def scenario(run: Run, env: Env, model: Path) -> list[tuple[str, int, str]]:
                  for name, role, team in (("bob", "ml-lead", "platform"), ("carol", "security", "security"))}
     step("principal", "add", "mallory", "--role", "wizard", expect=2)
     step("principal", "proposals", "--open")
-    step("principal", "apply", proposals["bob"], expect=3)  # not approved yet
+    step("principal", "apply", proposals["bob"], token=tokens["olga"], expect=3)  # not approved yet
     step("principal", "approve", proposals["bob"], token=tokens["alice"], expect=3)  # not a security officer
     for name in ("olga", "omar"):
         totp[name] = pyotp.TOTP(step("mfa", "enroll", "--json", token=tokens[name]).json["secret"])
@@ -64,7 +64,8 @@ def scenario(run: Run, env: Env, model: Path) -> list[tuple[str, int, str]]:
         step("principal", "approve", *proposals.values(), "--otp", totp[name].at(time.time() + totp[name].interval),
              token=tokens[name])
     for name, pid in proposals.items():
-        tokens[name] = step("principal", "apply", pid, "--json").json["token"]
+        step("principal", "apply", pid, expect=3)  # not by the proposer: the admin never holds the token
+        tokens[name] = step("principal", "apply", pid, "--json", token=tokens["olga"]).json["token"]
     for name in ("bob", "carol"):
         totp[name] = pyotp.TOTP(step("mfa", "enroll", "--json", token=tokens[name]).json["secret"])
         step("mfa", "verify", totp[name].now(), token=tokens[name])

@@ -65,7 +65,8 @@ def onboard(ws: Workspace, admin: str, people: tuple[tuple[str, str, str], ...],
             ) -> tuple[dict[str, str], dict[str, str]]:
     """Add `people` as custody requires: the two bootstrap security officers first (each with a second
     factor in force), then everyone else, approvers and services through identity proposals the
-    officers approve with one code each. Returns (tokens, the officers' TOTP secrets)."""
+    officers approve with one code each and one of them applies. Returns (tokens, the officers' TOTP
+    secrets)."""
     tokens, secrets = {}, {}
     for name, role, team in OFFICERS:
         tokens[name] = principals.add_principal(ws, admin, name=name, roles=[role], team=team)["token"]
@@ -82,7 +83,7 @@ def onboard(ws: Workspace, admin: str, people: tuple[tuple[str, str, str], ...],
     for officer, _, _ in OFFICERS:
         identity.approve(ws, tokens[officer], list(proposals.values()), otp=next_code(secrets[officer], used, officer))
     for name, pid in proposals.items():
-        tokens[name] = identity.apply(ws, admin, pid)["token"]
+        tokens[name] = identity.apply(ws, tokens[OFFICERS[0][0]], pid)["token"]  # handed over by the officer
     return tokens, secrets
 
 

@@ -242,7 +242,7 @@ def principal_approve(ctx: Ctx, proposal: Annotated[list[str], typer.Argument(he
 
 @command(principal_app, "apply")
 def principal_apply(ctx: Ctx, proposal: str) -> None:
-    """Add the principal an approved proposal names (its proposer only); the token is printed once."""
+    """Add the principal an approved proposal names (an officer who approved it); the token is printed once, to hand over."""
     p = ctx.call(identity.apply, proposal)
 
     def human() -> None:
@@ -250,6 +250,14 @@ def principal_apply(ctx: Ctx, proposal: str) -> None:
         output.out.print(p["token"])
 
     emit(ctx, p, human)
+
+
+@command(principal_app, "withdraw")
+def principal_withdraw(ctx: Ctx, proposal: str,
+                       reason: Annotated[Optional[str], typer.Option(help="Why.")] = None) -> None:
+    """End an open identity proposal without effect (its proposer or a security officer)."""
+    p = ctx.call(identity.withdraw, proposal, reason=reason)
+    emit(ctx, p, lambda: print_identity_proposal(p))
 
 
 @command(principal_app, "rotate-token")

@@ -1,12 +1,14 @@
 """Governed identity changes (DESIGN.md, "Identity is governed"; threat T1).
 
-Adding an admin, a security officer, an approver (ml-lead) or a service (which reads the
-production replicas of the zone it is bound to without asking), and suspending an admin or a
-security officer, is a proposal: two security officers approve it with a one-time code, none of
-them the proposer or a principal the proposer added (directly or through others), none added after
-it was proposed. So one administrator cannot mint the approvers of their own requests. An addition
-is then applied by its proposer, who alone sees the new token; a suspension takes effect with its
-second approval.
+Adding an admin, a security officer, an approver (ml-lead), an on-call responder (who copies
+without approval under break glass) or a service (which reads the production replicas of the zone
+it is bound to without asking), and suspending an admin or a security officer, is a proposal: two
+security officers approve it with a one-time code, none of them the proposer or a principal the
+proposer added (directly or through others), none added after it was proposed. An addition is then
+applied by one of the officers who approved it, who alone sees the new token and hands it to its
+holder: the proposer never holds the token of a principal with power, so one administrator cannot
+mint approvers (or readers) and act through them. A suspension takes effect with its second
+approval.
 
 A new workspace has one admin and no security officer, so nobody could approve the first ones:
 while fewer than two active security officers exist (the bootstrap), the admin names security
@@ -28,8 +30,9 @@ from custody.control.workspace import Workspace
 from custody.domain.errors import Denied, InvalidInput, InvalidState
 from custody.domain.model import Principal, new_id
 
-# added only through a proposal: administering, approving, or (service) reading production weights
-GOVERNED_ROLES = ("admin", "security", "ml-lead", "service")
+# added only through a proposal: administering, approving, copying without approval (on-call's break
+# glass), or reading production weights without asking (service)
+GOVERNED_ROLES = ("admin", "security", "ml-lead", "on-call", "service")
 GUARDED_ROLES = ("admin", "security")  # their holders are suspended only through a proposal
 APPROVER_ROLE = "security"
 APPROVALS = 2
@@ -47,6 +50,7 @@ def security_officers(uow: UnitOfWork) -> list[Principal]:
 def bootstrap_addition(uow: UnitOfWork, roles: list[str]) -> bool:
     """Whether adding a principal with `roles` is one of the first two security officers (made at
     once); raises when the change needs approvers that do not exist yet."""
+    uow.serialise("identity")  # two bootstrap additions at once must not both see "fewer than two"
     officers = len(security_officers(uow))
     if officers >= APPROVALS:
         return False
@@ -73,6 +77,9 @@ def propose(ws: Workspace, a: Act, *, change: str, name: str, roles: list[str], 
     if change == "suspend" and len(security_officers(a.uow)) < APPROVALS:
         raise InvalidState(missing_approvers(a.uow))
     already = ids.open_for(a.uow, name)
+    if already is not None and already["created_at"] + WINDOW < datetime.now(timezone.utc):
+        ids.set_state(a.uow, already["id"], "lapsed")
+        already = None
     if already is not None:
         raise InvalidState(f"identity proposal {already['id']} about {name} is still open")
     pid = ids.add(a.uow, change=change, principal=name, roles=roles, team=team, attributes=attributes,
@@ -108,10 +115,11 @@ def view(ws: Workspace, uow: UnitOfWork, p: dict) -> dict:
            "approved_by": counted, "needed": APPROVALS}
     if p["state"] == "proposed":
         ready = len(counted) >= APPROVALS
-        out["next"] = (f"the proposer runs `custody principal apply {p['id']}` to get the token" if ready else
+        out["next"] = (f"an approving officer runs `custody principal apply {p['id']}` and hands the token to "
+                       f"{p['principal']}" if ready else
                        f"{APPROVALS} security officers approve with `custody principal approve {p['id']} --otp CODE`"
-                       + ("; then the proposer runs `custody principal apply`" if p["change"] == "add" else
-                          "; the suspension takes effect with the second approval"))
+                       + ("; then one of them runs `custody principal apply` and hands the token over"
+                          if p["change"] == "add" else "; the suspension takes effect with the second approval"))
     return out
 
 
@@ -123,6 +131,7 @@ def approve(ws: Workspace, token: str | None, proposal_ids: list[str], otp: str 
         raise InvalidInput("name at least one identity proposal to approve")
     with act(ws, token, "principal.approve", subject=wanted[0] if len(wanted) == 1 else None,
              rationale=comment, details={"proposals": wanted}) as a:
+        a.uow.serialise("identity")
         proposals = [ids.by_id(a.uow, pid, lock=True) for pid in wanted]
         for p in proposals:
             _open(p)
@@ -149,16 +158,20 @@ def _suspend(a: Act, p: dict) -> None:
 
 
 def apply(ws: Workspace, token: str | None, proposal_id: str) -> dict:
-    """Add the principal an approved proposal names; its token is shown to the proposer, once."""
+    """Add the principal an approved proposal names; its token is shown, once, to the approving
+    officer who applies it (never to the proposer), to hand to its holder."""
     with act(ws, token, "principal.apply", subject=proposal_id) as a:
+        a.uow.serialise("identity")
         p = ids.by_id(a.uow, proposal_id, lock=True)
         _open(p)
         if p["change"] != "add":
             raise InvalidState(f"identity proposal {proposal_id} is a {p['change']}: it takes effect with its "
                                "second approval")
-        if p["proposer"] != a.principal.name:
-            raise Denied(f"only {p['proposer']}, who proposed it, applies identity proposal {proposal_id}")
-        count = len(_counted(ws, a.uow, p))
+        counted = _counted(ws, a.uow, p)
+        count = len(counted)
+        if count >= APPROVALS and a.principal.name not in {s.approver for s in counted}:
+            raise Denied(f"identity proposal {proposal_id} is applied by one of the officers who approved it "
+                         f"({', '.join(s.approver for s in counted)}), who hands the token over")
         if count < APPROVALS:
             hint = missing_approvers(a.uow)
             raise Denied(f"identity proposal {proposal_id} has {count} of {APPROVALS} security approvals"
@@ -178,6 +191,19 @@ def add(uow: UnitOfWork, *, name: str, roles: list[str], team: str | None, attri
                           created_by=created_by)
     repo.add_principal(uow, principal, token_id, token_hash)
     return new_token, repo.principal_by_name(uow, name)
+
+
+def withdraw(ws: Workspace, token: str | None, proposal_id: str, reason: str | None = None) -> dict:
+    """End an open identity proposal without effect (its proposer, or a security officer)."""
+    with act(ws, token, "principal.withdraw", subject=proposal_id, rationale=reason) as a:
+        p = ids.by_id(a.uow, proposal_id, lock=True)
+        if p["state"] != "proposed":
+            raise InvalidState(f"identity proposal {proposal_id} is {p['state']}")
+        if p["proposer"] != a.principal.name and not a.principal.has_role(APPROVER_ROLE):
+            raise Denied(f"only {p['proposer']}, who proposed it, or a security officer withdraws it")
+        ids.set_state(a.uow, proposal_id, "withdrawn")
+        a.record(details={"principal": p["principal"], "change": p["change"]})
+        return view(ws, a.uow, ids.by_id(a.uow, proposal_id))
 
 
 def list_proposals(ws: Workspace, token: str | None, open_only: bool = False) -> list[dict]:

@@ -47,7 +47,8 @@ def creators(uow: UnitOfWork, principal: Principal, limit: int = 64) -> list[str
 
 def check_independent(uow: UnitOfWork, signer: Principal, exclude: str, since: datetime | None) -> None:
     """The signer may not be `exclude`, nor a principal `exclude` added (directly or through others they
-    added), nor one added after `since`: otherwise whoever asks could mint their own approvers (T1)."""
+    added), nor one who added `exclude` (ditto), nor one added after `since`: otherwise whoever asks
+    could mint their own approvers, or approve for principals they minted (T1)."""
     if signer.name == exclude:
         raise Denied(f"{signer.name} cannot sign off their own {'request' if since else 'proposal'}")
     chain = creators(uow, signer)
@@ -55,6 +56,12 @@ def check_independent(uow: UnitOfWork, signer: Principal, exclude: str, since: d
         via = chain[: chain.index(exclude)]
         through = f" (through {', '.join(via)})" if via else ""
         raise Denied(f"{signer.name} was added by {exclude}{through} and cannot approve for them")
+    asker = repo.principal_by_name(uow, exclude, missing_ok=True)
+    theirs = creators(uow, asker) if asker else []
+    if signer.name in theirs:
+        via = theirs[: theirs.index(signer.name)]
+        through = f" (through {', '.join(via)})" if via else ""
+        raise Denied(f"{exclude} was added by {signer.name}{through}, who cannot approve for them")
     if since is not None and signer.created_at is not None and signer.created_at > since:
         raise Denied(f"{signer.name} was added after this was asked for and cannot approve it")
 

@@ -8,6 +8,7 @@ processes never deadlock upgrading a read lock, and ledger appends are serialise
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 import threading
 import time
@@ -110,6 +111,14 @@ class UnitOfWork:
     @property
     def dialect(self) -> str:
         return self.conn.dialect.name
+
+    def serialise(self, topic: str) -> None:
+        """Hold a lock named `topic` until this transaction ends, so check-then-act on it cannot
+        interleave across processes: PostgreSQL takes a transaction-scoped advisory lock; a SQLite
+        write transaction holds the database lock already."""
+        if self.dialect == "postgresql":
+            key = int.from_bytes(hashlib.sha256(topic.encode()).digest()[:8], "big", signed=True)
+            self.conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": key})
 
     def claim_ledger_position(self) -> int:
         """The next ledger position, taken in one statement that also serialises appends across

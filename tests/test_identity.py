@@ -1,0 +1,123 @@
+"""Identity is governed: one administrator cannot reach approvers, readers or admins of their own.
+
+Each test performs the attempt for real: through the CLI in process, in parallel processes on
+PostgreSQL, and with database edits."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from conftest import Env, People, cli, events, make_env, people, register, reset_postgres, run_custody
+
+
+def test_the_first_two_security_officers_are_the_bootstrap(env: Env) -> None:
+    r = cli("principal", "add", "lena", "--role", "ml-lead", "--json", token=env.token)
+    assert r.code == 6 and "has 0" in r.json["error"] and "--role security" in r.json["error"]
+    assert cli("principal", "add", "sam", "--role", "security", "--role", "admin", "--json", token=env.token).code == 6
+    crew = People.of(env)
+    crew._officers()  # two bootstrap officers, added directly
+    third = cli("principal", "add", "sue", "--role", "security", "--json", token=env.token)
+    assert third.code == 0 and "token" not in third.json  # the bootstrap is over: a proposal
+    for role in ("admin", "security", "ml-lead", "on-call", "service"):
+        r = cli("principal", "add", f"x-{role}", "--role", role, "--json", token=env.token)
+        assert r.code == 0 and r.json["state"] == "proposed", role
+    for role in ("researcher", "backup-operator", "auditor"):
+        assert "token" in cli("principal", "add", f"y-{role}", "--role", role, "--json", token=env.token).json
+    added = [e for e in events(env) if e["action"] == "principal.add" and e["outcome"] == "ok"]
+    assert [e["subject"] for e in added if e["details"].get("bootstrap")] == ["officer-a", "officer-b"]
+
+
+def test_the_proposer_never_holds_the_token_of_a_principal_with_power(env: Env) -> None:
+    crew = People.of(env)
+    crew._officers()
+    pid = cli("principal", "add", "lena", "--role", "ml-lead", "--json", token=env.token).json["proposal"]
+    for officer in ("officer-a", "officer-b"):
+        assert cli("principal", "approve", pid, "--otp", crew.otp(officer), "--json", token=crew.t(officer)).code == 0
+    mine = cli("principal", "apply", pid, "--json", token=env.token)
+    assert mine.code == 3 and "token" not in mine.stdout
+    applied = cli("principal", "apply", pid, "--json", token=crew.t("officer-a"))
+    assert applied.code == 0 and applied.json["token"].startswith("cst_") and applied.json["name"] == "lena"
+    assert cli("principal", "apply", pid, "--json", token=crew.t("officer-b")).code == 6  # once
+    event = [e for e in events(env) if e["action"] == "principal.apply" and e["outcome"] == "ok"][-1]
+    assert event["actor"] == "officer-a" and event["details"]["principal"] == "lena"
+
+
+def test_an_admin_who_is_also_an_approver_cannot_approve_for_their_creations(env: Env, model_dir: Path) -> None:
+    crew = people(env, {"boss": ("admin", "platform")})
+    crew.add({"boss-lead": ("ml-lead", "platform")})
+    register(env, model_dir, "tiny", "--jurisdiction", "US")
+    ws = env.open()  # give boss the ml-lead role too, as a dual-role principal would have it
+    with ws.engine.begin() as conn:
+        conn.execute(text("UPDATE principals SET roles = :r WHERE name = 'boss'"), {"r": '["admin", "ml-lead"]'})
+    ws.close()
+    crew.enroll("boss")
+    crew.tokens["sock"] = cli("principal", "add", "sock", "--role", "researcher", "--json",
+                              token=crew.t("boss")).json["token"]
+    rid = cli("request", "create", "tiny", "--kind", "read", "--purpose", "a look", "--json",
+              token=crew.t("sock")).json["id"]
+    r = cli("request", "approve", rid, "--otp", crew.otp("boss"), "--json", token=crew.t("boss"))
+    assert r.code == 3 and "sock was added by boss" in r.json["error"]
+    assert events(env)[-1]["outcome"] == "denied"
+
+
+def test_suspending_an_officer_is_governed_and_nobody_approves_their_own(env: Env) -> None:
+    crew = people(env, {"sam": ("security", "grc"), "admin2": ("admin", "platform")})
+    asked = cli("principal", "suspend", "officer-a", "--reason", "left", "--json", token=env.token).json["proposal"]
+    r = cli("principal", "approve", asked, "--otp", crew.otp("sam"), "--json", token=crew.t("sam"))
+    assert r.code == 3 and "sam was added by admin" in r.json["error"]  # admin asked for sam: not independent
+    cli("principal", "approve", asked, "--otp", crew.otp("officer-a"), "--json", token=crew.t("officer-a"))
+    r = cli("principal", "suspend", "officer-a", "--reason", "left", "--json", token=crew.t("admin2"))
+    assert r.code == 6 and asked in r.json["error"]  # one open proposal about a principal at a time
+    assert cli("principal", "withdraw", asked, "--json", token=crew.t("admin2")).code == 3  # not admin2's
+    assert cli("principal", "withdraw", asked, "--json", token=env.token).json["state"] == "withdrawn"
+    r = cli("principal", "suspend", "officer-a", "--reason", "left", "--json", token=crew.t("admin2"))
+    assert r.code == 0 and r.json["change"] == "suspend" and r.json["state"] == "proposed"
+    pid = r.json["proposal"]
+    assert cli("principal", "list", "--json", token=env.token).json[2]["suspended"] is False
+    own = cli("principal", "approve", pid, "--otp", crew.otp("officer-a"), "--json", token=crew.t("officer-a"))
+    assert own.code == 3 and "own suspension" in own.json["error"]
+    cli("principal", "approve", pid, "--otp", crew.otp("officer-b"), "--json", token=crew.t("officer-b"))
+    done = cli("principal", "approve", pid, "--otp", crew.otp("sam"), "--json", token=crew.t("sam"))
+    assert done.code == 0 and done.json[0]["state"] == "applied"
+    assert cli("zone", "list", "--json", token=crew.t("officer-a")).code == 3  # suspended at once
+    # two officers remain: the bootstrap does not open again
+    assert cli("principal", "add", "ghost", "--role", "security", "--json", token=env.token).json["state"] == "proposed"
+
+
+def test_an_identity_proposal_edited_after_its_approvals_no_longer_counts(env: Env) -> None:
+    crew = People.of(env)
+    crew._officers()
+    pid = cli("principal", "add", "lena", "--role", "researcher", "--role", "ml-lead", "--json",
+              token=env.token).json["proposal"]
+    for officer in ("officer-a", "officer-b"):
+        cli("principal", "approve", pid, "--otp", crew.otp(officer), "--json", token=crew.t(officer))
+    ws = env.open()
+    with ws.engine.begin() as conn:  # a database writer widens what was approved
+        conn.execute(text("UPDATE identity_proposals SET roles = :r WHERE id = :i"),
+                     {"r": '["ml-lead", "admin", "researcher"]', "i": pid})
+    ws.close()
+    r = cli("principal", "apply", pid, "--json", token=crew.t("officer-a"))
+    assert r.code == 3 and "0 of 2" in r.json["error"]
+
+
+@pytest.fixture
+def pg_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    reset_postgres(pg_url)
+    monkeypatch.setenv("CUSTODY_DB_URL", pg_url)
+    return make_env(tmp_path, monkeypatch, "postgresql")
+
+
+def test_racing_bootstrap_additions_name_two_officers_at_most(pg_env: Env) -> None:
+    assert cli("principal", "add", "first", "--role", "security", "--json", token=pg_env.token).code == 0
+    environ = pg_env.environ()
+    with ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda i: run_custody("principal", "add", f"officer{i}", "--role", "security",
+                                                      "--json", env=environ), range(6)))
+    assert all(r.code == 0 for r in results), [r.stdout + r.stderr for r in results]
+    direct = [r for r in results if "token" in r.json]
+    assert len(direct) == 1  # the second officer; every other one became a proposal
+    assert sum(1 for r in results if r.json.get("state") == "proposed") == 5
