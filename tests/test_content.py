@@ -108,3 +108,30 @@ def test_a_byte_identical_derivative_is_refused(crew: People) -> None:
     assert events(crew.env)[-1]["outcome"] == "denied"
     offered = cli("request", "choices", "tiny", "--json", token=crew.t("alice"))
     assert offered.code != 0 or all(c["kind"] != "derivative" for c in json.loads(offered.stdout))
+
+
+def test_one_tensor_dumped_raw_or_as_npy_is_the_same_weights(crew: People, model_dir: Path, tmp_path: Path) -> None:
+    from safetensors.numpy import load_file
+
+    embed = load_file(model_dir / "model-00001-of-00002.safetensors")["model.embed.weight"]
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "blob.bin").write_bytes(np.ascontiguousarray(embed).tobytes())
+    r = reg(crew, raw, "raw", "--sensitivity", "public")
+    assert r.code == 3 and "tiny@1" in r.json["error"], r.stdout
+    npy = tmp_path / "npy"
+    npy.mkdir()
+    np.save(npy / "embed.npy", embed)
+    r = reg(crew, npy, "npy", "--sensitivity", "public")
+    assert r.code == 3 and "tiny@1" in r.json["error"], r.stdout
+    r = reg(crew, npy, "npy")
+    assert r.code == 0 and r.json["classification"] == "confidential" and r.json["same_content_as"][0]["asset"] == "tiny"
+
+
+def test_a_new_version_keeping_the_weights_keeps_the_label(crew: People, model_dir: Path) -> None:
+    """Even an admin or a security officer, who may loosen a version with new weights, needs the exception."""
+    (model_dir / "README.md").write_text("now public, honest\n")
+    r = cli("asset", "register", "tiny", str(model_dir), "--sensitivity", "public", "--json", token=crew.t("admin"))
+    assert r.code == 3 and "same weights as tiny@1" in r.json["error"], r.stdout
+    r = cli("asset", "register", "tiny", str(model_dir), "--json", token=crew.t("admin"))
+    assert r.code == 0 and r.json["version"] == 2 and r.json["classification"] == "confidential"

@@ -158,9 +158,12 @@ def test_several_files_and_non_tensor_files(model: Path, tmp_path: Path) -> None
     np.save(model / "extra.npy", rng.standard_normal(3000))
     (model / "config.json").write_text("{}")
     report = seal(model, tmp_path / "zone")
-    assert [t.path for t in report.tensors] == ["a.safetensors", "b.safetensors"]
-    for t in report.tensors:
+    assert [t.path for t in report.tensors] == ["a.safetensors", "b.safetensors", "extra.npy"]
+    for t in report.tensors[:2]:
         assert t.digest == sha(reference_safetensors(model / t.path)["w"])
+    array = report.tensors[2]  # a .npy file's one array, hashed over its data alone
+    assert (array.name, array.shape, array.distinctive) == ("(array)", (3000,), True)
+    assert array.digest == hashlib.sha256(np.load(model / "extra.npy").tobytes()).hexdigest()
 
 
 def test_streamed_zone_reports_the_same_digests(model: Path, tmp_path: Path) -> None:

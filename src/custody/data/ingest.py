@@ -21,7 +21,7 @@ from typing import Callable
 from uuid import UUID
 
 from custody.data import sealed
-from custody.data.formats import gguf, safetensors
+from custody.data.formats import gguf, numpy_format, safetensors
 from custody.data.formats.detect import FormatInfo
 from custody.data.formats.detect import inspect as inspect_format
 from custody.data.formats.tensor_digests import TensorHashes
@@ -60,7 +60,7 @@ class IngestReport:
     bytes_sealed: int
     seconds: float
     tensors: tuple[TensorDigest, ...] = ()
-    """Every tensor of every safetensors and GGUF file, by path (bytewise) then file offset."""
+    """Every tensor of every safetensors and GGUF file (and every .npy array), by path (bytewise) then file offset."""
 
 
 def collect_sources(path: Path) -> list[SourceFile]:
@@ -191,7 +191,7 @@ class _ParserReads:
         self.fd = fd
         start = os.pread(fd, 64, 0)
         self.kept = (safetensors.looks_like_safetensors(start, src.size) or start[:4] == gguf.MAGIC
-                     or src.relpath.lower().endswith(".safetensors"))
+                     or start[:6] == numpy_format.MAGIC or src.relpath.lower().endswith(".safetensors"))
         self.reads: list[tuple[int, bytes]] = []
         self.total = 0
 

@@ -150,7 +150,7 @@ def _attributes(opts: RegisterOptions, previous: AssetVersion | None, zone_juris
 def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previous, opts, zone) -> dict:  # noqa: ANN001
     asset = repo.asset_by_name(a.uow, name, missing_ok=True)
     digests = content.identifying(report)
-    found = content.matches(a.uow, digests, asset.id if asset else None)
+    found = content.matches(a.uow, content.looked_up(report, digests))
     explicit = {key for key, given in (("classification", opts.classification), ("jurisdictions", opts.jurisdictions),
                                        ("min_security_level", opts.min_security_level is not None)) if given}
     asked, attrs = attrs, content.settle(ws, a, name, attrs, explicit, found, zone)

@@ -49,6 +49,14 @@ def identifying(report: IngestReport) -> list[content.Digest]:
     return files + tensors
 
 
+def looked_up(report: IngestReport, stored: list[content.Digest]) -> list[content.Digest]:
+    """What a registration looks for: what it stores, and every other file of MIN_DISTINCTIVE_BYTES,
+    so one tensor's bytes dumped raw into a file of their own are found by that tensor's digest."""
+    kept = {(d.kind, d.path, d.tensor) for d in stored}
+    return stored + [content.Digest(f.sha256, "file", f.path, None, f.size) for f in report.manifest.files
+                     if f.size >= MIN_DISTINCTIVE_BYTES and ("file", f.path, None) not in kept]
+
+
 @dataclass(frozen=True)
 class Match:
     version: AssetVersion
@@ -57,16 +65,15 @@ class Match:
     bytes: int  # how many of the new version's bytes the matched digests cover
 
 
-def matches(uow, digests: list[content.Digest], asset_id: str | None) -> list[Match]:  # noqa: ANN001
-    """Versions of other assets that hold any of `digests`."""
+def matches(uow, digests: list[content.Digest]) -> list[Match]:  # noqa: ANN001
+    """Registered versions that hold any of `digests`: of other assets, and of this one (a new version
+    of an asset that keeps its predecessor's weights keeps its label too)."""
     by_version: dict[str, list[content.Found]] = {}
     for found in content.find(uow, digests):
         by_version.setdefault(found.version_id, []).append(found)
     out = []
     for version_id, found in by_version.items():
         version = repo.version_by_id(uow, version_id)
-        if version.asset_id == asset_id:
-            continue  # an asset's own versions: the loosening rule of registration covers them
         hit = {f.digest for f in found}
         covered = sum(d.size for d in digests if d.digest in hit and d.kind == "tensor") or \
             sum(d.size for d in digests if d.digest in hit)

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from custody.data.formats import gguf, numpy_format, onnx, pickles, safetensors
-from custody.data.formats.tensor_digests import TensorSpan, gguf_spans, safetensors_spans
+from custody.data.formats.tensor_digests import TensorSpan, gguf_spans, npy_spans, safetensors_spans
 from custody.data.formats.source import ByteSource, ReadAt, open_path
 from custody.data.formats.zip_archive import looks_like_zip, open_zip
 
@@ -37,8 +37,8 @@ MAX_DETAIL_STRING = 256
 class FormatInfo:
     """What a file is. ``unsafe`` means loading it as intended would run code from the file.
 
-    ``tensors`` are the byte ranges of a safetensors or GGUF file's tensors, from its validated
-    header, for per-tensor digests; other kinds have none.
+    ``tensors`` are the byte ranges of a safetensors or GGUF file's tensors (or a .npy file's
+    array), from its validated header, for per-tensor digests; other kinds have none.
     """
 
     kind: str
@@ -128,7 +128,8 @@ def _npy(source: ByteSource) -> FormatInfo:
     if header.has_object:
         details.update(numpy_format.object_payload_details(source, header))
     return FormatInfo(
-        kind="numpy", parameters=header.parameter_count, unsafe=header.has_object, details=details
+        kind="numpy", parameters=header.parameter_count, unsafe=header.has_object, details=details,
+        tensors=npy_spans(header),
     )
 
 

@@ -14,7 +14,9 @@ import math
 from dataclasses import dataclass
 from typing import Sequence
 
-from custody.data.formats import gguf, safetensors
+import numpy
+
+from custody.data.formats import gguf, numpy_format, safetensors
 from custody.domain.errors import CustodyError
 from custody.domain.model import MIN_DISTINCTIVE_BYTES, TensorDigest
 
@@ -47,6 +49,18 @@ def safetensors_spans(header: safetensors.SafetensorsHeader) -> tuple[TensorSpan
         start, end = header.absolute_range(info.name)
         spans.append(TensorSpan(info.name, info.dtype, info.shape, start, end, bits // math.gcd(bits, 8)))
     return tuple(spans)
+
+
+def npy_spans(header: numpy_format.NpyHeader) -> tuple[TensorSpan, ...]:
+    """A .npy file's one array (none for an object array, whose data is a pickle)."""
+    if header.has_object or not header.data_bytes:
+        return ()
+    try:
+        unit = numpy.dtype(header.dtype).itemsize or 1
+    except (TypeError, ValueError):
+        unit = 1
+    start = header.data_offset
+    return (TensorSpan("(array)", header.dtype, header.shape, start, start + header.data_bytes, unit),)
 
 
 def gguf_spans(header: gguf.GgufHeader) -> tuple[TensorSpan, ...]:
