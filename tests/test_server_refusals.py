@@ -180,3 +180,30 @@ def test_a_request_is_shown_only_to_those_it_concerns(env: Env, people: dict[str
             assert "private study" not in get(who, "/requests").text
     refusal = [e for e in events(env) if e["actor"] == "rob" and e["action"] == "request.read"][0]
     assert refusal["outcome"] == "not_found" and refusal["subject"] == rid
+
+
+def test_acting_on_a_request_answers_no_more_than_reading_it(env: Env, people: dict[str, str], tmp_path: Path) -> None:
+    """A critical request approved by security only: an ml lead, a stranger and an operator get 404 for
+    every action on it, as for reading it; break-glass reviews are not every role's to read."""
+    hf_model(tmp_path / "crown", seed=5)
+    register(env, tmp_path / "crown", "crown", "--sensitivity", "critical", "--jurisdiction", "US")
+    crew = make_people(env, {"rob": ("researcher", "vision"), "bob": ("ml-lead", "platform"),
+                             "dave": ("backup-operator", "infra")})
+    tokens = {**people, **crew.tokens}
+    with serving(env) as base:
+        def post(who: str, path: str, body: dict | None = None) -> httpx.Response:
+            return httpx.post(f"{base}/api/v1{path}", json=body or {},
+                              headers={"Authorization": f"Bearer {tokens[who]}"})
+
+        rid = post("alice", "/requests", {"ref": "crown", "kind": "read", "purpose": "secret plan"}).json()["id"]
+        for who in ("bob", "rob"):
+            for path, body in ((f"/requests/{rid}/deny", {"reason": "no"}), (f"/requests/{rid}/approve", {"otp": "123456"}),
+                               (f"/requests/{rid}/cancel", None), (f"/requests/{rid}/revoke", {"reason": "x"}),
+                               (f"/requests/{rid}/run", None)):
+                r = post(who, path, body)  # 404, or a refusal of the role itself, which names no request
+                assert r.status_code in (403, 404) and rid not in r.text.replace(f"no request {rid}", ""), (who, path)
+                assert "secret plan" not in r.text and (r.status_code == 404 or "may not request." in r.text)
+                assert who == "rob" or r.status_code == 404
+        assert post("alice", f"/requests/{rid}/run").json()["exit_code"] == 6  # hers: a read is not run
+        r = httpx.get(f"{base}/api/v1/reviews", headers={"Authorization": f"Bearer {tokens['rob']}"})
+        assert r.status_code == 403

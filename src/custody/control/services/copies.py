@@ -17,7 +17,7 @@ from custody.control.ledger import store as ledger
 from custody.control.services import egress, lifetimes
 from custody.control.services.assets import writer_tag
 from custody.control.services.replicas import check_signed
-from custody.control.services.requests import _current, view
+from custody.control.services.requests import _current, concerning, view
 from custody.control.services.sweep import writer_alive
 from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
@@ -56,6 +56,8 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
     """The one door for running any approved request: a copy, a backup snapshot, a restore, a drill."""
     with act(ws, token, "request.run", subject=request_id, request_id=request_id) as a:
         request = _current(a.uow, request_id, lock=True)
+        if not a.principal.has_role(*RUNNERS):
+            concerning(a.principal, request)
         if request.kind is RequestKind.READ:
             raise InvalidState(f"request {request_id} is a read: it is spent by reading, e.g. "
                                f"custody.open_safetensors({request.source_replica!r}, purpose=..., request={request_id!r})")
@@ -235,7 +237,7 @@ def revoke(ws: Workspace, token: str | None, request_id: str, reason: str) -> di
 
         raise InvalidInput("a revocation needs a reason")
     with act(ws, token, "request.revoke", subject=request_id, request_id=request_id, rationale=reason) as a:
-        request = rq.request_by_id(a.uow, request_id)
+        request = concerning(a.principal, rq.request_by_id(a.uow, request_id))
         if request.requester != a.principal.name and not a.principal.has_role("admin", "security"):
             raise Denied("only the requester, an admin or security can revoke a request's copies")
         shredded, zones = [], {}

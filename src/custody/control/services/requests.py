@@ -334,7 +334,7 @@ def missing(ws: Workspace, uow: UnitOfWork, request: Request) -> dict:
 def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | None = None,
             comment: str | None = None) -> dict:
     with act(ws, token, "request.approve", subject=request_id, request_id=request_id) as a:
-        request = _current(a.uow, request_id, lock=True)
+        request = concerning(a.principal, _current(a.uow, request_id, lock=True))
         if request.state is not RequestState.AWAITING_APPROVAL:
             raise InvalidState(f"request {request_id} is {request.state.value}; only requests awaiting approval can be approved")
         if request.requester == a.principal.name:
@@ -383,7 +383,7 @@ def deny(ws: Workspace, token: str | None, request_id: str, reason: str) -> dict
     if not reason or not reason.strip():
         raise InvalidInput("a denial needs a reason")
     with act(ws, token, "request.deny", subject=request_id, request_id=request_id, rationale=reason) as a:
-        request = _current(a.uow, request_id)
+        request = concerning(a.principal, _current(a.uow, request_id))
         if request.requester == a.principal.name:
             raise InvalidInput("withdraw your own request with `request cancel`")
         out = view(ws, a.uow, rq.move_request(a.uow, request, RequestState.DENIED,
@@ -393,7 +393,7 @@ def deny(ws: Workspace, token: str | None, request_id: str, reason: str) -> dict
 
 def cancel(ws: Workspace, token: str | None, request_id: str) -> dict:
     with act(ws, token, "request.cancel", subject=request_id, request_id=request_id) as a:
-        request = rq.request_by_id(a.uow, request_id)
+        request = _visible_request(a, request_id)
         if request.requester != a.principal.name and not a.principal.has_role("admin"):
             raise Denied("only the requester or an admin can cancel a request")
         out = view(ws, a.uow, rq.move_request(a.uow, request, RequestState.CANCELLED))
@@ -430,9 +430,14 @@ def visible(principal: Principal, r: Request) -> bool:
 
 
 def _visible_request(a: Act, request_id: str) -> Request:
-    request = rq.request_by_id(a.uow, request_id)
-    if not visible(a.principal, request):
-        raise NotFound(f"no request {request_id}")
+    return concerning(a.principal, rq.request_by_id(a.uow, request_id))
+
+
+def concerning(principal: Principal, request: Request) -> Request:
+    """The request, or NotFound for a principal it does not concern: acting on it answers no more
+    than reading it would (a refusal would confirm that it exists)."""
+    if not visible(principal, request):
+        raise NotFound(f"no request {request.id}")
     return request
 
 
