@@ -183,8 +183,8 @@ OFFICERS = ("officer-a", "officer-b")  # the bootstrap security officers who app
 @dataclass
 class People:
     """Principals made the way custody requires: two bootstrap security officers (kept apart, so the
-    one-time codes of the people a test approves with are unspent), then every approver or admin
-    through an identity proposal the officers approve with codes, applied by the admin."""
+    one-time codes of the people a test approves with are unspent), then every principal with power
+    through an identity proposal carrying its own token's public part, approved by the officers."""
 
     env: Env
     tokens: dict[str, str]
@@ -247,21 +247,21 @@ class People:
         for name, (role, team, *attrs) in spec.items():
             args = ["principal", "add", name, "--role", role, "--json"] + (["--team", team] if team else [])
             args += [f"--attr={k}={v}" for k, v in (attrs[0] if attrs else {}).items()]
+            if role in GOVERNED:  # a principal with power makes its own token; the proposal carries its public part
+                made = cli("principal", "new-token", "--json").json
+                self.tokens[name] = made["token"]
+                args += ["--public-token", made["public"]]
             r = cli(*args, token=self.tokens[by])
             assert r.code == 0, r.stdout
             if "proposal" in r.json:
-                pending.append((name, r.json["proposal"]))
+                pending.append(r.json["proposal"])
             else:
                 self.tokens[name] = r.json["token"]
-        if pending:
+        if pending:  # the second approval adds each principal
             for officer in OFFICERS:
-                r = cli("principal", "approve", *(pid for _, pid in pending), "--otp", self.otp(officer), "--json",
+                r = cli("principal", "approve", *pending, "--otp", self.otp(officer), "--json",
                         token=self.tokens[officer])
-                assert r.code == 0, r.stdout
-            for name, pid in pending:
-                r = cli("principal", "apply", pid, "--json", token=self.tokens[OFFICERS[0]])
-                assert r.code == 0, r.stdout
-                self.tokens[name] = r.json["token"]
+                assert r.code == 0 and all(p["state"] == "applied" for p in r.json) == (officer == OFFICERS[-1]), r.stdout
         if enroll:
             for name, (role, *_) in spec.items():
                 if role in ("ml-lead", "security"):

@@ -5,6 +5,7 @@ PostgreSQL, and with database edits."""
 
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,10 +21,13 @@ def test_the_first_two_security_officers_are_the_bootstrap(env: Env) -> None:
     assert cli("principal", "add", "sam", "--role", "security", "--role", "admin", "--json", token=env.token).code == 6
     crew = People.of(env)
     crew._officers()  # two bootstrap officers, added directly
-    third = cli("principal", "add", "sue", "--role", "security", "--json", token=env.token)
+    public = cli("principal", "new-token", "--json").json["public"]
+    third = cli("principal", "add", "sue", "--role", "security", "--public-token", public, "--json", token=env.token)
     assert third.code == 0 and "token" not in third.json  # the bootstrap is over: a proposal
     for role in ("admin", "security", "ml-lead", "on-call", "service"):
-        r = cli("principal", "add", f"x-{role}", "--role", role, "--json", token=env.token)
+        assert cli("principal", "add", f"x-{role}", "--role", role, "--json", token=env.token).code == 2  # no token
+        r = cli("principal", "add", f"x-{role}", "--role", role, "--public-token",
+                cli("principal", "new-token", "--json").json["public"], "--json", token=env.token)
         assert r.code == 0 and r.json["state"] == "proposed", role
     for role in ("researcher", "backup-operator", "auditor"):
         assert "token" in cli("principal", "add", f"y-{role}", "--role", role, "--json", token=env.token).json
@@ -31,19 +35,51 @@ def test_the_first_two_security_officers_are_the_bootstrap(env: Env) -> None:
     assert [e["subject"] for e in added if e["details"].get("bootstrap")] == ["officer-a", "officer-b"]
 
 
-def test_the_proposer_never_holds_the_token_of_a_principal_with_power(env: Env) -> None:
+def test_nobody_but_its_holder_sees_the_token_of_a_principal_with_power(env: Env) -> None:
+    """The holder makes it; the proposal, the officers' approvals and the store see only its public part."""
     crew = People.of(env)
     crew._officers()
-    pid = cli("principal", "add", "lena", "--role", "ml-lead", "--json", token=env.token).json["proposal"]
+    no_token = cli("principal", "add", "lena", "--role", "ml-lead", "--json", token=env.token)
+    assert no_token.code == 2 and "principal new-token" in no_token.json["error"]
+    made = cli("principal", "new-token", "--json").json
+    assert made["public"] == f"{made['token'].split('_')[1]}:{__import__('hashlib').sha256(made['token'].encode()).hexdigest()}"
+    asked = cli("principal", "add", "lena", "--role", "ml-lead", "--public-token", made["public"], "--json",
+                token=env.token).json
+    assert "token" not in asked and asked["token_fingerprint"] == made["public"][:33]
+    first = cli("principal", "approve", asked["proposal"], "--otp", crew.otp("officer-a"), "--json",
+                token=crew.t("officer-a")).json[0]
+    assert first["state"] == "proposed" and cli("zone", "list", "--json", token=made["token"]).code == 3
+    second = cli("principal", "approve", asked["proposal"], "--otp", crew.otp("officer-b"), "--json",
+                 token=crew.t("officer-b"))
+    assert second.code == 0 and made["token"] not in second.stdout and second.json[0]["state"] == "applied"
+    assert cli("zone", "list", "--json", token=made["token"]).code == 0  # her own token works
+    assert events(env)[-1]["actor"] == "lena"
+    for e in events(env):  # and it is nowhere in the ledger
+        assert made["token"] not in json.dumps(e)
+    again = cli("principal", "add", "lena2", "--role", "ml-lead", "--public-token", made["public"], "--json",
+                token=env.token).json["proposal"]
     for officer in ("officer-a", "officer-b"):
-        assert cli("principal", "approve", pid, "--otp", crew.otp(officer), "--json", token=crew.t(officer)).code == 0
-    mine = cli("principal", "apply", pid, "--json", token=env.token)
-    assert mine.code == 3 and "token" not in mine.stdout
-    applied = cli("principal", "apply", pid, "--json", token=crew.t("officer-a"))
-    assert applied.code == 0 and applied.json["token"].startswith("cst_") and applied.json["name"] == "lena"
-    assert cli("principal", "apply", pid, "--json", token=crew.t("officer-b")).code == 6  # once
-    event = [e for e in events(env) if e["action"] == "principal.apply" and e["outcome"] == "ok"][-1]
-    assert event["actor"] == "officer-a" and event["details"]["principal"] == "lena"
+        r = cli("principal", "approve", again, "--otp", crew.otp(officer), "--json", token=crew.t(officer))
+    assert r.code == 2 and "someone else's" in r.json["error"]  # one token, one principal
+
+
+def test_a_proposal_whose_token_is_swapped_in_the_database_no_longer_counts(env: Env) -> None:
+    crew = People.of(env)
+    crew._officers()
+    made = cli("principal", "new-token", "--json").json
+    pid = cli("principal", "add", "lena", "--role", "ml-lead", "--public-token", made["public"], "--json",
+              token=env.token).json["proposal"]
+    cli("principal", "approve", pid, "--otp", crew.otp("officer-a"), "--json", token=crew.t("officer-a"))
+    mine = cli("principal", "new-token", "--json").json  # a database writer puts their own token in
+    token_id, token_hash = mine["public"].split(":")
+    ws = env.open()
+    with ws.engine.begin() as conn:
+        conn.execute(text("UPDATE identity_proposals SET token_id = :i, token_hash = :h WHERE id = :p"),
+                     {"i": token_id, "h": token_hash, "p": pid})
+    ws.close()
+    r = cli("principal", "approve", pid, "--otp", crew.otp("officer-b"), "--json", token=crew.t("officer-b"))
+    assert r.code == 0 and r.json[0]["state"] == "proposed" and r.json[0]["approved_by"] == ["officer-b"]
+    assert cli("zone", "list", "--json", token=mine["token"]).code == 3
 
 
 def test_an_admin_who_is_also_an_approver_cannot_approve_for_their_creations(env: Env, model_dir: Path) -> None:
@@ -73,6 +109,7 @@ def test_suspending_an_officer_is_governed_and_nobody_approves_their_own(env: En
     r = cli("principal", "suspend", "officer-a", "--reason", "left", "--json", token=crew.t("admin2"))
     assert r.code == 6 and asked in r.json["error"]  # one open proposal about a principal at a time
     assert cli("principal", "withdraw", asked, "--json", token=crew.t("admin2")).code == 3  # not admin2's
+    assert cli("principal", "withdraw", asked, "--json", token=crew.t("officer-a")).code == 3  # nor its target's
     assert cli("principal", "withdraw", asked, "--json", token=env.token).json["state"] == "withdrawn"
     r = cli("principal", "suspend", "officer-a", "--reason", "left", "--json", token=crew.t("admin2"))
     assert r.code == 0 and r.json["change"] == "suspend" and r.json["state"] == "proposed"
@@ -85,23 +122,26 @@ def test_suspending_an_officer_is_governed_and_nobody_approves_their_own(env: En
     assert done.code == 0 and done.json[0]["state"] == "applied"
     assert cli("zone", "list", "--json", token=crew.t("officer-a")).code == 3  # suspended at once
     # two officers remain: the bootstrap does not open again
-    assert cli("principal", "add", "ghost", "--role", "security", "--json", token=env.token).json["state"] == "proposed"
+    public = cli("principal", "new-token", "--json").json["public"]
+    assert cli("principal", "add", "ghost", "--role", "security", "--public-token", public, "--json",
+               token=env.token).json["state"] == "proposed"
 
 
 def test_an_identity_proposal_edited_after_its_approvals_no_longer_counts(env: Env) -> None:
     crew = People.of(env)
     crew._officers()
-    pid = cli("principal", "add", "lena", "--role", "researcher", "--role", "ml-lead", "--json",
-              token=env.token).json["proposal"]
-    for officer in ("officer-a", "officer-b"):
-        cli("principal", "approve", pid, "--otp", crew.otp(officer), "--json", token=crew.t(officer))
+    pid = cli("principal", "add", "lena", "--role", "researcher", "--role", "ml-lead", "--public-token",
+              cli("principal", "new-token", "--json").json["public"], "--json", token=env.token).json["proposal"]
+    cli("principal", "approve", pid, "--otp", crew.otp("officer-b"), "--json", token=crew.t("officer-b"))
     ws = env.open()
     with ws.engine.begin() as conn:  # a database writer widens what was approved
         conn.execute(text("UPDATE identity_proposals SET roles = :r WHERE id = :i"),
                      {"r": '["ml-lead", "admin", "researcher"]', "i": pid})
     ws.close()
-    r = cli("principal", "apply", pid, "--json", token=crew.t("officer-a"))
-    assert r.code == 3 and "0 of 2" in r.json["error"]
+    r = cli("principal", "approve", pid, "--otp", crew.otp("officer-a"), "--json", token=crew.t("officer-a"))
+    # officer-b signed the roles as proposed, not as edited: that approval no longer counts
+    assert r.code == 0 and (r.json[0]["state"], r.json[0]["approved_by"]) == ("proposed", ["officer-a"])
+    assert "lena" not in [p["name"] for p in cli("principal", "list", "--json", token=env.token).json]
 
 
 @pytest.fixture
@@ -114,9 +154,10 @@ def pg_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
 def test_racing_bootstrap_additions_name_two_officers_at_most(pg_env: Env) -> None:
     assert cli("principal", "add", "first", "--role", "security", "--json", token=pg_env.token).code == 0
     environ = pg_env.environ()
+    public = [cli("principal", "new-token", "--json").json["public"] for _ in range(6)]
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(lambda i: run_custody("principal", "add", f"officer{i}", "--role", "security",
-                                                      "--json", env=environ), range(6)))
+                                                      "--public-token", public[i], "--json", env=environ), range(6)))
     assert all(r.code == 0 for r in results), [r.stdout + r.stderr for r in results]
     direct = [r for r in results if "token" in r.json]
     assert len(direct) == 1  # the second officer; every other one became a proposal

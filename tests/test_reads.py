@@ -63,6 +63,10 @@ def test_a_service_reads_only_the_production_zone_it_is_bound_to(crew: People) -
 
 def test_a_service_is_added_only_through_an_identity_proposal(crew: People) -> None:
     r = cli("principal", "add", "svc2", "--role", "service", "--attr", "zone=prod", "--json", token=crew.t("admin"))
+    assert r.code == 2 and "makes their own token" in r.json["error"]
+    public = cli("principal", "new-token", "--json").json["public"]
+    r = cli("principal", "add", "svc2", "--role", "service", "--attr", "zone=prod", "--public-token", public, "--json",
+            token=crew.t("admin"))
     assert r.code == 0 and "token" not in r.json and r.json["state"] == "proposed"
 
 

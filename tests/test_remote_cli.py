@@ -51,21 +51,21 @@ def scenario(run: Run, env: Env, model: Path) -> list[tuple[str, int, str]]:
     for name in ("olga", "omar"):  # the bootstrap: the first two security officers are named directly
         tokens[name] = step("principal", "add", name, "--role", "security", "--team", "office", "--json").json["token"]
     tokens["alice"] = step("principal", "add", "alice", "--role", "researcher", "--team", "nlp", "--json").json["token"]
-    proposals = {name: step("principal", "add", name, "--role", role, "--team", team, "--reason", "joins",
-                            "--json").json["proposal"]
-                 for name, role, team in (("bob", "ml-lead", "platform"), ("carol", "security", "security"))}
+    step("principal", "add", "bob", "--role", "ml-lead", "--team", "platform", expect=2)  # no token of bob's own
+    proposals = {}
+    for name, role, team in (("bob", "ml-lead", "platform"), ("carol", "security", "security")):
+        made = step("principal", "new-token", "--json").json  # made by its holder, wherever they are
+        tokens[name] = made["token"]
+        proposals[name] = step("principal", "add", name, "--role", role, "--team", team, "--reason", "joins",
+                               "--public-token", made["public"], "--json").json["proposal"]
     step("principal", "add", "mallory", "--role", "wizard", expect=2)
     step("principal", "proposals", "--open")
-    step("principal", "apply", proposals["bob"], token=tokens["olga"], expect=3)  # not approved yet
     step("principal", "approve", proposals["bob"], token=tokens["alice"], expect=3)  # not a security officer
     for name in ("olga", "omar"):
         totp[name] = pyotp.TOTP(step("mfa", "enroll", "--json", token=tokens[name]).json["secret"])
         step("mfa", "verify", totp[name].now(), token=tokens[name])
         step("principal", "approve", *proposals.values(), "--otp", totp[name].at(time.time() + totp[name].interval),
              token=tokens[name])
-    for name, pid in proposals.items():
-        step("principal", "apply", pid, expect=3)  # not by the proposer: the admin never holds the token
-        tokens[name] = step("principal", "apply", pid, "--json", token=tokens["olga"]).json["token"]
     for name in ("bob", "carol"):
         totp[name] = pyotp.TOTP(step("mfa", "enroll", "--json", token=tokens[name]).json["secret"])
         step("mfa", "verify", totp[name].now(), token=tokens[name])

@@ -76,7 +76,6 @@ OPERATIONS: tuple[Operation, ...] = (
     _op(principals.rotate_token, "POST", "/principals/me/token"),
     _op(identity.list_proposals, "GET", "/identity-proposals"),
     _op(identity.approve, "POST", "/identity-proposals/approve"),
-    _op(identity.apply, "POST", "/identity-proposals/{proposal_id}/apply"),
     _op(identity.withdraw, "POST", "/identity-proposals/{proposal_id}/withdraw"),
     _op(assets.list_assets, "GET", "/assets"),
     _op(assets.register, "POST", "/assets", status=201),

@@ -22,6 +22,7 @@ from custody.control.services import (
     assets, audit, backups, copies, drills, identity, keys, mfa, principals, replicas, requests, reviews, setup, sweep,
     zones,
 )
+from custody.control import tokens as custody_tokens
 from custody.control.workspace import Workspace
 from custody.domain.errors import CustodyError
 from custody.keys import bundle
@@ -64,26 +65,27 @@ ATTRIBUTES = {"svc-serve": {"zone": "prod"}}  # the serving service reads the re
 def onboard(ws: Workspace, admin: str, people: tuple[tuple[str, str, str], ...], used: dict[str, int]
             ) -> tuple[dict[str, str], dict[str, str]]:
     """Add `people` as custody requires: the two bootstrap security officers first (each with a second
-    factor in force), then everyone else, approvers and services through identity proposals the
-    officers approve with one code each and one of them applies. Returns (tokens, the officers' TOTP
+    factor in force), then everyone else; principals with power make their own tokens and join through
+    identity proposals the officers approve with one code each. Returns (tokens, the officers' TOTP
     secrets)."""
     tokens, secrets = {}, {}
     for name, role, team in OFFICERS:
         tokens[name] = principals.add_principal(ws, admin, name=name, roles=[role], team=team)["token"]
         secrets[name] = mfa.enroll(ws, tokens[name])["secret"]
         mfa.verify(ws, tokens[name], next_code(secrets[name], used, name))
-    proposals = {}
+    proposals = []
     for name, role, team in people:
+        held = None
+        if role in identity.GOVERNED_ROLES:  # a principal with power makes its own token
+            held, _, _ = custody_tokens.mint()
         added = principals.add_principal(ws, admin, name=name, roles=[role], team=team,
-                                         attributes=ATTRIBUTES.get(name, {}), reason="demo team")
+                                         attributes=ATTRIBUTES.get(name, {}), reason="demo team",
+                                         public_token=custody_tokens.public_part(held) if held else None)
+        tokens[name] = held or added["token"]
         if "proposal" in added:
-            proposals[name] = added["proposal"]
-        else:
-            tokens[name] = added["token"]
-    for officer, _, _ in OFFICERS:
-        identity.approve(ws, tokens[officer], list(proposals.values()), otp=next_code(secrets[officer], used, officer))
-    for name, pid in proposals.items():
-        tokens[name] = identity.apply(ws, tokens[OFFICERS[0][0]], pid)["token"]  # handed over by the officer
+            proposals.append(added["proposal"])
+    for officer, _, _ in OFFICERS:  # the second approval adds each principal
+        identity.approve(ws, tokens[officer], proposals, otp=next_code(secrets[officer], used, officer))
     return tokens, secrets
 
 

@@ -10,6 +10,7 @@ import typer
 
 from custody.cli import output
 from custody.cli.common import Ctx, command, emit, progress_bar
+from custody.control import tokens
 from custody.control.services import assets, audit, identity, keys, principals, replicas, setup, sweep as sweeper, zones
 from custody.domain.errors import InvalidInput
 
@@ -57,9 +58,10 @@ def init(ctx: Ctx,
                "next": BOOTSTRAP_HINT}, human)
 
 
-BOOTSTRAP_HINT = ("name the first two security officers (`custody principal add NAME --role security --team TEAM`, "
-                  "twice); each then runs `custody principal rotate-token`, `custody mfa enroll` and `custody mfa "
-                  "verify CODE`. Approvers, admins and further security officers are then added by proposal, "
+BOOTSTRAP_HINT = ("name the first two security officers: each makes a token (`custody principal new-token`) and "
+                  "hands you its public part, then `custody principal add NAME --role security --team TEAM "
+                  "--public-token ID:SHA256`, twice; each officer runs `custody mfa enroll` and `custody mfa verify "
+                  "CODE`. Admins, approvers, on-call responders, services and further officers then join by proposal, "
                   "approved by two security officers.")
 
 
@@ -172,22 +174,29 @@ def principal_add(ctx: Ctx, name: str,
                                                           "ml-lead is a proposal two security officers approve.")],
                   team: Annotated[Optional[str], typer.Option()] = None,
                   attr: Annotated[Optional[list[str]], typer.Option("--attr", help="k=v, repeatable.")] = None,
-                  reason: Annotated[Optional[str], typer.Option(help="Why (shown to the approvers).")] = None) -> None:
-    """Add a principal (its token is printed once), or propose one with an approving role."""
+                  reason: Annotated[Optional[str], typer.Option(help="Why (shown to the approvers).")] = None,
+                  public_token: Annotated[Optional[str], typer.Option(
+                      "--public-token", help="ID:SHA256 of a token its holder made (`principal new-token`): "
+                      "needed for a principal with power, whose token nobody else may see.")] = None) -> None:
+    """Add a principal (its token is printed once), or propose one with power (admin, security,
+    ml-lead, on-call, service): two security officers approve it."""
     attributes = {}
     for item in attr or []:
         k, sep, v = item.partition("=")
         if not sep or not k:
             raise InvalidInput(f"bad --attr {item!r}: use key=value")
         attributes[k] = v
-    p = ctx.call(principals.add_principal, name=name, roles=role, team=team, attributes=attributes, reason=reason)
+    p = ctx.call(principals.add_principal, name=name, roles=role, team=team, attributes=attributes, reason=reason,
+                 public_token=public_token)
 
     def human() -> None:
         if "proposal" in p:
             print_identity_proposal(p)
             return
-        output.out.print(f"principal {p['name']} added ({', '.join(p['roles'])}). Token (shown once):")
-        output.out.print(p["token"])
+        output.out.print(f"principal {p['name']} added ({', '.join(p['roles'])})."
+                         + (" Token (shown once):" if p["token"] else " Its holder has its token."))
+        if p["token"]:
+            output.out.print(p["token"])
 
     emit(ctx, p, human)
 
@@ -240,16 +249,20 @@ def principal_approve(ctx: Ctx, proposal: Annotated[list[str], typer.Argument(he
     emit(ctx, rows, human)
 
 
-@command(principal_app, "apply")
-def principal_apply(ctx: Ctx, proposal: str) -> None:
-    """Add the principal an approved proposal names (an officer who approved it); the token is printed once, to hand over."""
-    p = ctx.call(identity.apply, proposal)
+@command(principal_app, "new-token")
+def principal_new_token(ctx: Ctx) -> None:
+    """Make your own token, here, with no server: keep the token; hand over only its public part
+    (ID:SHA256) so a principal can be added for it (`principal add ... --public-token`)."""
+    token, _, _ = tokens.mint()
+    out = {"token": token, "public": tokens.public_part(token)}
 
     def human() -> None:
-        output.out.print(f"principal {p['name']} added ({', '.join(p['roles'])}). Token (shown once):")
-        output.out.print(p["token"])
+        output.out.print("token (keep it secret; nobody else needs it):")
+        output.out.print(token)
+        output.out.print("public part (hand this over; confirm its first characters to the approving officers):")
+        output.out.print(out["public"])
 
-    emit(ctx, p, human)
+    emit(ctx, out, human)
 
 
 @command(principal_app, "withdraw")

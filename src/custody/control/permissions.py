@@ -18,7 +18,6 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "principal.suspend": frozenset({"admin", "security"}),
     "principal.read": frozenset({"admin", "security", "auditor"}),
     "principal.approve": frozenset({"security"}),  # identity proposals: two security officers with MFA
-    "principal.apply": frozenset({"security"}),  # an approving officer, who hands the token over
     "principal.withdraw": frozenset({"admin", "security"}),
     "principal.rotate-token": frozenset(ROLES),
     "asset.register": frozenset({"admin", "ml-lead"}),

@@ -11,6 +11,8 @@ import hmac
 import re
 import secrets
 
+from custody.domain.errors import InvalidInput
+
 TOKEN_RE = re.compile(r"^cst_([a-z0-9]{16})_([A-Za-z0-9_-]{43})$")
 
 
@@ -32,3 +34,23 @@ def parse_id(token: str) -> str | None:
 
 def matches(token: str, stored_hash: str) -> bool:
     return hmac.compare_digest(digest(token), stored_hash)
+
+
+def public_part(token: str) -> str:
+    """What a token's holder hands over so a principal can be made for it: `ID:SHA256`, from which
+    the token cannot be recovered."""
+    token_id = parse_id(token)
+    if token_id is None:
+        raise InvalidInput("not a custody token")
+    return f"{token_id}:{digest(token)}"
+
+
+PUBLIC_RE = re.compile(r"^([a-z0-9]{16}):([0-9a-f]{64})$")
+
+
+def parse_public(public: str) -> tuple[str, str]:
+    """(token id, token hash) of a public part made by `public_part`."""
+    m = PUBLIC_RE.match(public or "")
+    if m is None:
+        raise InvalidInput("a public token is ID:SHA256 as `custody principal new-token` prints it")
+    return m.group(1), m.group(2)

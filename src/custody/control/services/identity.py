@@ -4,11 +4,14 @@ Adding an admin, a security officer, an approver (ml-lead), an on-call responder
 without approval under break glass) or a service (which reads the production replicas of the zone
 it is bound to without asking), and suspending an admin or a security officer, is a proposal: two
 security officers approve it with a one-time code, none of them the proposer or a principal the
-proposer added (directly or through others), none added after it was proposed. An addition is then
-applied by one of the officers who approved it, who alone sees the new token and hands it to its
-holder: the proposer never holds the token of a principal with power, so one administrator cannot
-mint approvers (or readers) and act through them. A suspension takes effect with its second
-approval.
+proposer added (directly or through others), none added after it was proposed. It takes effect
+with its second approval.
+
+Nobody but its holder ever sees the token of a principal with power: the holder makes it
+(`custody principal new-token`, no server involved) and hands over only its public part
+(ID:SHA256), which the proposal carries and the officers' signatures cover; officers approve once
+the holder has confirmed that fingerprint to them. So neither the proposer nor an officer can act
+through the principals they helped add.
 
 A new workspace has one admin and no security officer, so nobody could approve the first ones:
 while fewer than two active security officers exist (the bootstrap), the admin names security
@@ -58,8 +61,9 @@ def bootstrap_addition(uow: UnitOfWork, roles: list[str]) -> bool:
         return True
     raise InvalidState(
         f"adding {' and '.join(governed(roles))} needs {APPROVALS} security officers to approve, and this workspace "
-        f"has {officers}: name the first two with `custody principal add NAME --role security --team TEAM`; each "
-        "then runs `custody principal rotate-token`, `custody mfa enroll` and `custody mfa verify CODE`")
+        f"has {officers}: name the first two with `custody principal add NAME --role security --team TEAM "
+        "--public-token ID:SHA256` (each makes their token with `custody principal new-token`), then each runs "
+        "`custody mfa enroll` and `custody mfa verify CODE`")
 
 
 def missing_approvers(uow: UnitOfWork) -> str | None:
@@ -72,8 +76,14 @@ def missing_approvers(uow: UnitOfWork) -> str | None:
 
 
 def propose(ws: Workspace, a: Act, *, change: str, name: str, roles: list[str], team: str | None,
-            attributes: dict[str, str], reason: str | None) -> dict:
+            attributes: dict[str, str], reason: str | None, public_token: str | None = None) -> dict:
     """Record the proposal inside the caller's action (`principal add` or `principal suspend`)."""
+    token_id = token_hash = None
+    if change == "add":
+        if not public_token:
+            raise InvalidInput(f"{name} will hold power ({', '.join(governed(roles))}): {name} makes their own token "
+                               "with `custody principal new-token` and hands you its public part (--public-token)")
+        token_id, token_hash = tokens.parse_public(public_token)
     if change == "suspend" and len(security_officers(a.uow)) < APPROVALS:
         raise InvalidState(missing_approvers(a.uow))
     already = ids.open_for(a.uow, name)
@@ -83,7 +93,7 @@ def propose(ws: Workspace, a: Act, *, change: str, name: str, roles: list[str], 
     if already is not None:
         raise InvalidState(f"identity proposal {already['id']} about {name} is still open")
     pid = ids.add(a.uow, change=change, principal=name, roles=roles, team=team, attributes=attributes,
-                  reason=(reason or "").strip(), proposer=a.principal.name)
+                  reason=(reason or "").strip(), proposer=a.principal.name, token_id=token_id, token_hash=token_hash)
     a.record(outcome="proposed", details={"proposal": pid, "change": change, "roles": roles, "team": team})
     return view(ws, a.uow, ids.by_id(a.uow, pid))
 
@@ -91,7 +101,7 @@ def propose(ws: Workspace, a: Act, *, change: str, name: str, roles: list[str], 
 def _statement(p: dict) -> dict:
     """What an approver signs: exactly this change to exactly this principal."""
     return {"change": p["change"], "principal": p["principal"], "roles": sorted(p["roles"]), "team": p["team"],
-            "attributes": p["attributes"]}
+            "attributes": p["attributes"], "token": f"{p['token_id']}:{p['token_hash']}" if p["token_id"] else None}
 
 
 def _counted(ws: Workspace, uow: UnitOfWork, p: dict) -> list:  # noqa: ANN001
@@ -112,15 +122,19 @@ def view(ws: Workspace, uow: UnitOfWork, p: dict) -> dict:
     out = {"proposal": p["id"], "change": p["change"], "principal": p["principal"], "roles": p["roles"],
            "team": p["team"], "attributes": p["attributes"], "reason": p["reason"], "proposer": p["proposer"],
            "state": p["state"], "created_at": views.ts(p["created_at"]), "applied_at": views.ts(p["applied_at"]),
-           "approved_by": counted, "needed": APPROVALS}
+           "approved_by": counted, "needed": APPROVALS, "token_fingerprint": fingerprint(p)}
     if p["state"] == "proposed":
-        ready = len(counted) >= APPROVALS
-        out["next"] = (f"an approving officer runs `custody principal apply {p['id']}` and hands the token to "
-                       f"{p['principal']}" if ready else
-                       f"{APPROVALS} security officers approve with `custody principal approve {p['id']} --otp CODE`"
-                       + ("; then one of them runs `custody principal apply` and hands the token over"
-                          if p["change"] == "add" else "; the suspension takes effect with the second approval"))
+        confirm = (f" once {p['principal']} has confirmed the token fingerprint {fingerprint(p)} to them"
+                   if p["change"] == "add" else "")
+        out["next"] = (f"{APPROVALS} security officers approve with `custody principal approve {p['id']} --otp CODE`"
+                       f"{confirm}; the {'addition' if p['change'] == 'add' else 'suspension'} takes effect with the "
+                       "second approval")
     return out
+
+
+def fingerprint(p: dict) -> str | None:
+    """What the future holder reads out to the officers: their token's id and the start of its hash."""
+    return f"{p['token_id']}:{p['token_hash'][:16]}" if p["token_id"] else None
 
 
 def approve(ws: Workspace, token: str | None, proposal_ids: list[str], otp: str | None = None,
@@ -143,50 +157,35 @@ def approve(ws: Workspace, token: str | None, proposal_ids: list[str], otp: str 
         for p in proposals:
             signed(ws, a, "identity", p["id"], _statement(p), comment)
             counts[p["id"]] = len(_counted(ws, a.uow, p))
-            if p["change"] == "suspend" and counts[p["id"]] >= APPROVALS:
-                _suspend(a, p)
+            if counts[p["id"]] >= APPROVALS:
+                _take_effect(a, p)
             out.append(view(ws, a.uow, ids.by_id(a.uow, p["id"])))
         a.record(details={"proposals": wanted, "approvals": counts})
     return out
 
 
-def _suspend(a: Act, p: dict) -> None:
-    target = repo.principal_by_name(a.uow, p["principal"])
-    if not target.suspended:
-        repo.suspend_principal(a.uow, target.name)
+def _take_effect(a: Act, p: dict) -> None:
+    """The second approval: add the principal with its holder's token, or suspend it."""
+    if p["change"] == "add":
+        add(a.uow, name=p["principal"], roles=p["roles"], team=p["team"], attributes=p["attributes"],
+            created_by=p["proposer"], token_id=p["token_id"], token_hash=p["token_hash"])
+    else:
+        target = repo.principal_by_name(a.uow, p["principal"])
+        if not target.suspended:
+            repo.suspend_principal(a.uow, target.name)
     ids.set_state(a.uow, p["id"], "applied")
 
 
-def apply(ws: Workspace, token: str | None, proposal_id: str) -> dict:
-    """Add the principal an approved proposal names; its token is shown, once, to the approving
-    officer who applies it (never to the proposer), to hand to its holder."""
-    with act(ws, token, "principal.apply", subject=proposal_id) as a:
-        a.uow.serialise("identity")
-        p = ids.by_id(a.uow, proposal_id, lock=True)
-        _open(p)
-        if p["change"] != "add":
-            raise InvalidState(f"identity proposal {proposal_id} is a {p['change']}: it takes effect with its "
-                               "second approval")
-        counted = _counted(ws, a.uow, p)
-        count = len(counted)
-        if count >= APPROVALS and a.principal.name not in {s.approver for s in counted}:
-            raise Denied(f"identity proposal {proposal_id} is applied by one of the officers who approved it "
-                         f"({', '.join(s.approver for s in counted)}), who hands the token over")
-        if count < APPROVALS:
-            hint = missing_approvers(a.uow)
-            raise Denied(f"identity proposal {proposal_id} has {count} of {APPROVALS} security approvals"
-                         + (f"; {hint}" if hint else ""))
-        new_token, principal = add(a.uow, name=p["principal"], roles=p["roles"], team=p["team"],
-                                   attributes=p["attributes"], created_by=p["proposer"])
-        ids.set_state(a.uow, proposal_id, "applied")
-        a.record(details={"principal": p["principal"], "roles": p["roles"], "team": p["team"]})
-    return {**views.principal(principal), "token": new_token, "proposal": proposal_id}
-
-
 def add(uow: UnitOfWork, *, name: str, roles: list[str], team: str | None, attributes: dict[str, str],
-        created_by: str | None) -> tuple[str, Principal]:
-    """Store a new principal with a fresh token: (token, principal). The token is stored only hashed."""
-    new_token, token_id, token_hash = tokens.mint()
+        created_by: str | None, token_id: str | None = None, token_hash: str | None = None
+        ) -> tuple[str | None, Principal]:
+    """Store a new principal: (its token, the principal). The token is made here unless its holder
+    made it (then only its id and hash are known, and None is returned); stored only hashed."""
+    new_token = None
+    if token_id is None:
+        new_token, token_id, token_hash = tokens.mint()
+    elif repo.principal_by_token_id(uow, token_id) is not None:
+        raise InvalidInput("that token is someone else's already: make a new one (`custody principal new-token`)")
     principal = Principal(id=new_id(), name=name, roles=tuple(roles), team=team, attributes=attributes,
                           created_by=created_by)
     repo.add_principal(uow, principal, token_id, token_hash)
@@ -194,13 +193,14 @@ def add(uow: UnitOfWork, *, name: str, roles: list[str], team: str | None, attri
 
 
 def withdraw(ws: Workspace, token: str | None, proposal_id: str, reason: str | None = None) -> dict:
-    """End an open identity proposal without effect (its proposer, or a security officer)."""
+    """End an open identity proposal without effect (its proposer only: the principal it names could
+    otherwise end their own suspension)."""
     with act(ws, token, "principal.withdraw", subject=proposal_id, rationale=reason) as a:
         p = ids.by_id(a.uow, proposal_id, lock=True)
         if p["state"] != "proposed":
             raise InvalidState(f"identity proposal {proposal_id} is {p['state']}")
-        if p["proposer"] != a.principal.name and not a.principal.has_role(APPROVER_ROLE):
-            raise Denied(f"only {p['proposer']}, who proposed it, or a security officer withdraws it")
+        if p["proposer"] != a.principal.name:
+            raise Denied(f"only {p['proposer']}, who proposed it, withdraws identity proposal {proposal_id}")
         ids.set_state(a.uow, proposal_id, "withdrawn")
         a.record(details={"principal": p["principal"], "change": p["change"]})
         return view(ws, a.uow, ids.by_id(a.uow, proposal_id))

@@ -13,10 +13,11 @@ from custody.domain.model import check_name
 
 def add_principal(
     ws: Workspace, token: str | None, *, name: str, roles: list[str], team: str | None = None,
-    attributes: dict[str, str] | None = None, reason: str | None = None,
+    attributes: dict[str, str] | None = None, reason: str | None = None, public_token: str | None = None,
 ) -> dict:
-    """The new principal, with its token under "token" (shown this once, stored only as a hash);
-    or, for an admin, a security officer or an approver, the identity proposal that must be approved."""
+    """The new principal, with its token under "token" (shown this once, stored only as a hash; None
+    when its holder made it and gave `public_token`); or, for a principal with power, the identity
+    proposal that must be approved."""
     with act(ws, token, "principal.add", subject=name, rationale=reason) as a:
         check_name("principal", name)
         unknown = [r for r in roles if r not in permissions.ROLES]
@@ -28,10 +29,12 @@ def add_principal(
         bootstrap = bool(identity.governed(roles)) and identity.bootstrap_addition(a.uow, roles)
         if identity.governed(roles) and not bootstrap:
             return identity.propose(ws, a, change="add", name=name, roles=roles, team=team,
-                                    attributes=attributes or {}, reason=reason)
+                                    attributes=attributes or {}, reason=reason, public_token=public_token)
+        held = tokens.parse_public(public_token) if public_token else (None, None)
         # nobody "added" a bootstrap officer: they must be able to approve the admin's proposals
         new_token, principal = identity.add(a.uow, name=name, roles=roles, team=team, attributes=attributes or {},
-                                            created_by=None if bootstrap else a.principal.name)
+                                            created_by=None if bootstrap else a.principal.name,
+                                            token_id=held[0], token_hash=held[1])
         a.record(details={"roles": roles, "team": team, "bootstrap": bootstrap})
     return {**views.principal(principal), "token": new_token}
 

@@ -17,11 +17,12 @@ def _row(row) -> dict:  # noqa: ANN001
 
 
 def add(uow: UnitOfWork, *, change: str, principal: str, roles: list[str], team: str | None,
-        attributes: dict[str, str], reason: str, proposer: str) -> str:
+        attributes: dict[str, str], reason: str, proposer: str, token_id: str | None = None,
+        token_hash: str | None = None) -> str:
     pid = new_id()
     uow.conn.execute(insert(t.identity_proposals).values(
         id=pid, change=change, principal=principal, roles=roles, team=team, attributes=attributes, reason=reason,
-        proposer=proposer, state="proposed", created_at=now()))
+        proposer=proposer, state="proposed", created_at=now(), token_id=token_id, token_hash=token_hash))
     return pid
 
 

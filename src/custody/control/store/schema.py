@@ -367,6 +367,8 @@ identity_proposals = Table(
     Column("roles", JSON, nullable=False),
     Column("team", String(128)),
     Column("attributes", JSON, nullable=False),
+    Column("token_id", String(32)),  # an addition: the public part of the token its holder made
+    Column("token_hash", String(64)),
     Column("reason", Text, nullable=False),
     Column("proposer", String(64), nullable=False),
     Column("state", String(16), nullable=False),  # proposed | applied | withdrawn
