@@ -135,3 +135,36 @@ def test_a_new_version_keeping_the_weights_keeps_the_label(crew: People, model_d
     assert r.code == 3 and "same weights as tiny@1" in r.json["error"], r.stdout
     r = cli("asset", "register", "tiny", str(model_dir), "--json", token=crew.t("admin"))
     assert r.code == 0 and r.json["version"] == 2 and r.json["classification"] == "confidential"
+
+
+def test_weights_registered_loosely_first_are_raised_when_registered_properly(crew: People, tmp_path: Path) -> None:
+    leak = tmp_path / "leak"
+    hf_model(leak, seed=11)
+    first = reg(crew, leak, "cheap", "--sensitivity", "public", "--jurisdiction", "US", "--jurisdiction", "CN")
+    assert first.code == 0 and first.json["classification"] == "public"
+    proper = reg(crew, leak, "crown", "--sensitivity", "critical", "--jurisdiction", "US")
+    assert proper.code == 0 and proper.json["same_content_as"][0]["asset"] == "cheap"
+    assert last_event(crew.env)["details"]["raised"] == [
+        {"asset": "cheap", "version": 1, "from": ["public", ["US", "CN"], 1], "to": ["critical", ["US"], 1]}]
+    shown = cli("asset", "show", "cheap", "--json", token=crew.t("alice")).json
+    assert (shown["classification"], shown["jurisdictions"]) == ("critical", ["US"])
+    denied = cli("request", "create", "cheap", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d",
+                 "--json", token=crew.t("alice"))
+    assert denied.code == 3 and "forbid-critical-leaving-production" in denied.json["decision"]["policy_ids"]
+
+
+def test_a_small_opaque_file_registered_again_is_the_same_weights(crew: People, tmp_path: Path) -> None:
+    blob = tmp_path / "blob"
+    blob.mkdir()
+    (blob / "weights.bin").write_bytes(np.random.default_rng(9).bytes(1 << 20))
+    assert reg(crew, blob, "blob", "--sensitivity", "critical", "--jurisdiction", "US").code == 0
+    again = reg(crew, blob, "blob-public", "--sensitivity", "public")
+    assert again.code == 3 and "blob@1" in again.json["error"]
+    # a shared tokenizer-sized file is weak evidence: it links nothing when it is a small part of a model
+    other = tmp_path / "other"
+    hf_model(other, seed=12)
+    (other / "weights.bin").write_bytes((blob / "weights.bin").read_bytes())
+    big = other / "big.safetensors"
+    write_safetensors(big, {"w": np.random.default_rng(13).standard_normal(1 << 19).astype(np.float32)})
+    r = reg(crew, other, "other", "--sensitivity", "public")
+    assert r.code == 0 and r.json["same_content_as"] == [], r.stdout

@@ -150,7 +150,7 @@ def _attributes(opts: RegisterOptions, previous: AssetVersion | None, zone_juris
 def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previous, opts, zone) -> dict:  # noqa: ANN001
     asset = repo.asset_by_name(a.uow, name, missing_ok=True)
     digests = content.identifying(report)
-    found = content.matches(a.uow, content.looked_up(report, digests))
+    found = content.matches(a.uow, content.looked_up(report, digests), report.manifest.total_size)
     explicit = {key for key, given in (("classification", opts.classification), ("jurisdictions", opts.jurisdictions),
                                        ("min_security_level", opts.min_security_level is not None)) if given}
     asked, attrs = attrs, content.settle(ws, a, name, attrs, explicit, found, zone)
@@ -177,6 +177,7 @@ def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previ
         {"path": f.path, "kind": f.kind, "parameters": f.parameters, "unsafe": f.unsafe} for f in report.formats
     ])
     same = content.record(a, version.id, digests, found)
+    raised = content.tighten(a, found, attrs)
     replica = repo.replica_by_id(a.uow, replica_id)
     repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, version_id=version.id,
                            bytes_sealed=report.bytes_sealed, bundle_json=signed.decode(), writer=None)
@@ -185,6 +186,8 @@ def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previ
                "bytes": report.bytes_read, "unsafe": version.unsafe,
                "classification": version.classification.value, "jurisdictions": list(version.jurisdictions),
                "min_security_level": version.min_security_level, "same_content_as": same}
+    if raised:
+        details["raised"] = raised
     if asked != attrs:
         details["label_asked"] = {"classification": asked["classification"].value,
                                   "jurisdictions": list(asked["jurisdictions"]),

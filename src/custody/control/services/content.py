@@ -26,25 +26,29 @@ from custody.domain.errors import Denied
 from custody.domain.model import MIN_DISTINCTIVE_BYTES, Asset, AssetVersion, Classification, Zone
 
 OPAQUE_WEIGHTS = 64 << 20  # an opaque file this large is taken for weights (a tokenizer or a config is smaller)
+WEAK_SHARE = 0.5  # smaller opaque files link two versions only when they are at least this share of its bytes
 
 
 def identifying(report: IngestReport) -> list[content.Digest]:
     """The digests that say whose weights these are: distinctive tensors; safetensors and GGUF files
-    holding one; other model files of at least MIN_DISTINCTIVE_BYTES; opaque files of OPAQUE_WEIGHTS
-    (a shared config, tokenizer or all-constant file says nothing about whose weights these are)."""
+    holding one; other model files of at least MIN_DISTINCTIVE_BYTES; opaque files of OPAQUE_WEIGHTS.
+    Smaller opaque files are kept as "opaque" digests: weak evidence (a tokenizer or a config is shared
+    by unrelated models), which links versions only when it covers most of the new one's bytes."""
     kinds = {f.path: f.kind for f in report.formats}
     with_tensors = {d.path for d in report.tensors}
     telling = {d.path for d in report.tensors if d.distinctive}
 
-    def identifies(path: str, size: int) -> bool:
+    def kind_of(path: str, size: int) -> str | None:
         if path in with_tensors:
-            return path in telling
+            return "file" if path in telling else None
+        if size < MIN_DISTINCTIVE_BYTES:
+            return None
         if kinds.get(path, "opaque") == "opaque":
-            return size >= OPAQUE_WEIGHTS
-        return size >= MIN_DISTINCTIVE_BYTES
+            return "file" if size >= OPAQUE_WEIGHTS else "opaque"
+        return "file"
 
-    files = [content.Digest(f.sha256, "file", f.path, None, f.size) for f in report.manifest.files
-             if identifies(f.path, f.size)]
+    files = [content.Digest(f.sha256, kind, f.path, None, f.size) for f in report.manifest.files
+             if (kind := kind_of(f.path, f.size)) is not None]
     tensors = [content.Digest(d.digest, "tensor", d.path, d.name, d.size) for d in report.tensors if d.distinctive]
     return files + tensors
 
@@ -52,9 +56,9 @@ def identifying(report: IngestReport) -> list[content.Digest]:
 def looked_up(report: IngestReport, stored: list[content.Digest]) -> list[content.Digest]:
     """What a registration looks for: what it stores, and every other file of MIN_DISTINCTIVE_BYTES,
     so one tensor's bytes dumped raw into a file of their own are found by that tensor's digest."""
-    kept = {(d.kind, d.path, d.tensor) for d in stored}
+    kept = {(d.path, d.tensor) for d in stored}
     return stored + [content.Digest(f.sha256, "file", f.path, None, f.size) for f in report.manifest.files
-                     if f.size >= MIN_DISTINCTIVE_BYTES and ("file", f.path, None) not in kept]
+                     if f.size >= MIN_DISTINCTIVE_BYTES and (f.path, None) not in kept]
 
 
 @dataclass(frozen=True)
@@ -65,20 +69,24 @@ class Match:
     bytes: int  # how many of the new version's bytes the matched digests cover
 
 
-def matches(uow, digests: list[content.Digest]) -> list[Match]:  # noqa: ANN001
-    """Registered versions that hold any of `digests`: of other assets, and of this one (a new version
-    of an asset that keeps its predecessor's weights keeps its label too)."""
+def matches(uow, digests: list[content.Digest], total_bytes: int) -> list[Match]:  # noqa: ANN001
+    """Registered versions that hold any of `digests` (of other assets, and of this one: a new version
+    that keeps its predecessor's weights keeps its label too). A version matched by weak ("opaque")
+    digests alone counts when they cover at least WEAK_SHARE of the new version's `total_bytes`."""
     by_version: dict[str, list[content.Found]] = {}
     for found in content.find(uow, digests):
         by_version.setdefault(found.version_id, []).append(found)
     out = []
     for version_id, found in by_version.items():
-        version = repo.version_by_id(uow, version_id)
+        strong = {f.digest for f in found if f.kind != "opaque"}
         hit = {f.digest for f in found}
         covered = sum(d.size for d in digests if d.digest in hit and d.kind == "tensor") or \
             sum(d.size for d in digests if d.digest in hit)
-        out.append(Match(version, repo.asset_name_of_version(uow, version), "file" if any(
-            f.kind == "file" for f in found) else "tensor", covered))
+        if not strong and covered < WEAK_SHARE * total_bytes:
+            continue
+        version = repo.version_by_id(uow, version_id)
+        by = "file" if any(f.kind != "tensor" for f in found) else "tensor"
+        out.append(Match(version, repo.asset_name_of_version(uow, version), by, covered))
     return sorted(out, key=lambda m: (m.asset, m.version.number))
 
 
@@ -142,6 +150,26 @@ def settle(ws: Workspace, a: Act, name: str, asked: dict, explicit: set[str], fo
 def _named(found: list[Match]) -> str:
     return ", ".join(f"{m.asset}@{m.version.number} ({m.version.classification.value}, "
                      f"{'/'.join(m.version.jurisdictions)})" for m in found[:3]) + (" and others" if len(found) > 3 else "")
+
+
+def tighten(a: Act, found: list[Match], label: dict) -> list[dict]:
+    """Raise every matched version whose label is looser than the new version's to the strictest of
+    the two: the same weights registered loosely first do not stay loose once their owner registers
+    them properly. Existing copies stay where they are; every later decision reads the raised label."""
+    raised = []
+    for m in found:
+        v = m.version
+        tight = {"classification": max(v.classification, label["classification"], key=lambda c: c.rank),
+                 "jurisdictions": tuple(j for j in v.jurisdictions if j in label["jurisdictions"]),
+                 "min_security_level": max(v.min_security_level, label["min_security_level"])}
+        if (tight["classification"], tight["jurisdictions"], tight["min_security_level"]) == \
+                (v.classification, v.jurisdictions, v.min_security_level):
+            continue
+        repo.set_version_label(a.uow, v.id, **tight)
+        raised.append({"asset": m.asset, "version": v.number,
+                       "from": [v.classification.value, list(v.jurisdictions), v.min_security_level],
+                       "to": [tight["classification"].value, list(tight["jurisdictions"]), tight["min_security_level"]]})
+    return raised
 
 
 def record(a: Act, version_id: str, digests: list[content.Digest], found: list[Match]) -> list[dict]:

@@ -55,9 +55,7 @@ Progress = Callable[[int], None]
 def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | None = None) -> dict:
     """The one door for running any approved request: a copy, a backup snapshot, a restore, a drill."""
     with act(ws, token, "request.run", subject=request_id, request_id=request_id) as a:
-        request = _current(a.uow, request_id, lock=True)
-        if not a.principal.has_role(*RUNNERS):
-            concerning(a.principal, request)
+        request = _current(a.uow, request_id, lock=True, seen_by=a.principal)
         if request.kind is RequestKind.READ:
             raise InvalidState(f"request {request_id} is a read: it is spent by reading, e.g. "
                                f"custody.open_safetensors({request.source_replica!r}, purpose=..., request={request_id!r})")

@@ -334,7 +334,7 @@ def missing(ws: Workspace, uow: UnitOfWork, request: Request) -> dict:
 def approve(ws: Workspace, token: str | None, request_id: str, *, otp: str | None = None,
             comment: str | None = None) -> dict:
     with act(ws, token, "request.approve", subject=request_id, request_id=request_id) as a:
-        request = concerning(a.principal, _current(a.uow, request_id, lock=True))
+        request = _current(a.uow, request_id, lock=True, seen_by=a.principal)
         if request.state is not RequestState.AWAITING_APPROVAL:
             raise InvalidState(f"request {request_id} is {request.state.value}; only requests awaiting approval can be approved")
         if request.requester == a.principal.name:
@@ -371,9 +371,12 @@ def lapsed(request: Request, now: datetime) -> bool:
     return False
 
 
-def _current(uow: UnitOfWork, request_id: str, lock: bool = False) -> Request:
-    """The request, refused if its window or grant ran out."""
+def _current(uow: UnitOfWork, request_id: str, lock: bool = False, seen_by: Principal | None = None) -> Request:
+    """The request, refused if its window or grant ran out (NotFound first for a principal `seen_by`
+    it does not concern)."""
     request = rq.request_by_id(uow, request_id, lock=lock)
+    if seen_by is not None:
+        concerning(seen_by, request)
     if lapsed(request, _now()):
         raise InvalidState(f"request {request_id} lapsed: its approval window or grant ran out")
     return request
@@ -383,7 +386,7 @@ def deny(ws: Workspace, token: str | None, request_id: str, reason: str) -> dict
     if not reason or not reason.strip():
         raise InvalidInput("a denial needs a reason")
     with act(ws, token, "request.deny", subject=request_id, request_id=request_id, rationale=reason) as a:
-        request = concerning(a.principal, _current(a.uow, request_id))
+        request = _current(a.uow, request_id, seen_by=a.principal)
         if request.requester == a.principal.name:
             raise InvalidInput("withdraw your own request with `request cancel`")
         out = view(ws, a.uow, rq.move_request(a.uow, request, RequestState.DENIED,

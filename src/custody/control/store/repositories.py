@@ -236,6 +236,12 @@ def version_by_id(uow: UnitOfWork, version_id: str) -> AssetVersion:
     return _version(row)
 
 
+def set_version_label(uow: UnitOfWork, version_id: str, *, classification: Classification,
+                      jurisdictions: tuple[str, ...], min_security_level: int) -> None:
+    uow.conn.execute(update(t.asset_versions).where(t.asset_versions.c.id == version_id).values(
+        classification=classification.value, jurisdictions=list(jurisdictions), min_security_level=min_security_level))
+
+
 def asset_name_of_version(uow: UnitOfWork, version: AssetVersion) -> str:
     return uow.conn.execute(select(t.assets.c.name).where(t.assets.c.id == version.asset_id)).scalar_one()
 
