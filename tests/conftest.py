@@ -101,6 +101,14 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
 
 
 @pytest.fixture
+def pg_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+    """A workspace on PostgreSQL alone: where several processes share one store."""
+    reset_postgres(pg_url)
+    monkeypatch.setenv("CUSTODY_DB_URL", pg_url)
+    return make_env(tmp_path, monkeypatch, "postgresql")
+
+
+@pytest.fixture
 def any_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_backend: str) -> Env:
     """The same workspace on SQLite and on PostgreSQL."""
     return make_env(tmp_path, monkeypatch, db_backend)
@@ -176,7 +184,7 @@ def run_custody(*args: str, env: dict[str, str], timeout: float = 120) -> Result
 
 # -- people ------------------------------------------------------------------------------------
 
-GOVERNED = ("admin", "security", "ml-lead", "service")  # added only through an identity proposal
+from custody.control.services.identity import GOVERNED_ROLES as GOVERNED  # noqa: E402  (added by proposal)
 OFFICERS = ("officer-a", "officer-b")  # the bootstrap security officers who approve identity proposals
 
 

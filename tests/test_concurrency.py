@@ -9,9 +9,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 
-from conftest import Env, cli, hf_model, make_env, people, register, reset_postgres, run_custody, serving
+from conftest import Env, cli, hf_model, people, register, run_custody, serving
 
 WORKER = """
 import os, sys
@@ -23,14 +22,6 @@ for _ in range(int(sys.argv[1])):
     zones.show_zone(ws, os.environ["CUSTODY_TOKEN"], "prod")
 ws.close()
 """
-
-
-@pytest.fixture
-def pg_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
-    """Several processes sharing one store is the PostgreSQL deployment."""
-    reset_postgres(pg_url)
-    monkeypatch.setenv("CUSTODY_DB_URL", pg_url)
-    return make_env(tmp_path, monkeypatch, "postgresql")
 
 
 def test_appends_from_many_processes_stay_gapless(pg_env: Env) -> None:

@@ -9,10 +9,9 @@ import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
-from conftest import Env, People, cli, events, make_env, people, register, reset_postgres, run_custody
+from conftest import Env, People, cli, events, people, register, run_custody
 
 
 def test_the_first_two_security_officers_are_the_bootstrap(env: Env) -> None:
@@ -142,13 +141,6 @@ def test_an_identity_proposal_edited_after_its_approvals_no_longer_counts(env: E
     # officer-b signed the roles as proposed, not as edited: that approval no longer counts
     assert r.code == 0 and (r.json[0]["state"], r.json[0]["approved_by"]) == ("proposed", ["officer-a"])
     assert "lena" not in [p["name"] for p in cli("principal", "list", "--json", token=env.token).json]
-
-
-@pytest.fixture
-def pg_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
-    reset_postgres(pg_url)
-    monkeypatch.setenv("CUSTODY_DB_URL", pg_url)
-    return make_env(tmp_path, monkeypatch, "postgresql")
 
 
 def test_racing_bootstrap_additions_name_two_officers_at_most(pg_env: Env) -> None:
