@@ -260,7 +260,7 @@ def _du(path: Path) -> int:
 
 def bench_backup(work: Path, size: int, rounds: int) -> dict:
     """custody's backups against restic on the same model, alternating, on the same disk."""
-    from custody.control.services import backups, copies, principals, restores, snapshots
+    from custody.control.services import backups, copies, restores, snapshots
     from custody.data.backup.bench import _header_len, _layout, _write_model
 
     if shutil.which("restic") is None:

@@ -55,11 +55,17 @@ def test_nobody_but_its_holder_sees_the_token_of_a_principal_with_power(env: Env
     assert events(env)[-1]["actor"] == "lena"
     for e in events(env):  # and it is nowhere in the ledger
         assert made["token"] not in json.dumps(e)
-    again = cli("principal", "add", "lena2", "--role", "ml-lead", "--public-token", made["public"], "--json",
-                token=env.token).json["proposal"]
+    r = cli("principal", "add", "lena2", "--role", "ml-lead", "--public-token", made["public"], "--json",
+            token=env.token)
+    assert r.code == 2 and "someone else's" in r.json["error"]  # one token, one principal: refused when proposed
+    first = cli("principal", "new-token", "--json").json["public"]  # and when two proposals race for one token
+    pids = [cli("principal", "add", name, "--role", "ml-lead", "--public-token", first, "--json",
+                token=env.token).json["proposal"] for name in ("lena3", "lena4")]
     for officer in ("officer-a", "officer-b"):
-        r = cli("principal", "approve", again, "--otp", crew.otp(officer), "--json", token=crew.t(officer))
-    assert r.code == 2 and "someone else's" in r.json["error"]  # one token, one principal
+        cli("principal", "approve", pids[0], "--otp", crew.otp(officer), "--json", token=crew.t(officer))
+    r = cli("principal", "approve", pids[1], "--otp", crew.otp("officer-a"), "--json", token=crew.t("officer-a"))
+    r = cli("principal", "approve", pids[1], "--otp", crew.otp("officer-b"), "--json", token=crew.t("officer-b"))
+    assert r.code == 2 and "someone else's" in r.json["error"]
 
 
 def test_a_proposal_whose_token_is_swapped_in_the_database_no_longer_counts(env: Env) -> None:

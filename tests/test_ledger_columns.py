@@ -137,7 +137,7 @@ def test_the_server_shows_what_the_line_says(env: Env) -> None:
             csrf = re.search(r'name="csrf" value="([^"]+)"', c.get("/portal/signin").text).group(1)
             assert c.post("/portal/signin", data={"csrf": csrf, "token": env.token}).status_code == 303
             page = c.get("/portal/ledger", params={"q": "mallory"}).text
-        flagged = next(tr for tr in page.split("<tr ") if tr.startswith(f'class="event') and f"<td>{seq}</td>" in tr)
+        flagged = next(tr for tr in page.split("<tr ") if tr.startswith('class="event') and f"<td>{seq}</td>" in tr)
         assert "tampered" in flagged and "<td>mallory</td>" in flagged and "COLUMNS EDITED: its actor column" in flagged
 
 

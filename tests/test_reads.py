@@ -93,8 +93,10 @@ def test_a_read_request_is_approved_spent_once_and_by_its_requester_only(crew: P
     assert cli("request", "approve", req["id"], "--otp", crew.otp("carol"), "--json",
                token=crew.t("carol")).json["state"] == "approved"
     assert cli("request", "run", req["id"], "--json", token=crew.t("lena")).code == 6  # a read is not run
-    stolen = refused(crew, "alice", request=req["id"])
+    stolen = refused(crew, "carol", request=req["id"])  # carol may see it, and may still not use it
     assert stolen.exit_code == 3 and "lena's" in stolen.message
+    hidden = refused(crew, "alice", request=req["id"])  # alice may not even see it
+    assert hidden.exit_code == 4 and hidden.message == f"no request {req['id']}"
     got = read(crew, "lena", purpose="inspect the head", tensors=["lm_head.ids"], request=req["id"])
     assert list(got) == ["lm_head.ids"]
     event = last_event(crew.env)

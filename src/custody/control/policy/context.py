@@ -1,13 +1,15 @@
 """The facts a decision is made on: plain frozen dataclasses, no I/O.
 
-The service layer fills them from the store; the catalog turns them into Cedar entities and
-context. Keeping them separate from the domain objects means a decision can be reproduced
-(and tested from `tests.toml`) without a workspace.
+The service layer fills them from the store (the *_facts functions at the end turn domain objects
+into facts); the catalog turns them into Cedar entities and context. Keeping them separate from the
+domain objects means a decision can be reproduced (and tested from `tests.toml`) without a workspace.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from custody.domain.model import Asset, AssetVersion, Principal, Zone
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,3 +94,19 @@ class RegisterFacts:
     matched: str  # the matched asset with the strictest label
     relabels: bool  # the label asked for is looser than the matched content's
     exceptions: frozenset[str] = frozenset()  # policy ids excepted for the matched asset and this zone
+
+
+def principal_facts(p: Principal) -> PrincipalFacts:
+    return PrincipalFacts(name=p.name, roles=p.roles, team=p.team, attributes=dict(p.attributes))
+
+
+def zone_facts(z: Zone) -> ZoneFacts:
+    return ZoneFacts(name=z.name, kind=z.kind.value, jurisdiction=z.jurisdiction, security_level=z.security_level,
+                     region=z.region)
+
+
+def asset_facts(asset: Asset, v: AssetVersion) -> AssetFacts:
+    """`v`'s label under `asset`'s name and owner."""
+    return AssetFacts(name=asset.name, classification=v.classification.value, jurisdictions=v.jurisdictions,
+                      min_security_level=v.min_security_level, owner=asset.owner, size_bytes=v.total_size,
+                      unsafe=v.unsafe, parameters=v.parameters)

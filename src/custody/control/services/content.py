@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 
 from custody.control.door import Act
-from custody.control.policy.context import RegisterFacts
+from custody.control.policy.context import RegisterFacts, asset_facts, principal_facts, zone_facts
 from custody.control.services.policy import active_catalog
 from custody.control.store import content_repo as content
 from custody.control.store import repositories as repo
@@ -121,8 +121,6 @@ def settle(ws: Workspace, a: Act, name: str, asked: dict, explicit: set[str], fo
               if k in explicit and tightened[k] != asked[k]]
     strictest_match = max(found, key=lambda m: (m.version.classification.rank, m.version.min_security_level))
     if looser:
-        from custody.control.services.requests import asset_facts, principal_facts, zone_facts
-
         proposed = replace(strictest_match.version, classification=asked["classification"],
                            jurisdictions=asked["jurisdictions"], min_security_level=asked["min_security_level"])
         asset = Asset(id="", name=name, owner=asked.get("owner") or a.principal.name)

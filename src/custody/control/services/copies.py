@@ -31,7 +31,7 @@ from custody.domain.requests import NO_EXPIRY, Request, RequestKind, RequestStat
 from custody.keys import bundle, granted
 from custody.keys.custodian import CustodianSigner
 
-RUNNERS = ("admin", "backup-operator")  # besides the requester
+RUNNERS = ("admin",)  # besides the requester (a backup operator runs its own backups; others' it cannot see)
 
 
 def _now() -> datetime:
@@ -60,7 +60,7 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
             raise InvalidState(f"request {request_id} is a read: it is spent by reading, e.g. "
                                f"custody.open_safetensors({request.source_replica!r}, purpose=..., request={request_id!r})")
         if request.requester != a.principal.name and not a.principal.has_role(*RUNNERS):
-            raise Denied("only the requester, an admin or a backup operator can run a request")
+            raise Denied("only the requester or an admin runs a request")
         requester = repo.principal_by_name(a.uow, request.requester)
         if requester.suspended:
             raise Denied(f"requester {requester.name} is suspended: their grants are refused")

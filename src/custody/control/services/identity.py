@@ -84,6 +84,8 @@ def propose(ws: Workspace, a: Act, *, change: str, name: str, roles: list[str], 
             raise InvalidInput(f"{name} will hold power ({', '.join(governed(roles))}): {name} makes their own token "
                                "with `custody principal new-token` and hands you its public part (--public-token)")
         token_id, token_hash = tokens.parse_public(public_token)
+        if repo.principal_by_token_id(a.uow, token_id) is not None:
+            raise InvalidInput(f"that token is someone else's already: {name} makes a new one")
     if change == "suspend" and len(security_officers(a.uow)) < APPROVALS:
         raise InvalidState(missing_approvers(a.uow))
     already = ids.open_for(a.uow, name)

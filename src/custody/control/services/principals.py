@@ -61,8 +61,8 @@ def suspend_principal(ws: Workspace, token: str | None, name: str, reason: str |
 
 
 def rotate_token(ws: Workspace, token: str | None) -> dict:
-    """Replace the caller's own token: the old one stops working at once. A security officer named
-    at bootstrap does this first, so whoever named them no longer holds a working token."""
+    """Replace the caller's own token: the old one stops working at once. Whoever received a token
+    made by someone else (from `init`, or printed when they were added) does this first."""
     with act(ws, token, "principal.rotate-token") as a:
         new_token, token_id, token_hash = tokens.mint()
         repo.set_token(a.uow, a.principal.name, token_id, token_hash)

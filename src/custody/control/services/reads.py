@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from custody.control.door import Act
-from custody.control.policy.context import ReadFacts
+from custody.control.policy.context import ReadFacts, asset_facts, principal_facts, zone_facts
 from custody.control.services.policy import active_catalog
 from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
@@ -26,10 +26,8 @@ from custody.keys import granted
 READ_TTL = 3600  # how long an approved read request stays usable when the asker names no --ttl
 
 
-def facts(ws: Workspace, uow: UnitOfWork, principal: Principal, replica: Replica, way: str, purpose: str,
+def facts(uow: UnitOfWork, principal: Principal, replica: Replica, way: str, purpose: str,
           ttl_seconds: int | None = None) -> ReadFacts:
-    from custody.control.services.requests import asset_facts, principal_facts, zone_facts
-
     version = repo.version_by_id(uow, replica.version_id)
     asset = repo.asset_by_name(uow, repo.replica_asset_name(uow, replica.id))
     return ReadFacts(principal=principal_facts(principal), asset=asset_facts(asset, version),
@@ -47,7 +45,7 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
     """Decide this read and, when it goes under a read request, spend that request; the decision and
     the request are recorded in the act's event. Raises Denied when the read may not happen."""
     catalog = active_catalog(ws, a.uow)
-    decision = catalog.decide_read(facts(ws, a.uow, a.principal, replica, "direct", purpose))
+    decision = catalog.decide_read(facts(a.uow, a.principal, replica, "direct", purpose))
     request = None
     if request_id is not None or not decision.allowed:
         request = _read_request(a, replica, request_id)
@@ -55,7 +53,7 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
         from custody.control.services.copies import still_allowed
 
         still_allowed(ws, a.uow, request, a.principal)
-        decision = catalog.decide_read(facts(ws, a.uow, a.principal, replica, "approved", purpose))
+        decision = catalog.decide_read(facts(a.uow, a.principal, replica, "approved", purpose))
     a.fields["policy_ids"] = decision.policy_ids
     a.fields["request_id"] = request.id if request else None
     a.fields.setdefault("details", {})["decision"] = {"allowed": decision.allowed, "reasons": list(decision.reasons),
@@ -81,7 +79,7 @@ def _read_request(a: Act, replica: Replica, request_id: str | None) -> Request |
                 if r.kind is RequestKind.READ and r.source_replica == replica.id and not lapsed(r, now)]
         return min(mine, key=lambda r: r.created_at) if mine else None
 
-    request = _current(a.uow, request_id, lock=True)
+    request = _current(a.uow, request_id, lock=True, seen_by=a.principal)
     if request.kind is not RequestKind.READ:
         raise InvalidInput(f"request {request_id} is a {request.kind.value} request, not a read")
     if request.requester != a.principal.name:

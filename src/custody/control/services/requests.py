@@ -13,9 +13,9 @@ from datetime import datetime, timedelta, timezone
 from custody.control import views
 from custody.control.door import Act, act
 from custody.control.policy.catalog import parse_duration
-from custody.control.policy.context import ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ZoneFacts
+from custody.control.policy.context import ApproveFacts, CopyFacts, asset_facts, principal_facts, zone_facts
 from custody.control.services import assets as asset_service
-from custody.control.services import identity
+from custody.control.services import identity, lifetimes
 from custody.control.services.policy import active_catalog
 from custody.control.services.signoffs import counting, sign_off
 from custody.control.store import repositories as repo
@@ -33,22 +33,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-# -- facts for policy ---------------------------------------------------------------------
-
-
-def principal_facts(p: Principal) -> PrincipalFacts:
-    return PrincipalFacts(name=p.name, roles=p.roles, team=p.team, attributes=dict(p.attributes))
-
-
-def zone_facts(z: Zone) -> ZoneFacts:
-    return ZoneFacts(name=z.name, kind=z.kind.value, jurisdiction=z.jurisdiction, security_level=z.security_level,
-                     region=z.region)
-
-
-def asset_facts(asset: Asset, v: AssetVersion) -> AssetFacts:
-    return AssetFacts(name=asset.name, classification=v.classification.value, jurisdictions=v.jurisdictions,
-                      min_security_level=v.min_security_level, owner=asset.owner, size_bytes=v.total_size,
-                      unsafe=v.unsafe, parameters=v.parameters)
+# -- policy -------------------------------------------------------------------------------
 
 
 def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: Asset, version: AssetVersion,
@@ -148,8 +133,8 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str | None, kind: str, 
     dest = repo.zone_by_name(a.uow, to)
     decision = _decide(ws, a.uow, a.principal, asset, version, src_zone, dest, request_kind.value,
                        ttl_seconds, purpose, break_glass)
-    if src is not None:
-        _within_source_life(src, ttl_seconds, request_kind)
+    if src is not None:  # a copy is not made from an expired replica, nor outlives it (T12); checked again at run
+        lifetimes.check_source(src, ttl_seconds, request_kind)
     if decision.allowed and ttl_seconds is None and request_kind not in NO_EXPIRY:
         ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
         if ttl_seconds is None:
@@ -167,9 +152,9 @@ def _plan_read(ws: Workspace, a: Act, asset: Asset, version: AssetVersion, repli
     if to and to != zone.name:
         raise InvalidInput(f"a read request reads replica {replica.id} where it lives (zone {zone.name}): drop --to")
     ttl_seconds = ttl_seconds or reads.READ_TTL
-    _within_source_life(replica, ttl_seconds, RequestKind.READ)
+    lifetimes.check_source(replica, ttl_seconds, RequestKind.READ)
     decision = active_catalog(ws, a.uow).decide_read(
-        reads.facts(ws, a.uow, a.principal, replica, "asking", purpose, ttl_seconds))
+        reads.facts(a.uow, a.principal, replica, "asking", purpose, ttl_seconds))
     return _Plan(RequestKind.READ, asset, version, replica.id, zone, decision, ttl_seconds)
 
 
@@ -227,13 +212,6 @@ class RequestDenied(Denied):
 
 
 SNAPSHOT_KINDS = frozenset({RequestKind.RESTORE, RequestKind.DRILL})
-
-
-def _within_source_life(source: Replica, ttl: int | None, kind: RequestKind) -> None:
-    """A copy may not be made from an expired replica, nor outlive it (T12); checked again at run."""
-    from custody.control.services.lifetimes import check_source
-
-    check_source(source, ttl, kind)
 
 
 def _source_snapshot(uow: UnitOfWork, snapshot_id: str):  # noqa: ANN202
@@ -492,7 +470,7 @@ def decide_for(ws: Workspace, uow: UnitOfWork, r: Request, requester: Principal)
 
         replica = repo.replica_by_id(uow, r.source_replica)
         return active_catalog(ws, uow).decide_read(
-            reads.facts(ws, uow, requester, replica, "asking", r.purpose, r.ttl_seconds))
+            reads.facts(uow, requester, replica, "asking", r.purpose, r.ttl_seconds))
     if r.source_snapshot:
         src = _source_snapshot(uow, r.source_snapshot)[2]
     else:

@@ -45,22 +45,26 @@ def creators(uow: UnitOfWork, principal: Principal, limit: int = 64) -> list[str
     return chain
 
 
+def _through(chain: list[str], name: str) -> str | None:
+    """How `name` is among the creators in `chain` ("" directly, " (through a, b)"), None if it is not."""
+    if name not in chain:
+        return None
+    via = chain[: chain.index(name)]
+    return f" (through {', '.join(via)})" if via else ""
+
+
 def check_independent(uow: UnitOfWork, signer: Principal, exclude: str, since: datetime | None) -> None:
     """The signer may not be `exclude`, nor a principal `exclude` added (directly or through others they
     added), nor one who added `exclude` (ditto), nor one added after `since`: otherwise whoever asks
     could mint their own approvers, or approve for principals they minted (T1)."""
     if signer.name == exclude:
         raise Denied(f"{signer.name} cannot sign off their own {'request' if since else 'proposal'}")
-    chain = creators(uow, signer)
-    if exclude in chain:
-        via = chain[: chain.index(exclude)]
-        through = f" (through {', '.join(via)})" if via else ""
+    through = _through(creators(uow, signer), exclude)
+    if through is not None:
         raise Denied(f"{signer.name} was added by {exclude}{through} and cannot approve for them")
     asker = repo.principal_by_name(uow, exclude, missing_ok=True)
-    theirs = creators(uow, asker) if asker else []
-    if signer.name in theirs:
-        via = theirs[: theirs.index(signer.name)]
-        through = f" (through {', '.join(via)})" if via else ""
+    through = _through(creators(uow, asker), signer.name) if asker else None
+    if through is not None:
         raise Denied(f"{exclude} was added by {signer.name}{through}, who cannot approve for them")
     if since is not None and signer.created_at is not None and signer.created_at > since:
         raise Denied(f"{signer.name} was added after this was asked for and cannot approve it")
