@@ -120,7 +120,7 @@ def _open(p: dict) -> None:
 
 
 def view(ws: Workspace, uow: UnitOfWork, p: dict) -> dict:
-    counted = [s.approver for s in _counted(ws, uow, p)] if p["state"] == "proposed" else []
+    counted = [s.approver for s in _counted(ws, uow, p)]
     out = {"proposal": p["id"], "change": p["change"], "principal": p["principal"], "roles": p["roles"],
            "team": p["team"], "attributes": p["attributes"], "reason": p["reason"], "proposer": p["proposer"],
            "state": p["state"], "created_at": views.ts(p["created_at"]), "applied_at": views.ts(p["applied_at"]),
