@@ -99,6 +99,12 @@ def test_an_approved_exception_lets_known_weights_take_a_looser_label(crew: Peop
     r = reg(crew, model_dir, "tiny-public", "--sensitivity", "public")
     assert r.code == 0 and r.json["classification"] == "public", r.stdout
     assert r.json["same_content_as"][0]["asset"] == "tiny"  # still linked: the relabel is on the record
+    shown = cli("asset", "show", "tiny", "--json", token=crew.t("alice")).json  # an excepted relabel raises nothing
+    assert (shown["classification"], shown["jurisdictions"]) == ("confidential", ["US"])
+    used = [x for x in cli("exception", "list", "--json", token=crew.t("lena")).json if x["id"] == e.json["id"]]
+    assert used[0]["state"] == "used"  # one exception, one looser registration
+    r = reg(crew, model_dir, "tiny-public-2", "--sensitivity", "public")
+    assert r.code == 3 and "forbid-relabel" in r.json["error"]
 
 
 def test_a_byte_identical_derivative_is_refused(crew: People) -> None:
@@ -160,11 +166,60 @@ def test_a_small_opaque_file_registered_again_is_the_same_weights(crew: People, 
     assert reg(crew, blob, "blob", "--sensitivity", "critical", "--jurisdiction", "US").code == 0
     again = reg(crew, blob, "blob-public", "--sensitivity", "public")
     assert again.code == 3 and "blob@1" in again.json["error"]
-    # a shared tokenizer-sized file is weak evidence: it links nothing when it is a small part of a model
-    other = tmp_path / "other"
-    hf_model(other, seed=12)
-    (other / "weights.bin").write_bytes((blob / "weights.bin").read_bytes())
-    big = other / "big.safetensors"
-    write_safetensors(big, {"w": np.random.default_rng(13).standard_normal(1 << 19).astype(np.float32)})
-    r = reg(crew, other, "other", "--sensitivity", "public")
+    padded = tmp_path / "padded"  # padding the copy up to half again does not hide it
+    padded.mkdir()
+    (padded / "weights.bin").write_bytes((blob / "weights.bin").read_bytes())
+    (padded / "padding.bin").write_bytes(np.random.default_rng(10).bytes(1 << 19))
+    r = reg(crew, padded, "padded", "--sensitivity", "public")
+    assert r.code == 3 and "blob@1" in r.json["error"], r.stdout
+    # a shared tokenizer-sized file is weak evidence: it links nothing when it is a small part of the model
+    # that holds it, even when it is all of the new one
+    model = tmp_path / "model"
+    hf_model(model, seed=12)
+    (model / "tokenizer.bin").write_bytes(np.random.default_rng(14).bytes(64 << 10))
+    write_safetensors(model / "big.safetensors", {"w": np.random.default_rng(13).standard_normal(1 << 19).astype(np.float32)})
+    assert reg(crew, model, "model", "--sensitivity", "critical", "--jurisdiction", "US").code == 0
+    tok = tmp_path / "tok"
+    tok.mkdir()
+    (tok / "tokenizer.bin").write_bytes((model / "tokenizer.bin").read_bytes())
+    r = reg(crew, tok, "tok", "--sensitivity", "public")
+    assert r.code == 0 and r.json["same_content_as"] == [], r.stdout
+
+
+def test_a_shared_buffer_neither_links_nor_raises_someone_elses_model(crew: People, tmp_path: Path) -> None:
+    """Raising another asset's label takes holding most of its weights, not one small shared tensor."""
+    victim = tmp_path / "victim"
+    hf_model(victim, seed=21)
+    position_ids = np.arange(512, dtype=np.int64)  # 4 KiB, the same in every model of a family
+    write_safetensors(victim / "buffers.safetensors", {"position_ids": position_ids})
+    assert reg(crew, victim, "victim", "--sensitivity", "internal", "--jurisdiction", "US",
+               "--jurisdiction", "DE").code == 0
+    buffer = tmp_path / "buffer"
+    write_safetensors(buffer / "b.safetensors", {"position_ids": position_ids})
+    r = reg(crew, buffer, "grab", "--sensitivity", "critical", "--jurisdiction", "US")
+    assert r.code == 0 and "raised" not in last_event(crew.env)["details"]
+    shown = cli("asset", "show", "victim", "--json", token=crew.t("alice")).json
+    assert (shown["classification"], shown["jurisdictions"]) == ("internal", ["US", "DE"])
+    sibling = tmp_path / "sibling"  # an unrelated model of the same family is not the same weights
+    hf_model(sibling, seed=22)
+    write_safetensors(sibling / "buffers.safetensors", {"position_ids": position_ids})
+    r = reg(crew, sibling, "sibling", "--sensitivity", "public")
+    assert r.code == 0 and r.json["same_content_as"] == [], r.stdout
+
+
+def test_a_common_file_registered_alone_links_no_model_that_ships_it(crew: People, tmp_path: Path) -> None:
+    """Registering a shared tokenizer (or a generated buffer) on its own, as critical, takes no other
+    model's label hostage."""
+    tokenizer = np.random.default_rng(31).bytes(256 << 10)
+    common = tmp_path / "common"
+    common.mkdir()
+    (common / "tokenizer.bin").write_bytes(tokenizer)
+    write_safetensors(common / "buffers.safetensors", {"position_ids": np.arange(8192, dtype=np.int64)})
+    assert reg(crew, common, "common", "--sensitivity", "critical", "--jurisdiction", "US").code == 0
+    model = tmp_path / "model"
+    hf_model(model, seed=32)
+    write_safetensors(model / "big.safetensors", {"w": np.random.default_rng(33).standard_normal(1 << 19).astype(np.float32)})
+    (model / "tokenizer.bin").write_bytes(tokenizer)
+    write_safetensors(model / "buffers.safetensors", {"position_ids": np.arange(8192, dtype=np.int64)})
+    r = reg(crew, model, "model", "--sensitivity", "public")
     assert r.code == 0 and r.json["same_content_as"] == [], r.stdout

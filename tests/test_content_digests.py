@@ -299,3 +299,21 @@ def test_overlapping_spans_are_refused_not_hashed() -> None:
     spans = [TensorSpan("a", "F32", (4,), 0, 16, 4), TensorSpan("b", "F32", (4,), 8, 24, 4)]
     with pytest.raises(CustodyError, match="overlap"):
         TensorHashes("f", spans)
+
+
+def test_generated_buffers_deflate_far_more_than_weights(model: Path, tmp_path: Path) -> None:
+    """Position ids, masks and norm weights near 1 are in unrelated models too; learned weights are not."""
+    import ml_dtypes
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(5)
+    save_file({"position_ids": np.arange(8192, dtype=np.int64),
+               "mask": np.tril(np.ones((256, 256), dtype=np.uint8)),
+               "norm": (1 + rng.standard_normal(40000) * 0.01).astype(ml_dtypes.bfloat16).view(np.uint16),
+               "weight": (rng.standard_normal(40000) * 0.02).astype(ml_dtypes.bfloat16).view(np.uint16),
+               "quant": np.clip(rng.standard_normal(70000) * 30, -127, 127).astype(np.int8)},
+              str(model / "m.safetensors"))
+    report = seal(model, tmp_path / "zone")
+    generated = {t.name: t.deflated < 0.5 for t in report.tensors}
+    assert generated == {"position_ids": True, "mask": True, "norm": True, "weight": False, "quant": False}
+    assert all(t.distinctive for t in report.tensors)  # none of them is one value repeated

@@ -253,14 +253,15 @@ def principal_approve(ctx: Ctx, proposal: Annotated[list[str], typer.Argument(he
 def principal_new_token(ctx: Ctx) -> None:
     """Make your own token, here, with no server: keep the token; hand over only its public part
     (ID:SHA256) so a principal can be added for it (`principal add ... --public-token`)."""
-    token, _, _ = tokens.mint()
-    out = {"token": token, "public": tokens.public_part(token)}
+    token, _, token_hash = tokens.mint()
+    out = {"token": token, "public": tokens.public_part(token), "fingerprint": tokens.fingerprint(token_hash)}
 
     def human() -> None:
         output.out.print("token (keep it secret; nobody else needs it):")
         output.out.print(token)
-        output.out.print("public part (hand this over; confirm its first characters to the approving officers):")
+        output.out.print("public part (hand this over):")
         output.out.print(out["public"])
+        output.out.print(f"fingerprint (read it out to the approving officers): {out['fingerprint']}")
 
     emit(ctx, out, human)
 

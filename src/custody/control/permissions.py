@@ -56,7 +56,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "request.revoke": frozenset(set(ROLES) - {"auditor"}),
     "mfa.enroll": frozenset(ROLES),
     "mfa.verify": frozenset(ROLES),
-    "review.read": frozenset({"admin", "security", "auditor", "ml-lead", "on-call"}),  # who closes or answers one
+    "review.read": frozenset({"admin", "security", "auditor", "ml-lead"}),  # who closes one, or oversees
     "review.close": frozenset({"ml-lead", "security"}),
     "exception.propose": frozenset({"admin", "security", "ml-lead"}),
     "exception.approve": frozenset({"ml-lead", "security"}),

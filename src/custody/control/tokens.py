@@ -28,7 +28,7 @@ def digest(token: str) -> str:
 
 
 def parse_id(token: str) -> str | None:
-    m = TOKEN_RE.match(token or "")
+    m = TOKEN_RE.fullmatch(token or "")
     return m.group(1) if m else None
 
 
@@ -45,12 +45,17 @@ def public_part(token: str) -> str:
     return f"{token_id}:{digest(token)}"
 
 
+def fingerprint(token_hash: str) -> str:
+    """What a holder and the approving officers compare: 32 hex digits of the token's hash, in groups."""
+    return " ".join(token_hash[i:i + 8] for i in range(0, 32, 8))
+
+
 PUBLIC_RE = re.compile(r"^([a-z0-9]{16}):([0-9a-f]{64})$")
 
 
 def parse_public(public: str) -> tuple[str, str]:
     """(token id, token hash) of a public part made by `public_part`."""
-    m = PUBLIC_RE.match(public or "")
+    m = PUBLIC_RE.fullmatch(public or "")
     if m is None:
         raise InvalidInput("a public token is ID:SHA256 as `custody principal new-token` prints it")
     return m.group(1), m.group(2)

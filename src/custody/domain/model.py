@@ -140,8 +140,10 @@ class TensorDigest:
     The same weights registered again (renamed, re-sharded, copied byte for byte into another
     container) keep these digests even when every file digest changes. `dtype` and `shape` are
     as the file's header states them (GGUF: the ggml type name, dimensions innermost first).
-    `distinctive` says the digest identifies content: at least `MIN_DISTINCTIVE_BYTES` and not
+    `distinctive` says the digest may identify content: at least `MIN_DISTINCTIVE_BYTES` and not
     one element value repeated (an all-zeros bias or all-ones norm is in unrelated models too).
+    `deflated` is how far the tensor's first 64 KiB compress (deflate size / size): generated
+    buffers (position ids, masks) compress far more than learned weights.
     """
 
     path: str
@@ -151,6 +153,7 @@ class TensorDigest:
     size: int
     digest: str
     distinctive: bool
+    deflated: float = 1.0
 
 
 MIN_DISTINCTIVE_BYTES = 4096

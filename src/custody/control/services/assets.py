@@ -153,7 +153,8 @@ def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previ
     found = content.matches(a.uow, content.looked_up(report, digests), report.manifest.total_size)
     explicit = {key for key, given in (("classification", opts.classification), ("jurisdictions", opts.jurisdictions),
                                        ("min_security_level", opts.min_security_level is not None)) if given}
-    asked, attrs = attrs, content.settle(ws, a, name, attrs, explicit, found, zone)
+    asked = attrs
+    attrs, excepted = content.settle(ws, a, name, attrs, explicit, found, zone)
     if asset is None:
         asset = Asset(id=new_id(), name=name, owner=attrs["owner"] or a.principal.name)
         repo.add_asset(a.uow, asset)
@@ -177,7 +178,7 @@ def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previ
         {"path": f.path, "kind": f.kind, "parameters": f.parameters, "unsafe": f.unsafe} for f in report.formats
     ])
     same = content.record(a, version.id, digests, found)
-    raised = content.tighten(a, found, attrs)
+    raised = [] if excepted else content.tighten(a, found, attrs)  # an excepted relabel raises nothing
     replica = repo.replica_by_id(a.uow, replica_id)
     repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, version_id=version.id,
                            bytes_sealed=report.bytes_sealed, bundle_json=signed.decode(), writer=None)

@@ -26,17 +26,25 @@ from custody.domain.errors import Denied
 from custody.domain.model import MIN_DISTINCTIVE_BYTES, Asset, AssetVersion, Classification, Zone
 
 OPAQUE_WEIGHTS = 64 << 20  # an opaque file this large is taken for weights (a tokenizer or a config is smaller)
-WEAK_SHARE = 0.5  # smaller opaque files link two versions only when they are at least this share of its bytes
+RELABEL = "forbid-relabel"  # the policy whose exception lets known weights take a looser label
+GENERATED = 0.5
+"""A tensor whose start deflates below this ratio is a generated or near-constant buffer (position
+ids, masks, norm weights near 1: 0.02 to 0.3), shared by unrelated models: it identifies nothing.
+Learned weights deflate to 0.8 (bf16) to 0.93 (fp32), quantised ones to about 0.9."""
+MOST = 0.5  # "most of a version": the share of its bytes that shared content must cover
+STRONG_BYTES = 1 << 20  # identifying digests covering this much link two versions whatever their sizes
 
 
 def identifying(report: IngestReport) -> list[content.Digest]:
-    """The digests that say whose weights these are: distinctive tensors; safetensors and GGUF files
-    holding one; other model files of at least MIN_DISTINCTIVE_BYTES; opaque files of OPAQUE_WEIGHTS.
-    Smaller opaque files are kept as "opaque" digests: weak evidence (a tokenizer or a config is shared
-    by unrelated models), which links versions only when it covers most of the new one's bytes."""
+    """The digests that say whose weights these are: distinctive tensors that are not generated buffers
+    (GENERATED); safetensors and GGUF files holding one; other model files of at least
+    MIN_DISTINCTIVE_BYTES; opaque files of OPAQUE_WEIGHTS. Smaller opaque files are kept as "opaque"
+    digests: weak evidence (a tokenizer or a config is shared by unrelated models), which links two
+    versions only when it is most of both."""
     kinds = {f.path: f.kind for f in report.formats}
     with_tensors = {d.path for d in report.tensors}
-    telling = {d.path for d in report.tensors if d.distinctive}
+    identifying_tensors = [d for d in report.tensors if d.distinctive and d.deflated >= GENERATED]
+    telling = {d.path for d in identifying_tensors}
 
     def kind_of(path: str, size: int) -> str | None:
         if path in with_tensors:
@@ -49,7 +57,7 @@ def identifying(report: IngestReport) -> list[content.Digest]:
 
     files = [content.Digest(f.sha256, kind, f.path, None, f.size) for f in report.manifest.files
              if (kind := kind_of(f.path, f.size)) is not None]
-    tensors = [content.Digest(d.digest, "tensor", d.path, d.name, d.size) for d in report.tensors if d.distinctive]
+    tensors = [content.Digest(d.digest, "tensor", d.path, d.name, d.size) for d in identifying_tensors]
     return files + tensors
 
 
@@ -67,12 +75,14 @@ class Match:
     asset: str
     matched_by: str  # file | tensor: the strongest kind of digest that matched
     bytes: int  # how many of the new version's bytes the matched digests cover
+    holds_most: bool  # the new version holds most of the matched one's bytes
 
 
 def matches(uow, digests: list[content.Digest], total_bytes: int) -> list[Match]:  # noqa: ANN001
-    """Registered versions that hold any of `digests` (of other assets, and of this one: a new version
-    that keeps its predecessor's weights keeps its label too). A version matched by weak ("opaque")
-    digests alone counts when they cover at least WEAK_SHARE of the new version's `total_bytes`."""
+    """Registered versions that share enough of `digests` to be the same weights (of other assets, and of
+    this one: a new version that keeps its predecessor's weights keeps its label too). By identifying
+    digests: most of either version, or at least STRONG_BYTES. By weak ("opaque") digests alone: most
+    of both, so a common tokenizer registered on its own links no model that ships it."""
     by_version: dict[str, list[content.Found]] = {}
     for found in content.find(uow, digests):
         by_version.setdefault(found.version_id, []).append(found)
@@ -82,11 +92,16 @@ def matches(uow, digests: list[content.Digest], total_bytes: int) -> list[Match]
         hit = {f.digest for f in found}
         covered = sum(d.size for d in digests if d.digest in hit and d.kind == "tensor") or \
             sum(d.size for d in digests if d.digest in hit)
-        if not strong and covered < WEAK_SHARE * total_bytes:
-            continue
         version = repo.version_by_id(uow, version_id)
+        holds_most = covered >= MOST * version.total_size
+        if strong:
+            linked = holds_most or covered >= STRONG_BYTES or covered >= MOST * total_bytes
+        else:
+            linked = covered >= MOST * max(total_bytes, version.total_size)
+        if not linked:
+            continue
         by = "file" if any(f.kind != "tensor" for f in found) else "tensor"
-        out.append(Match(version, repo.asset_name_of_version(uow, version), by, covered))
+        out.append(Match(version, repo.asset_name_of_version(uow, version), by, covered, holds_most))
     return sorted(out, key=lambda m: (m.asset, m.version.number))
 
 
@@ -107,12 +122,13 @@ def strictest(versions: list[AssetVersion]) -> Label:
 
 
 def settle(ws: Workspace, a: Act, name: str, asked: dict, explicit: set[str], found: list[Match], zone: Zone
-           ) -> dict:
-    """The label the new version gets: the strictest of what was asked and what it matched. A looser
-    label asked for explicitly goes to the catalog (`forbid-relabel` unless excepted); one that came
-    by default is tightened silently (and recorded)."""
+           ) -> tuple[dict, bool]:
+    """The label the new version gets, and whether an exception let it be looser than what it matched:
+    the strictest of what was asked and what it matched. A looser label asked for explicitly goes to
+    the catalog (`forbid-relabel` unless excepted; the exception is spent by this registration); one
+    that came by default is tightened silently (and recorded)."""
     if not found:
-        return asked
+        return asked, False
     floor = strictest([m.version for m in found])
     tightened = {"classification": max(asked["classification"], floor.classification, key=lambda c: c.rank),
                  "jurisdictions": tuple(j for j in asked["jurisdictions"] if j in floor.jurisdictions),
@@ -135,14 +151,16 @@ def settle(ws: Workspace, a: Act, name: str, asked: dict, explicit: set[str], fo
                          f"{'; '.join(decision.reasons) or 'no policy permits it'} (asked a looser "
                          f"{', '.join(looser)}; an exception needs `custody exception propose --policy forbid-relabel "
                          f"--asset {strictest_match.asset} --zone {zone.name} ...`)")
-        return asked
+        for m in found:  # one approved exception, one looser registration
+            rq.spend_exception(a.uow, RELABEL, m.asset, zone.name, datetime.now(timezone.utc))
+        return asked, True
     if not tightened["jurisdictions"]:
         raise Denied(f"these files hold the same weights as {_named(found)}, which may live in no jurisdiction in common "
                      f"with {', '.join(asked['jurisdictions'])}")
     if zone.jurisdiction not in tightened["jurisdictions"] or zone.security_level < tightened["min_security_level"]:
         raise Denied(f"these files hold the same weights as {_named(found)}, which may not live in zone {zone.name} "
                      f"({zone.jurisdiction}, security level {zone.security_level})")
-    return {**asked, **tightened}
+    return {**asked, **tightened}, False
 
 
 def _named(found: list[Match]) -> str:
@@ -151,14 +169,18 @@ def _named(found: list[Match]) -> str:
 
 
 def tighten(a: Act, found: list[Match], label: dict) -> list[dict]:
-    """Raise every matched version whose label is looser than the new version's to the strictest of
+    """Raise every matched version the new one holds most of, whose label is looser, to the strictest of
     the two: the same weights registered loosely first do not stay loose once their owner registers
-    them properly. Existing copies stay where they are; every later decision reads the raised label."""
+    them properly (and whoever raises them must hold most of their bytes). Jurisdictions are narrowed
+    only to a non-empty set. Existing copies stay where they are; later decisions read the raised label."""
     raised = []
     for m in found:
         v = m.version
+        if not m.holds_most:
+            continue
+        common = tuple(j for j in v.jurisdictions if j in label["jurisdictions"])
         tight = {"classification": max(v.classification, label["classification"], key=lambda c: c.rank),
-                 "jurisdictions": tuple(j for j in v.jurisdictions if j in label["jurisdictions"]),
+                 "jurisdictions": common or v.jurisdictions,
                  "min_security_level": max(v.min_security_level, label["min_security_level"])}
         if (tight["classification"], tight["jurisdictions"], tight["min_security_level"]) == \
                 (v.classification, v.jurisdictions, v.min_security_level):

@@ -88,16 +88,20 @@ def propose(ws: Workspace, a: Act, *, change: str, name: str, roles: list[str], 
             raise InvalidInput(f"that token is someone else's already: {name} makes a new one")
     if change == "suspend" and len(security_officers(a.uow)) < APPROVALS:
         raise InvalidState(missing_approvers(a.uow))
-    already = ids.open_for(a.uow, name)
-    if already is not None and already["created_at"] + WINDOW < datetime.now(timezone.utc):
-        ids.set_state(a.uow, already["id"], "lapsed")
-        already = None
-    if already is not None:
-        raise InvalidState(f"identity proposal {already['id']} about {name} is still open")
+    if change == "add":  # suspensions may be proposed side by side: a decoy one must not block a real one
+        _no_open_addition(a.uow, name)
     pid = ids.add(a.uow, change=change, principal=name, roles=roles, team=team, attributes=attributes,
                   reason=(reason or "").strip(), proposer=a.principal.name, token_id=token_id, token_hash=token_hash)
     a.record(outcome="proposed", details={"proposal": pid, "change": change, "roles": roles, "team": team})
     return view(ws, a.uow, ids.by_id(a.uow, pid))
+
+
+def _no_open_addition(uow: UnitOfWork, name: str) -> None:
+    already = ids.open_for(uow, name, "add")
+    if already is not None and already["created_at"] + WINDOW < datetime.now(timezone.utc):
+        ids.set_state(uow, already["id"], "lapsed")
+    elif already is not None:
+        raise InvalidState(f"identity proposal {already['id']} to add {name} is still open")
 
 
 def _statement(p: dict) -> dict:
@@ -135,8 +139,9 @@ def view(ws: Workspace, uow: UnitOfWork, p: dict) -> dict:
 
 
 def fingerprint(p: dict) -> str | None:
-    """What the future holder reads out to the officers: their token's id and the start of its hash."""
-    return f"{p['token_id']}:{p['token_hash'][:16]}" if p["token_id"] else None
+    """What the future holder reads out to the officers (`principal new-token` prints it too): the start
+    of their token's hash, which nobody can choose (a token's id is whatever its maker wrote)."""
+    return tokens.fingerprint(p["token_hash"]) if p["token_hash"] else None
 
 
 def approve(ws: Workspace, token: str | None, proposal_ids: list[str], otp: str | None = None,
@@ -186,7 +191,7 @@ def add(uow: UnitOfWork, *, name: str, roles: list[str], team: str | None, attri
     new_token = None
     if token_id is None:
         new_token, token_id, token_hash = tokens.mint()
-    elif repo.principal_by_token_id(uow, token_id) is not None:
+    elif repo.principal_by_token_id(uow, token_id) is not None or ids.token_pending(uow, token_id, name):
         raise InvalidInput("that token is someone else's already: make a new one (`custody principal new-token`)")
     principal = Principal(id=new_id(), name=name, roles=tuple(roles), team=team, attributes=attributes,
                           created_by=created_by)

@@ -42,11 +42,19 @@ def listed(uow: UnitOfWork, state: str | None = None) -> list[dict]:
     return [_row(r) for r in uow.conn.execute(q)]
 
 
-def open_for(uow: UnitOfWork, principal: str) -> dict | None:
-    """An open proposal about `principal`: two at once would race each other."""
+def open_for(uow: UnitOfWork, principal: str, change: str) -> dict | None:
+    """An open proposal of this change about `principal` (two additions at once would race each other)."""
     p = t.identity_proposals.c
-    row = uow.conn.execute(select(t.identity_proposals).where(p.principal == principal, p.state == "proposed")).first()
+    row = uow.conn.execute(select(t.identity_proposals).where(p.principal == principal, p.change == change,
+                                                             p.state == "proposed")).first()
     return None if row is None else _row(row)
+
+
+def token_pending(uow: UnitOfWork, token_id: str, other_than: str) -> bool:
+    """Whether an open proposal to add someone other than `other_than` carries this token."""
+    p = t.identity_proposals.c
+    return uow.conn.execute(select(p.id).where(p.token_id == token_id, p.state == "proposed",
+                                               p.principal != other_than)).first() is not None
 
 
 def set_state(uow: UnitOfWork, pid: str, state: str) -> None:

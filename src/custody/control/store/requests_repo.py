@@ -263,6 +263,14 @@ def set_exception_state(uow: UnitOfWork, exc_id: str, state: str) -> None:
     uow.conn.execute(update(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id).values(state=state))
 
 
+def spend_exception(uow: UnitOfWork, policy_id: str, asset: str, zone: str, at: datetime) -> None:
+    """An exception good for one use (letting known weights take a looser label) ends with that use."""
+    e = t.policy_exceptions.c
+    uow.conn.execute(update(t.policy_exceptions).where(
+        e.policy_id == policy_id, e.asset_name == asset, e.zone == zone, e.state == "active", e.expires_at > at
+    ).values(state="used"))
+
+
 def active_exceptions(uow: UnitOfWork, asset: str, zone: str, at: datetime) -> frozenset[str]:
     rows = uow.conn.execute(_ACTIVE_EXCEPTIONS, {"asset": asset, "zone": zone, "at": at})
     return frozenset(r[0] for r in rows)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import zlib
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -19,6 +20,9 @@ import numpy
 from custody.data.formats import gguf, numpy_format, safetensors
 from custody.domain.errors import CustodyError
 from custody.domain.model import MIN_DISTINCTIVE_BYTES, TensorDigest
+
+SAMPLE_BYTES = 64 * 1024
+"""How much of each tensor's start is deflated to report how compressible it is (`TensorDigest.deflated`)."""
 
 QUICK_CHECK_BYTES = 256
 """Bytes compared one by one before a full repetition check: real weights differ from their
@@ -81,11 +85,14 @@ class _Running:
         self.fed = 0
         self.first = b""  # the tensor's first unit, once read
         self.uniform = True
+        self.sample = bytearray()  # its first SAMPLE_BYTES
 
     def feed(self, data: memoryview) -> None:
         self.hasher.update(data)
         if self.uniform:
             self.uniform = self._repeats_first(data)
+        if len(self.sample) < SAMPLE_BYTES:
+            self.sample += data[:SAMPLE_BYTES - len(self.sample)]
         self.fed += len(data)
 
     def _repeats_first(self, data: memoryview) -> bool:
@@ -116,13 +123,17 @@ class _Running:
         values = numpy.frombuffer(data, dtype=numpy.uint8)
         return bool(numpy.array_equal(values[unit:], values[:-unit]))
 
+    def _deflated(self) -> float:
+        return round(len(zlib.compress(self.sample, 1)) / len(self.sample), 3) if self.sample else 1.0
+
     def result(self, path: str) -> TensorDigest:
         span = self.span
         size = span.end - span.start
         if self.fed != size:
             raise CustodyError(f"{path}: tensor {span.name[:80]!r} got {self.fed} of {size} bytes")
         distinctive = size >= MIN_DISTINCTIVE_BYTES and not self.uniform
-        return TensorDigest(path, span.name, span.dtype, span.shape, size, self.hasher.hexdigest(), distinctive)
+        return TensorDigest(path, span.name, span.dtype, span.shape, size, self.hasher.hexdigest(), distinctive,
+                            self._deflated())
 
 
 class TensorHashes:
