@@ -175,3 +175,13 @@ def test_a_token_made_with_someone_elses_id_shows_another_fingerprint(env: Env) 
     asked = cli("principal", "add", "lena", "--role", "ml-lead", "--public-token", f"{token_id}:{digest(forged)}",
                 "--json", token=env.token).json
     assert asked["token_fingerprint"] == fingerprint(digest(forged)) != lenas["fingerprint"]
+
+
+def test_a_token_pending_in_a_proposal_cannot_be_given_to_someone_else(env: Env) -> None:
+    crew = People.of(env)
+    crew._officers()
+    public = cli("principal", "new-token", "--json").json["public"]
+    assert cli("principal", "add", "lena", "--role", "ml-lead", "--public-token", public, "--json",
+               token=env.token).json["state"] == "proposed"
+    r = cli("principal", "add", "decoy", "--role", "researcher", "--public-token", public, "--json", token=env.token)
+    assert r.code == 2 and "someone else's" in r.json["error"]
