@@ -86,32 +86,62 @@ class Env:
         return env
 
 
-def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str) -> Env:
+# -- the custodian every test workspace uses ---------------------------------------------------
+
+CUSTODIAN = os.environ.get("CUSTODY_TEST_CUSTODIAN", "local")  # local | pkcs11 | aws-kms: `make test` runs all three
+
+
+@pytest.fixture(scope="session")
+def custodian_options() -> tuple[str, dict]:
+    """(kind, init options) for CUSTODY_TEST_CUSTODIAN, starting the real component it needs once per run: a
+    SoftHSM2 token (tests/softhsm.py) or a moto server process (tests/moto_server.py). Their secrets (PIN,
+    credentials) go into this process's environment, which every custody process a test starts inherits."""
+    if CUSTODIAN == "local":
+        yield "local", {}
+    elif CUSTODIAN == "pkcs11":
+        import softhsm
+
+        with softhsm.token() as options:
+            yield "pkcs11", options
+    elif CUSTODIAN == "aws-kms":
+        import moto_server
+
+        with moto_server.kms() as options:
+            yield "aws-kms", options
+    else:
+        raise pytest.UsageError(f"CUSTODY_TEST_CUSTODIAN={CUSTODIAN!r}: use local, pkcs11 or aws-kms")
+
+
+def make_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str,
+             custodian: tuple[str, dict] = ("local", {})) -> Env:
     home = tmp_path / "ws"
-    result = setup.init_workspace(home, passphrase=PASSPHRASE, scrypt_log_n=14)
+    kind, options = custodian
+    result = setup.init_workspace(home, passphrase=PASSPHRASE, scrypt_log_n=14, custodian=kind,
+                                  custodian_options=dict(options))
     monkeypatch.setenv("CUSTODY_PASSPHRASE", PASSPHRASE)
     monkeypatch.setenv("CUSTODY_HOME", str(home))
     return Env(home=home, token=result.admin_token, backend=backend)
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, custodian_options: tuple[str, dict]) -> Env:
     """A workspace on SQLite."""
-    return make_env(tmp_path, monkeypatch, "sqlite")
+    return make_env(tmp_path, monkeypatch, "sqlite", custodian_options)
 
 
 @pytest.fixture
-def pg_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Env:
+def pg_env(pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, custodian_options: tuple[str, dict]) -> Env:
     """A workspace on PostgreSQL alone: where several processes share one store."""
     reset_postgres(pg_url)
     monkeypatch.setenv("CUSTODY_DB_URL", pg_url)
-    return make_env(tmp_path, monkeypatch, "postgresql")
+    return make_env(tmp_path, monkeypatch, "postgresql", custodian_options)
 
 
 @pytest.fixture
-def any_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_backend: str) -> Env:
+def any_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, db_backend: str,
+            custodian_options: tuple[str, dict]) -> Env:
     """The same workspace on SQLite and on PostgreSQL."""
-    return make_env(tmp_path, monkeypatch, db_backend)
+    return make_env(tmp_path, monkeypatch, db_backend, custodian_options)
 
 
 # -- running the CLI --------------------------------------------------------------------------

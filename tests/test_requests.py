@@ -15,7 +15,9 @@ from sqlalchemy import text
 import custody
 from conftest import Env, People, cli, events, register
 from custody.control import grants
+from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
+from custody.keys.custodian import grant_root_key
 
 
 @dataclass
@@ -192,8 +194,13 @@ def _set_token(team: Team, rid: str, token: str) -> None:
 
 def _claims(team: Team, rid: str, **change) -> grants.GrantClaims:  # noqa: ANN003
     r = cli("request", "show", rid, "--json", token=team.t("admin")).json
+    ws = team.env.open()
+    with ws.uow(readonly=True) as uow:
+        source_key = repo.replica_by_id(uow, r["source_replica"]).key_id
+    ws.close()
     base = dict(request_id=rid, version_digest=r["version_digest"], source_replica=r["source_replica"],
-                destination_zone=r["destination"], expires_at=datetime.now(timezone.utc) + timedelta(hours=1))
+                destination_zone=r["destination"], expires_at=datetime.now(timezone.utc) + timedelta(hours=1),
+                source_key=source_key, kind="research", ttl_seconds=86400, holder="alice")
     base.update(change)
     return grants.GrantClaims(**base)
 
@@ -202,7 +209,7 @@ def _claims(team: Team, rid: str, **change) -> grants.GrantClaims:  # noqa: ANN0
 def test_grant_forgeries_are_refused_and_ledgered(team: Team, forgery: str) -> None:
     rid = _approved_research(team)
     ws = team.env.open()
-    root = ws.custodian().grant_root_key()
+    root = grant_root_key(ws.custodian())
     ws.close()
     if forgery == "other_key":
         token = grants.mint(grants.new_root_key(), _claims(team, rid)).token

@@ -39,22 +39,46 @@ for sub, name in ((backup_app, "backup"), (snapshot_app, "snapshot"), (drill_app
 @command(app, "init")
 def init(ctx: Ctx,
          demo: Annotated[bool, typer.Option("--demo", help="Generate a throwaway passphrase (demos only).")] = False,
-         jurisdiction: Annotated[str, typer.Option(help="Jurisdiction of the default zones.")] = "US") -> None:
-    """Create a workspace: database, sealed keyring, keys, default zones, an admin token."""
+         jurisdiction: Annotated[str, typer.Option(help="Jurisdiction of the default zones.")] = "US",
+         custodian: Annotated[str, typer.Option(help="Where keys live: local (sealed keyring), pkcs11 (an HSM token) "
+                                                     "or aws-kms.")] = "local",
+         shares: Annotated[Optional[int], typer.Option(help="local: split the keyring's master secret into this many "
+                                                            "Shamir shares (SLIP-39) instead of a passphrase.")] = None,
+         threshold: Annotated[Optional[int], typer.Option(help="local: shares needed to unseal (with --shares).")] = None,
+         pkcs11_library: Annotated[Optional[str], typer.Option(help="pkcs11: the token's PKCS#11 module "
+                                                                    "(default $CUSTODY_PKCS11_LIBRARY).")] = None,
+         pkcs11_token: Annotated[Optional[str], typer.Option(help="pkcs11: the token's label (default "
+                                                                  "$CUSTODY_PKCS11_TOKEN); the PIN comes from "
+                                                                  "$CUSTODY_PKCS11_PIN.")] = None,
+         kms_endpoint: Annotated[Optional[str], typer.Option(help="aws-kms: an endpoint URL other than AWS's.")] = None,
+         kms_region: Annotated[Optional[str], typer.Option(help="aws-kms: the region (default $AWS_DEFAULT_REGION); "
+                                                                "credentials come from the usual AWS environment.")] = None,
+         ) -> None:
+    """Create a workspace: database, custodian and keys, default zones, an admin token."""
     ctx.local_only()
+    given = {"shares": shares, "threshold": threshold, "library": pkcs11_library, "token": pkcs11_token,
+             "endpoint_url": kms_endpoint, "region": kms_region}
     result = setup.init_workspace(ctx.home, passphrase=os.environ.get("CUSTODY_PASSPHRASE"), demo=demo,
-                                  jurisdiction=jurisdiction)
+                                  jurisdiction=jurisdiction, custodian=custodian,
+                                  custodian_options={k: v for k, v in given.items() if v is not None})
 
     def human() -> None:
         output.out.print(f"Workspace created at {result.home}")
         if result.demo:
             output.err.print("DEMO WORKSPACE: its passphrase is stored in clear inside it. "
                              "Never keep real weights here.", style="bold yellow")
+        output.out.print(f"Keys are held by the {result.custodian} custodian.")
+        if result.shares:
+            output.out.print(f"Shamir shares of the keyring's master secret (shown once: give one to each holder; "
+                             f"`custody unseal` takes them):")
+            for i, share in enumerate(result.shares, 1):
+                output.out.print(f"  share {i}: {share}")
         output.out.print("Admin token (shown once, store it now):")
         output.out.print(result.admin_token)
         output.out.print(f"Next: {BOOTSTRAP_HINT}")
 
     emit(ctx, {"home": str(result.home), "admin_token": result.admin_token, "demo": result.demo,
+               "custodian": result.custodian, **({"shares": result.shares} if result.shares else {}),
                "next": BOOTSTRAP_HINT}, human)
 
 
@@ -388,21 +412,38 @@ def replica_revoke(ctx: Ctx, replica_id: Annotated[str, typer.Argument(metavar="
 
 @command(keys_app, "status")
 def keys_status(ctx: Ctx) -> None:
-    """KEK versions per zone, their age, and how many data keys each wraps."""
+    """Every key the custodian holds: version, age against its cryptoperiod, overdue, data keys wrapped."""
     rows = ctx.call(keys.status)
-    emit(ctx, rows, lambda: output.table(rows, ["zone", "kek_version", "state", "age_days", "data_keys", "custodian"], "key-encryption keys"))
+
+    def human() -> None:
+        shown = [{**r, "zone": r["zone"] or "-", "data_keys": "-" if r["data_keys"] is None else r["data_keys"],
+                  "overdue": "OVERDUE" if r["overdue"] else ""} for r in rows]
+        output.table(shown, ["purpose", "zone", "version", "state", "age_days", "cryptoperiod_days", "overdue",
+                             "data_keys", "where"], f"keys held by the {rows[0]['custodian'] if rows else ''} custodian")
+
+    emit(ctx, rows, human)
 
 
 @command(keys_app, "rotate")
-def keys_rotate(ctx: Ctx, zone: str) -> None:
-    """New KEK version for a zone; every data key rewrapped; no data re-encrypted."""
-    r = ctx.call(keys.rotate, zone)
-    emit(ctx, r, lambda: output.out.print(f"zone {zone}: KEK v{r['kek_version']} active, {r['rewrapped']} data keys rewrapped, "
-                                          f"retired v{', v'.join(map(str, r['retired']))}"))
+def keys_rotate(ctx: Ctx, zone: Annotated[Optional[str], typer.Argument(help="The zone whose KEK moves to a new epoch.")] = None,
+                due: Annotated[bool, typer.Option("--due", help="Rotate every zone whose KEK is past its cryptoperiod.")] = False) -> None:
+    """New KEK epoch for a zone (or every overdue one): data keys rewrapped, old KEK destroyed, no data re-encrypted."""
+    if (zone is None) == (not due):
+        raise typer.BadParameter("name a ZONE or pass --due (not both)")
+    done = ctx.call(keys.rotate_due) if due else [ctx.call(keys.rotate, zone)]
+
+    def human() -> None:
+        if not done:
+            output.out.print("no key is past its cryptoperiod")
+        for r in done:
+            output.out.print(f"zone {r['zone']}: KEK v{r['kek_version']} active, {r['rewrapped']} data keys rewrapped, "
+                             f"old versions {', '.join(f'v{v}' for v in r['retired']) or 'none'} {r['destroyed']}")
+
+    emit(ctx, done if due else done[0], human)
 
 
 @command(keys_app, "public")
-def keys_public(ctx: Ctx, purpose: Annotated[str, typer.Option(help="signing|ledger")] = "signing",
+def keys_public(ctx: Ctx, purpose: Annotated[str, typer.Option(help="signing|ledger|witness")] = "signing",
                 out: Annotated[Optional[Path], typer.Option("--out")] = None) -> None:
     """Write or print a public key (PEM)."""
     pem = ctx.call(keys.public_key, purpose)

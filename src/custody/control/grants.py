@@ -11,6 +11,7 @@ Token layout (all values enter Datalog as parameters, never by string formatting
 * authority block, signed by the root key the custodian holds::
 
       grant($request, $digest, $source, $destination, $expires_at);
+      key($source_key, $kind, $ttl_seconds, $holder);
       right("unwrap-source"); right("wrap-destination");
       check if time($t), $t <= $expires_at;
 
@@ -18,6 +19,9 @@ Token layout (all values enter Datalog as parameters, never by string formatting
   can narrow (one operation, an earlier expiry, extra conditions) and never widen. Facts or
   rules in appended blocks are not trusted by the authorizer, and third-party blocks are not
   trusted at all.
+
+The `key` fact is what the custodian checks against the data key itself (`keys/release.py`): the
+source key it may release, and the kind and lifetime it binds into a destination key.
 
 The authorizer states what is being attempted: `time`, `operation`, `request`, `version`,
 `source` and `destination` facts, which attenuation checks may also refer to. It allows only
@@ -74,6 +78,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 _AUTHORITY = """
 grant({request}, {version}, {source}, {destination}, {expires_at});
+key({source_key}, {kind}, {ttl}, {holder});
 right({unwrap_source});
 right({wrap_destination});
 check if time($t), $t <= {expires_at};
@@ -93,6 +98,7 @@ allow if
 """
 
 _READ_GRANT = Rule("claims($r, $v, $s, $d, $e) <- grant($r, $v, $s, $d, $e)")
+_READ_KEY = Rule("keyclaims($k, $kind, $ttl, $h) <- key($k, $kind, $ttl, $h)")
 
 
 class GrantRefused(Denied):
@@ -101,19 +107,34 @@ class GrantRefused(Denied):
 
 @dataclass(frozen=True)
 class GrantClaims:
-    """What a grant is bound to. `expires_at` is aware UTC, in whole seconds once minted."""
+    """What a grant is bound to. `expires_at` is aware UTC, in whole seconds once minted.
+
+    `source_key` is the data key the grant may release as its source; `kind` and `ttl_seconds`
+    are what a destination key is bound to (0: no expiry), with `holder`, the principal a research
+    or derivative copy is made for (only they read it without a request). Grants minted before these existed
+    read back with them empty, and the custodian refuses them."""
 
     request_id: str
     version_digest: str
     source_replica: str
     destination_zone: str
     expires_at: datetime
+    source_key: str = ""
+    kind: str = ""
+    ttl_seconds: int = 0
+    holder: str = ""
 
     def __post_init__(self) -> None:
         for name in ("request_id", "version_digest", "source_replica", "destination_zone"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value or len(value) > MAX_CLAIM_CHARS:
                 raise InvalidInput(f"grant {name} must be a non-empty string")
+        for name in ("source_key", "kind", "holder"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > MAX_CLAIM_CHARS:
+                raise InvalidInput(f"grant {name} must be a string")
+        if isinstance(self.ttl_seconds, bool) or not isinstance(self.ttl_seconds, int) or self.ttl_seconds < 0:
+            raise InvalidInput("grant ttl_seconds must be a whole number of seconds, 0 or more")
         if not isinstance(self.expires_at, datetime) or self.expires_at.utcoffset() is None:
             raise InvalidInput("grant expires_at must be a timezone-aware datetime")
 
@@ -160,6 +181,10 @@ def mint(root_private: bytes, claims: GrantClaims) -> Grant:
             "source": claims.source_replica,
             "destination": claims.destination_zone,
             "expires_at": expires_at,
+            "source_key": claims.source_key,
+            "kind": claims.kind,
+            "ttl": claims.ttl_seconds,
+            "holder": claims.holder,
             "unwrap_source": UNWRAP_SOURCE,
             "wrap_destination": WRAP_DESTINATION,
         },
@@ -263,6 +288,11 @@ def verify(
     return Grant(token=token, claims=claims, revocation_ids=tuple(biscuit.revocation_ids))
 
 
+def use_id(token: str, root_public: bytes) -> str:
+    """The use id (authority revocation id) of a grant whose signature verifies, expired or not."""
+    return _parse(token, _public_key(root_public)).revocation_ids[0]
+
+
 def _parse(token: object, root: PublicKey) -> Biscuit:
     """Verify the token's signatures; refuse anything that does not parse or verify.
 
@@ -293,12 +323,22 @@ def _authority_claims(biscuit: Biscuit) -> GrantClaims:
         terms = facts[0].terms
         if len(terms) != 5 or not all(isinstance(term, str) for term in terms[:4]):
             raise GrantRefused("grant is malformed")
+        keys = authorizer.query(_READ_KEY)
+        if len(keys) > 1:
+            raise GrantRefused("grant is malformed")
+        key_terms = keys[0].terms if keys else ["", "", 0, ""]
+        if len(key_terms) != 4 or not isinstance(key_terms[2], int):
+            raise GrantRefused("grant is malformed")
         return GrantClaims(
             request_id=terms[0],
             version_digest=terms[1],
             source_replica=terms[2],
             destination_zone=terms[3],
             expires_at=terms[4],
+            source_key=key_terms[0],
+            kind=key_terms[1],
+            ttl_seconds=key_terms[2],
+            holder=key_terms[3],
         )
     except GrantRefused:
         raise

@@ -4,6 +4,7 @@ Layout of a workspace folder:
     custody.toml        id, ledger origin, database URL, custodian kind, [ledger] checkpoint schedule
     custody.db          the SQLite store (unless the database is PostgreSQL)
     keys/keyring.sealed the local custodian's sealed keyring
+    keys/release.journal the custodian's own record of every key it released (keys/journal.py)
     keys/*.pub.pem      public keys, readable without the passphrase
     zones/<name>/       the default local zones
     ledger/checkpoint   the newest signed ledger checkpoint, a copy outside the database
@@ -26,9 +27,12 @@ from custody.data.zones import ZoneStorage
 from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, NotFound
 from custody.domain.model import Zone
 from custody.keys.custodian import KeyCustodian, Purpose
+from custody.keys.journal import Journal
+from custody.keys.release import Release
 
 CONFIG = "custody.toml"
 KEYRING = "keys/keyring.sealed"
+JOURNAL = "keys/release.journal"
 DEMO_PASSPHRASE = "keys/DEMO-PASSPHRASE-NOT-FOR-PRODUCTION"
 
 
@@ -46,10 +50,13 @@ class Workspace:
     id: str
     db_url: str
     engine: Engine
+    custodian_table: dict = field(default_factory=lambda: {"kind": "local"})  # [custodian] in custody.toml
     _custodian: KeyCustodian | None = field(default=None, repr=False)
+    _release: Release | None = field(default=None, repr=False)
     checkpoint_every_events: int = 1000  # [ledger] in custody.toml: when to sign a checkpoint automatically
     checkpoint_every_seconds: float = 60.0
     newest_checkpoint: tuple[int, float] | None = field(default=None, repr=False)  # (size, unix time) last seen
+    cryptoperiods: dict[str, int] = field(default_factory=dict)  # [keys] kek_days, signing_days, ... in custody.toml
 
     @classmethod
     def open(cls, home: Path | None = None) -> "Workspace":
@@ -67,7 +74,8 @@ class Workspace:
             db.migrate(engine)
         events, seconds = _checkpoint_schedule(config.get("ledger", {}), home / CONFIG)
         ws = cls(home=home, id=ws_id, db_url=url, engine=engine, checkpoint_every_events=events,
-                 checkpoint_every_seconds=seconds)
+                 checkpoint_every_seconds=seconds, custodian_table=config.get("custodian", {"kind": "local"}),
+                 cryptoperiods=_cryptoperiods(config.get("keys", {}), home / CONFIG))
         with ws.uow() as uow:
             stored = repo.get_meta(uow, "workspace_id")
         if stored != ws_id:
@@ -95,10 +103,17 @@ class Workspace:
 
     def custodian(self) -> KeyCustodian:
         if self._custodian is None:
-            from custody.keys.local import LocalCustodian
+            from custody.keys import backends
 
-            self._custodian = LocalCustodian(self.home / KEYRING, self.passphrase())
+            self._custodian = backends.open_custodian(self.home, self.id, self.custodian_table, self.passphrase)
         return self._custodian
+
+    def release(self) -> Release:
+        """The custodian's release decisions, with its own journal (never the database)."""
+        if self._release is None:
+            custodian = self.custodian()
+            self._release = Release(custodian, Journal(self.home / JOURNAL, custodian.secret("journal")))
+        return self._release
 
     def public_key_pem(self, purpose: Purpose) -> bytes:
         path = self.home / "keys" / f"{purpose}.pub.pem"
@@ -124,3 +139,19 @@ def _checkpoint_schedule(table: object, path: Path) -> tuple[int, float]:
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not seconds > 0:
         raise CustodyError(f"{path}: [ledger] checkpoint_every_seconds must be a number of seconds above 0")
     return events, float(seconds)
+
+
+def _cryptoperiods(table: object, path: Path) -> dict[str, int]:
+    """`[keys] kek_days`, `signing_days`, `ledger_days`, `witness_days`: whole days of at least 1."""
+    if not isinstance(table, dict):
+        raise CustodyError(f"{path}: [keys] must be a table")
+    out = {}
+    for name, value in table.items():
+        purpose = name.removesuffix("_days")
+        if not name.endswith("_days") or purpose not in ("kek", "signing", "ledger", "witness"):
+            raise CustodyError(f"{path}: [keys] {name} is not a setting: use kek_days, signing_days, ledger_days "
+                               "or witness_days")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise CustodyError(f"{path}: [keys] {name} must be a whole number of days, at least 1")
+        out[purpose] = value
+    return out

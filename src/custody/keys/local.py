@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, NotFound
-from custody.keys.custodian import DEK_BYTES, KekVersion, Purpose, WrappedKey, dek_aad
+from custody.keys.custodian import DEK_BYTES, Binding, KekVersion, KeyInfo, Purpose, WrappedKey, aad_of
 
 FORMAT = "custody-keyring"
 DEFAULT_LOG_N = 17  # scrypt N = 2^17, r = 8, p = 1: the OWASP floor for interactive use
@@ -82,6 +82,7 @@ class LocalCustodian:
                 serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
             ).decode(),
             "ledger": _b64(ledger.private_bytes_raw()),
+            "created_at": _now(),
         }
         envelope = {
             "format": FORMAT,
@@ -153,31 +154,38 @@ class LocalCustodian:
         with self._changing() as ring:
             ring["keks"].setdefault(zone, [_new_kek(1)])
 
-    def new_data_key(self, zone: str, key_id: str) -> tuple[bytes, WrappedKey]:
+    def new_data_key(self, binding: Binding) -> tuple[bytes, WrappedKey]:
         dek = secrets.token_bytes(DEK_BYTES)
-        return dek, self._wrap(zone, key_id, dek)
+        return dek, self._wrap(binding.zone, binding.key_id, binding, dek)
 
-    def _wrap(self, zone: str, key_id: str, dek: bytes) -> WrappedKey:
+    def _wrap(self, zone: str, key_id: str, binding: Binding | None, dek: bytes) -> WrappedKey:
         kek = self._active(zone)
         nonce = secrets.token_bytes(12)
-        blob = nonce + AESGCM(_unb64(kek["key"])).encrypt(nonce, dek, dek_aad(key_id, zone, kek["version"]))
-        return WrappedKey(key_id=key_id, zone=zone, kek_version=kek["version"], blob=blob)
+        blob = nonce + AESGCM(_unb64(kek["key"])).encrypt(nonce, dek, aad_of(binding, key_id, zone, kek["version"]))
+        return WrappedKey(key_id=key_id, zone=zone, kek_version=kek["version"], blob=blob, binding=binding)
+
+    def _kek(self, zone: str, version: int) -> dict | None:
+        found = next((v for v in self._versions(zone) if v["version"] == version), None)
+        if found is None and version > max(v["version"] for v in self._versions(zone)):
+            self._refresh()  # another process moved the zone to a new epoch since this one read the keyring
+            found = next((v for v in self._versions(zone) if v["version"] == version), None)
+        return found
 
     def unwrap(self, wrapped: WrappedKey) -> bytes:
-        kek = next((v for v in self._versions(wrapped.zone) if v["version"] == wrapped.kek_version), None)
+        kek = self._kek(wrapped.zone, wrapped.kek_version)
         if kek is None:
             raise IntegrityError(
                 f"data key {wrapped.key_id}: KEK version {wrapped.kek_version} of zone {wrapped.zone} was destroyed"
             )
         try:
             return AESGCM(_unb64(kek["key"])).decrypt(
-                wrapped.blob[:12], wrapped.blob[12:], dek_aad(wrapped.key_id, wrapped.zone, wrapped.kek_version)
-            )
-        except InvalidTag:
+                wrapped.blob[:12], wrapped.blob[12:],
+                aad_of(wrapped.binding, wrapped.key_id, wrapped.zone, wrapped.kek_version))
+        except (InvalidTag, ValueError):
             raise IntegrityError(f"data key {wrapped.key_id} does not unwrap: altered or misplaced") from None
 
     def rewrap(self, wrapped: WrappedKey) -> WrappedKey:
-        return self._wrap(wrapped.zone, wrapped.key_id, self.unwrap(wrapped))
+        return self._wrap(wrapped.zone, wrapped.key_id, wrapped.binding, self.unwrap(wrapped))
 
     def begin_rotation(self, zone: str) -> int:
         with self._changing() as ring:
@@ -188,12 +196,24 @@ class LocalCustodian:
             versions.append(new)
             return new["version"]
 
-    def retire(self, zone: str, version: int) -> None:
+    def retire(self, zone: str, version: int) -> str:
         with self._changing() as ring:
             versions = ring["keks"].get(zone, [])
             if version == max(v["version"] for v in versions):
                 raise CustodyError(f"zone {zone}: the newest KEK version cannot be retired")
             ring["keks"][zone] = [v for v in versions if v["version"] != version]
+        return "destroyed (removed from the keyring, which was rewritten)"
+
+    def keys(self) -> list[KeyInfo]:
+        self._refresh()
+        out = [KeyInfo("kek", zone, v["version"], datetime.fromisoformat(v["created_at"]), "keyring")
+               for zone in sorted(self._ring["keks"]) for v in self._ring["keks"][zone]]
+        created = self._ring.get("created_at") or min((i.created_at.isoformat() for i in out), default=_now())
+        for purpose in ("signing", "ledger", "witness"):
+            if purpose in self._ring or purpose != "witness":
+                out.append(KeyInfo(purpose, None, 1, datetime.fromisoformat(self._ring.get(f"{purpose}_created_at", created)),
+                                   "keyring"))
+        return out
 
     def kek_versions(self, zone: str) -> list[KekVersion]:
         versions = self._versions(zone)
@@ -208,7 +228,7 @@ class LocalCustodian:
             for v in versions
         ]
 
-    # -- grants and small secrets ---------------------------------------------------------
+    # -- software secrets ------------------------------------------------------------------
 
     def _ensure(self, name: str, make) -> bytes:  # noqa: ANN001
         """A key created on first use (workspaces made before it existed get it then)."""
@@ -217,20 +237,8 @@ class LocalCustodian:
                 ring.setdefault(name, _b64(make()))
         return _unb64(self._ring[name])
 
-    def grant_root_key(self) -> bytes:
-        return self._ensure("grants", lambda: ed25519.Ed25519PrivateKey.generate().private_bytes_raw())
-
-    def seal_secret(self, data: bytes, aad: bytes) -> bytes:
-        key = self._ensure("secrets", lambda: AESGCM.generate_key(256))
-        nonce = secrets.token_bytes(12)
-        return nonce + AESGCM(key).encrypt(nonce, data, b"custody-secret-v1|" + aad)
-
-    def open_secret(self, blob: bytes, aad: bytes) -> bytes:
-        key = self._ensure("secrets", lambda: AESGCM.generate_key(256))
-        try:
-            return AESGCM(key).decrypt(blob[:12], blob[12:], b"custody-secret-v1|" + aad)
-        except InvalidTag:
-            raise IntegrityError("a sealed secret does not open: altered or moved") from None
+    def secret(self, name: str) -> bytes:
+        return self._ensure(name, lambda: secrets.token_bytes(32))
 
     # -- signing -------------------------------------------------------------------------
 
@@ -239,16 +247,18 @@ class LocalCustodian:
         assert isinstance(key, ec.EllipticCurvePrivateKey)
         return key
 
-    def _ledger_key(self) -> ed25519.Ed25519PrivateKey:
-        return ed25519.Ed25519PrivateKey.from_private_bytes(_unb64(self._ring["ledger"]))
+    def _ed25519(self, purpose: Purpose) -> ed25519.Ed25519PrivateKey:
+        """The ledger key, or the witness key (made on first use: it co-signs checkpoints)."""
+        raw = self._ensure(purpose, lambda: ed25519.Ed25519PrivateKey.generate().private_bytes_raw())
+        return ed25519.Ed25519PrivateKey.from_private_bytes(raw)
 
     def sign(self, purpose: Purpose, message: bytes) -> bytes:
         if purpose == "signing":
             return self._signing_key().sign(message, ec.ECDSA(hashes.SHA256()))
-        return self._ledger_key().sign(message)
+        return self._ed25519(purpose).sign(message)
 
     def public_key_pem(self, purpose: Purpose) -> bytes:
-        key = self._signing_key() if purpose == "signing" else self._ledger_key()
+        key = self._signing_key() if purpose == "signing" else self._ed25519(purpose)
         return key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
@@ -276,3 +286,19 @@ def _write_sealed(path: Path, envelope: dict, ring: dict, master: bytes) -> None
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
+
+
+# -- the backend entry points (keys/backends.py) ----------------------------------------------
+
+KEYRING = "keys/keyring.sealed"
+
+
+def create_custodian(home: Path, workspace_id: str, options: dict) -> tuple[LocalCustodian, dict]:
+    """`options`: passphrase (required), log_n (scrypt cost)."""
+    custodian = LocalCustodian.create(home / KEYRING, str(options["passphrase"]),
+                                      log_n=int(options.get("log_n", DEFAULT_LOG_N)))
+    return custodian, {}
+
+
+def open_custodian(home: Path, workspace_id: str, table: dict, passphrase) -> LocalCustodian:  # noqa: ANN001
+    return LocalCustodian(home / KEYRING, passphrase())

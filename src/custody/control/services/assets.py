@@ -36,7 +36,7 @@ from custody.domain.model import (
     new_id,
 )
 from custody.keys import bundle
-from custody.keys.custodian import CustodianSigner
+from custody.keys.custodian import Binding, CustodianSigner
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,9 @@ def register(ws: Workspace, token: str | None, name: str, path: Path, opts: Regi
                          f"{attrs['min_security_level']}")
         replica_id, key_id = new_id(), new_id()
         repo.lock_zone(a.uow, zone.name)  # no rotation of this zone's KEK between wrap and commit
-        dek, wrapped = ws.custodian().new_data_key(zone.name, key_id)
+        # the registrant brings the plaintext: its new key needs no grant, and lives until revoked
+        dek, wrapped = ws.custodian().new_data_key(Binding(key_id, replica_id, zone.name, ReplicaKind.PRIMARY.value,
+                                                           "", None))
         repo.add_data_key(a.uow, wrapped)
         pending = Replica(id=replica_id, version_id=None, zone=zone.name, kind=ReplicaKind.PRIMARY,
                           state=ReplicaState.PENDING, key_id=key_id, created_by=a.principal.name, writer=writer_tag())

@@ -19,7 +19,7 @@ from custody.control import schedule, views
 from custody.control.door import Act, act, data_step
 from custody.control.policy.catalog import parse_duration
 from custody.control.retention import immutable_floor
-from custody.control.services import copies, deletions, requests
+from custody.control.services import copies, deletions, keys, requests
 from custody.control.store import backups_repo as br
 from custody.control.store import repositories as repo
 from custody.control.workspace import Workspace
@@ -31,8 +31,9 @@ from custody.domain.errors import CustodyError, IntegrityError, InvalidInput, In
 from custody.domain.manifest import Manifest
 from custody.domain.model import ZoneKind, new_id
 from custody.domain.requests import Request
-from custody.keys import bundle, granted
-from custody.keys.custodian import CustodianSigner
+from custody.keys import bundle
+from custody.keys.release import Expected
+from custody.keys.custodian import CustodianSigner, WrappedKey
 
 
 def _now() -> datetime:
@@ -120,22 +121,29 @@ def check_snapshot(ws: Workspace, s: br.Snapshot) -> SnapshotManifest:
     return manifest
 
 
-def open_repository(ws: Workspace, uow, repo_id: str) -> Repository:  # noqa: ANN001
-    """The repository with its keys unwrapped: a shredded repository key is a clear refusal."""
-    info = br.repository_by_id(uow, repo_id)
-    wrapped = repo.data_key(uow, info["key_id"])
+def repository_key(uow, repo_id: str) -> WrappedKey:  # noqa: ANN001
+    """The repository's wrapped master key: a shredded repository is a clear refusal."""
+    wrapped = repo.data_key(uow, br.repository_by_id(uow, repo_id)["key_id"])
     if wrapped is None:
         raise InvalidState(f"backup repository {repo_id} was shredded: its key is destroyed, nothing can be restored")
-    zone = repo.zone_by_name(uow, info["zone"])
-    return Repository(ws.zone_storage(zone), repo_id, derive(ws.custodian().unwrap(wrapped), repo_id))
+    return wrapped
 
 
-def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected):  # noqa: ANN201
+def open_repository(ws: Workspace, uow, repo_id: str, master: bytes | None = None) -> Repository:  # noqa: ANN001
+    """The repository with its keys: `master` as the custodian released it under a grant, or else
+    released for a check that hands no plaintext out (verify, prune)."""
+    wrapped = repository_key(uow, repo_id)
+    if master is None:
+        master = ws.release().maintain(wrapped, f"backup repository {repo_id}")
+    zone = repo.zone_by_name(uow, br.repository_by_id(uow, repo_id)["zone"])
+    return Repository(ws.zone_storage(zone), repo_id, derive(master, repo_id))
+
+
+def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected):  # noqa: ANN201
     from custody.control.services import egress, lifetimes
     from custody.control.services.copies import Job
     from custody.control.services.replicas import check_signed
 
-    custodian = ws.custodian()
     source = repo.replica_by_id(a.uow, request.source_replica)
     if not source.readable:
         raise InvalidState(f"source replica {source.id} is {source.state.value}")
@@ -147,7 +155,7 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
     src_wrapped = repo.data_key(a.uow, source.key_id)
     if src_wrapped is None:
         raise InvalidState(f"source replica {source.id}: its data key was shredded")
-    src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
+    src_dek = ws.release().source(grant_token, claims, src_wrapped)
     asset = repo.asset_by_name(a.uow, request.asset)
     br.policy_of(a.uow, request.asset)  # a backup needs the asset's policy (retention, RPO): NotFound otherwise
     egress.reserve(ws, a.uow, request, src_zone.name, version.total_size)  # locks the zones, in order
@@ -155,15 +163,15 @@ def prepare_snapshot(ws: Workspace, a: Act, request: Request, grant_token: str, 
     found = br.repository(a.uow, request.destination_zone, asset.id)
     if found is None:  # the lineage's first backup in this zone (or the first since a shred)
         repo_id, key_id = new_id(), new_id()
-        master, wrapped = granted.new_destination_key(custodian, grant_token, claims, key_id)
+        master, wrapped = ws.release().new_destination(grant_token, claims, key_id, repo_id)
         repo.add_data_key(a.uow, wrapped)
         br.add_repository(a.uow, repo_id, request.destination_zone, asset.id, key_id)
         repository = Repository(ws.zone_storage(repo.zone_by_name(a.uow, request.destination_zone)), repo_id,
                                 derive(master, repo_id))
     else:
-        granted.check(custodian, grant_token, claims, "wrap-destination")
         repo_id = found[0]
-        repository = open_repository(ws, a.uow, repo_id)
+        master = ws.release().destination(grant_token, claims, repository_key(a.uow, repo_id))
+        repository = open_repository(ws, a.uow, repo_id, master)
 
     def execute(progress):  # noqa: ANN001, ANN202
         return backup_plane.backup_replica(ws.zone_storage(src_zone), source.id, source.key_id, src_dek, manifest,
@@ -223,7 +231,9 @@ def shred_repository(ws: Workspace, token: str | None, asset: str, zone: str, re
     purge_freed(ws.engine)
     with data_step(ws, a):
         storage.delete_tree(f"repos/{repo_id}")
-    return {"asset": asset, "zone": zone, "repository": repo_id, "snapshots_destroyed": len(forgotten)}
+    epochs = keys.after_shred(ws, {zone}, a.principal.name, f"backup repository {repo_id} shredded")
+    return {"asset": asset, "zone": zone, "repository": repo_id, "snapshots_destroyed": len(forgotten),
+            "epochs": epochs}
 
 
 def stored_bytes(ws: Workspace, uow, repo_id: str) -> int:  # noqa: ANN001

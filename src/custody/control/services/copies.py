@@ -1,8 +1,9 @@
 """Running an approved request: spend its grant, copy under a fresh key, activate with an expiry.
 
 The grant is verified and spent in the same transaction that marks the request running, so a
-second run of the same grant finds it spent. The source key is unwrapped and the destination
-key created only through the grant (`keys/granted.py`). A copy killed part-way leaves a pending
+second run of the same grant finds it spent. The source key is released and the destination key
+created only by the custodian, against the grant (`keys/release.py`), which keeps its own record
+of the grant's use: a database edit that resets the request meets that record. A copy killed part-way leaves a pending
 replica that `request run` resumes from its last complete chunk, or that `custody sweep` removes.
 """
 
@@ -14,7 +15,7 @@ from typing import Callable
 
 from custody.control.door import Act, act, data_step
 from custody.control.ledger import store as ledger
-from custody.control.services import egress, lifetimes
+from custody.control.services import egress, keys, lifetimes
 from custody.control.services.assets import writer_tag
 from custody.control.services.replicas import check_signed
 from custody.control.services.requests import _current, concerning, view
@@ -28,7 +29,9 @@ from custody.domain.errors import CustodyError, Denied, InvalidState
 from custody.domain.manifest import Manifest
 from custody.domain.model import Replica, ReplicaKind, ReplicaState, new_id
 from custody.domain.requests import NO_EXPIRY, Request, RequestKind, RequestState
-from custody.keys import bundle, granted
+from custody.control.grants import UNWRAP_SOURCE
+from custody.keys import bundle
+from custody.keys.release import Expected
 from custody.keys.custodian import CustodianSigner
 
 RUNNERS = ("admin",)  # besides the requester (a backup operator runs its own backups; others' it cannot see)
@@ -68,10 +71,10 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
         if found is None or request.state not in (RequestState.APPROVED, RequestState.RUNNING, RequestState.FAILED):
             raise InvalidState(f"request {request_id} is {request.state.value}; only approved requests run")
         still_allowed(ws, a.uow, request, requester)
-        grant_token, use_id, _ = found
-        claims = granted.Expected(request_id=request.id, version_digest=request.version_digest,
-                                  source_replica=request.source, destination_zone=request.destination_zone)
-        granted.check(ws.custodian(), grant_token, claims, "unwrap-source")
+        grant_token = found[0]
+        claims = Expected(request_id=request.id, version_digest=request.version_digest,
+                          source_replica=request.source, destination_zone=request.destination_zone)
+        use_id = ws.release().check(grant_token, claims, UNWRAP_SOURCE).use_id  # from the token, not the store
         if request.state is RequestState.APPROVED:
             rq.use_grant(a.uow, use_id, request.id)  # single use, in this transaction
         elif not rq.grant_used(a.uow, use_id):
@@ -108,6 +111,7 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
     except CustodyError as exc:  # refused at activation: the request fails, its pending replica is swept
         _mark_failed(ws, request_id, exc.message)
         raise
+    ws.release().close(use_id, request_id)  # the custodian's record: this grant is spent for good
     out.update(extra)
     return out
 
@@ -128,7 +132,7 @@ def still_allowed(ws: Workspace, uow, request: Request, requester) -> None:  # n
         raise Denied(f"only {have} of {needed} approvals still count (an approver was suspended or changed role)")
 
 
-def _prepare(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected) -> Job:
+def _prepare(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected) -> Job:
     if request.method == "snapshot":
         from custody.control.services.backups import prepare_snapshot
 
@@ -140,8 +144,7 @@ def _prepare(ws: Workspace, a: Act, request: Request, grant_token: str, claims: 
     return _prepare_copy(ws, a, request, grant_token, claims)
 
 
-def _prepare_copy(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected) -> Job:
-    custodian = ws.custodian()
+def _prepare_copy(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected) -> Job:
     source = repo.replica_by_id(a.uow, request.source_replica)
     src_zone = repo.zone_by_name(a.uow, source.zone)
     version = repo.version_by_id(a.uow, request.version_id)
@@ -153,7 +156,7 @@ def _prepare_copy(ws: Workspace, a: Act, request: Request, grant_token: str, cla
         raise InvalidState(f"source replica {source.id}: its data key was shredded")
     manifest = Manifest.from_json(version.manifest_json)
     check_signed(ws, repo.replica_bundle(a.uow, source.id) or version.bundle_json, manifest, f"replica {source.id}")
-    src_dek = granted.unwrap_source(custodian, grant_token, claims, src_wrapped)
+    src_dek = ws.release().source(grant_token, claims, src_wrapped)
     dst = destination(ws, a, request, grant_token, claims, ReplicaKind(request.kind.value), src_zone.name,
                       version.total_size)
     dst_zone = repo.zone_by_name(a.uow, request.destination_zone)
@@ -179,21 +182,23 @@ class Destination:
     resumed: bool
 
 
-def destination(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected,
+def destination(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected,
                 kind: ReplicaKind, egress_zone: str, nbytes: int) -> Destination:
     """The pending replica a copy or restore writes into: resumed if one is left, else a fresh one
     whose data key is created only through the grant."""
-    custodian = ws.custodian()
     dst = repo.replica_by_id(a.uow, request.result_replica) if request.result_replica else None
     if dst is not None and dst.state is ReplicaState.PENDING:
-        granted.check(custodian, grant_token, claims, "wrap-destination")
+        wrapped = repo.data_key(a.uow, dst.key_id)
+        if wrapped is None:
+            raise InvalidState(f"pending replica {dst.id}: its data key was shredded")
+        dek = ws.release().destination(grant_token, claims, wrapped)
         repo.set_replica_writer(a.uow, dst.id, writer_tag())
-        return Destination(dst.id, dst.key_id, custodian.unwrap(repo.data_key(a.uow, dst.key_id)), True)
+        return Destination(dst.id, dst.key_id, dek, True)
     # a first run, or a retry after the sweeper removed a failed attempt
     egress.reserve(ws, a.uow, request, egress_zone, nbytes)
     dst_id, dst_key_id = new_id(), new_id()
     repo.lock_zone(a.uow, request.destination_zone)
-    dek, wrapped = granted.new_destination_key(custodian, grant_token, claims, dst_key_id)
+    dek, wrapped = ws.release().new_destination(grant_token, claims, dst_key_id, dst_id)
     repo.add_data_key(a.uow, wrapped)
     repo.add_replica(a.uow, Replica(
         id=dst_id, version_id=request.version_id, zone=request.destination_zone, kind=kind,
@@ -205,7 +210,11 @@ def destination(ws: Workspace, a: Act, request: Request, grant_token: str, claim
 def activate(ws: Workspace, a: Act, request: Request, replica_id: str, manifest: Manifest, bytes_sealed: int) -> dict:
     """A written and checked replica becomes active, with its own signed manifest and its expiry."""
     replica = repo.replica_by_id(a.uow, replica_id)
-    expires = None if request.kind in NO_EXPIRY else _now() + timedelta(seconds=request.ttl_seconds or 0)
+    key = repo.data_key(a.uow, replica.key_id)
+    if key is not None and key.binding is not None:  # the expiry the custodian bound into the key
+        expires = key.binding.expires_at
+    else:
+        expires = None if request.kind in NO_EXPIRY else _now() + timedelta(seconds=request.ttl_seconds or 0)
     if request.source_replica:  # the copy took time: it must still not outlive its source
         lifetimes.check_expiry(repo.replica_by_id(a.uow, request.source_replica), expires)
     signed = bundle.sign_manifest(manifest, request.asset, CustodianSigner(ws.custodian()))
@@ -255,4 +264,5 @@ def revoke(ws: Workspace, token: str | None, request_id: str, reason: str) -> di
     with data_step(ws, a):
         for rid, zone in zones.items():
             replica_files.delete_replica_files(ws.zone_storage(zone), rid)
-    return {"request": request_id, "shredded": shredded, "reason": reason}
+    epochs = keys.after_shred(ws, {z.name for z in zones.values()}, a.principal.name, f"request {request_id} revoked")
+    return {"request": request_id, "shredded": shredded, "reason": reason, "epochs": epochs}

@@ -17,6 +17,7 @@ from json.encoder import encode_basestring_ascii
 import pyotp
 from sqlalchemy import select
 
+from custody.keys.custodian import open_secret, seal_secret
 from custody.control.door import act
 from custody.control.ledger import store as ledger
 from custody.control.store import requests_repo as rq
@@ -44,7 +45,7 @@ def enroll(ws: Workspace, token: str | None, otp: str | None = None) -> dict:
                 raise Denied("a second factor is already enrolled: re-enrol with a code from it (--otp)")
             check_code(ws, a.uow, who, otp)
         secret = pyotp.random_base32()
-        rq.set_pending_mfa(a.uow, who, ws.custodian().seal_secret(secret.encode(), _aad(who)))
+        rq.set_pending_mfa(a.uow, who, seal_secret(ws.custodian(), secret.encode(), _aad(who)))
         uri = pyotp.TOTP(secret).provisioning_uri(name=who, issuer_name=f"{ISSUER} {ws.id[:8]}")
         a.record(details={"replacing": seeds is not None and seeds.active is not None})
     return {"principal": who, "secret": secret, "otpauth_uri": uri,
@@ -94,7 +95,7 @@ def _check(ws: Workspace, uow: UnitOfWork, principal: str, code: str | None, sea
         raise Denied(f"{principal} has no second factor in force: `custody mfa enroll`, then `custody mfa verify`")
     if _recent_failures(uow, principal) >= MAX_FAILURES:
         raise Denied(f"second factor locked after {MAX_FAILURES} wrong codes; try again in {LOCKOUT.seconds // 60} min")
-    step = _matching_step(ws.custodian().open_secret(sealed, _aad(principal)).decode(), code)
+    step = _matching_step(open_secret(ws.custodian(), sealed, _aad(principal)).decode(), code)
     if step is None:
         raise Denied(WRONG)
     if last_step is not None and step <= last_step:

@@ -9,8 +9,10 @@ transaction that ledgers it, so one approval is one read. Admins and ml leads ha
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 
+from custody.control import grants
 from custody.control.door import Act
 from custody.control.policy.context import ReadFacts, asset_facts, principal_facts, zone_facts
 from custody.control.services.policy import active_catalog
@@ -19,11 +21,13 @@ from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
 from custody.domain.errors import Denied, InvalidInput
-from custody.domain.model import Principal, Replica
+from custody.domain.model import Principal, Replica, new_id
 from custody.domain.requests import Decision, Request, RequestKind, RequestState
-from custody.keys import granted
+from custody.keys.custodian import grant_root_key
+from custody.keys.release import Expected
 
 READ_TTL = 3600  # how long an approved read request stays usable when the asker names no --ttl
+DIRECT_GRANT = timedelta(minutes=1)  # a read the catalog allows directly gets a grant for this long
 
 
 def facts(uow: UnitOfWork, principal: Principal, replica: Replica, way: str, purpose: str,
@@ -41,9 +45,21 @@ def own_copy(uow: UnitOfWork, principal: Principal, replica: Replica) -> bool:
     return replica.request_id is not None and rq.request_by_id(uow, replica.request_id).requester == principal.name
 
 
-def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: str | None) -> Decision:
+@dataclass(frozen=True)
+class Ticket:
+    """What the custodian is shown to release a read's key: a grant, and who reads without a request."""
+
+    token: str
+    expected: Expected
+    reader: str | None
+
+
+def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: str | None) -> Ticket:
     """Decide this read and, when it goes under a read request, spend that request; the decision and
-    the request are recorded in the act's event. Raises Denied when the read may not happen."""
+    the request are recorded in the act's event. Raises Denied when the read may not happen.
+
+    The ticket carries the request's grant, or for a read the catalog allows directly a grant minted
+    now for this one read; either way the custodian checks it and records its single use."""
     catalog = active_catalog(ws, a.uow)
     decision = catalog.decide_read(facts(a.uow, a.principal, replica, "direct", purpose))
     request = None
@@ -63,9 +79,19 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
                                    f"--kind read --from {replica.id} --purpose ...`")
         raise Denied(f"read of replica {replica.id} denied: "
                      + ("; ".join(decision.reasons) or "no policy permits it") + hint)
+    expected = Expected(request_id=request.id if request else f"read-{new_id()}", version_digest=_digest(a, replica),
+                        source_replica=replica.id, destination_zone=replica.zone)
     if request is not None:
-        _spend(ws, a, request, replica)
-    return decision
+        return Ticket(_spend(a, request), expected, None)
+    grant = grants.mint(grant_root_key(ws.custodian()), grants.GrantClaims(
+        request_id=expected.request_id, version_digest=expected.version_digest, source_replica=replica.id,
+        destination_zone=replica.zone, expires_at=datetime.now(timezone.utc) + DIRECT_GRANT, source_key=replica.key_id,
+        kind="read"))
+    return Ticket(grant.token, expected, a.principal.name)
+
+
+def _digest(a: Act, replica: Replica) -> str:
+    return repo.version_by_id(a.uow, replica.version_id).digest
 
 
 def _read_request(a: Act, replica: Replica, request_id: str | None) -> Request | None:
@@ -91,15 +117,14 @@ def _read_request(a: Act, replica: Replica, request_id: str | None) -> Request |
     return request
 
 
-def _spend(ws: Workspace, a: Act, request: Request, replica: Replica) -> None:
-    """Check the request's grant and spend it, in the read's own transaction: one approval, one read."""
+def _spend(a: Act, request: Request) -> str:
+    """Spend the request in the read's own transaction (one approval, one read); the custodian
+    checks its grant and records the use in its own journal when it releases the key."""
     found = rq.grant_of(a.uow, request.id)
     if found is None:
         raise Denied(f"read request {request.id} has no grant")
     token, use_id, _ = found
-    granted.check(ws.custodian(), token, granted.Expected(
-        request_id=request.id, version_digest=request.version_digest, source_replica=replica.id,
-        destination_zone=replica.zone), "unwrap-source")
     rq.use_grant(a.uow, use_id, request.id)
     running = rq.move_request(a.uow, request, RequestState.RUNNING)
     rq.move_request(a.uow, running, RequestState.DONE)
+    return token

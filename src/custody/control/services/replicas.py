@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 from custody.control import views
 from custody.control.door import Act, act, data_step, record_after
-from custody.control.services import reads
+from custody.control.services import keys, reads
 from custody.control.store import repositories as repo
 from custody.control.store.db import purge_freed
 from custody.control.workspace import Workspace
@@ -21,6 +21,7 @@ from custody.data import replica_files, tensors
 from custody.domain.errors import IntegrityError, InvalidInput, InvalidState, NotFound
 from custody.domain.manifest import Manifest
 from custody.keys import bundle
+from custody.keys.custodian import WrappedKey
 from custody.domain.model import Replica, ReplicaState
 
 
@@ -49,10 +50,12 @@ def show_replica(ws: Workspace, token: str | None, replica_id: str) -> dict:
         return out
 
 
-def _readable(ws: Workspace, a: Act, replica_id: str) -> tuple[Replica, Manifest, bytes]:
-    """What the data plane needs to read an active replica: its signed manifest and its unwrapped key."""
+def _readable(ws: Workspace, a: Act, replica_id: str, why: str) -> tuple[Replica, Manifest, bytes]:
+    """What the data plane needs to check an active replica: its signed manifest and its key,
+    released for a check that hands no plaintext to anyone."""
     replica = _active(a, replica_id)
-    return (replica, *_unsealed(ws, a, replica))
+    manifest, wrapped = _sealed(ws, a, replica)
+    return replica, manifest, ws.release().maintain(wrapped, why)
 
 
 def _active(a: Act, replica_id: str) -> Replica:
@@ -65,14 +68,15 @@ def _active(a: Act, replica_id: str) -> Replica:
     return replica
 
 
-def _unsealed(ws: Workspace, a: Act, replica: Replica) -> tuple[Manifest, bytes]:
+def _sealed(ws: Workspace, a: Act, replica: Replica) -> tuple[Manifest, WrappedKey]:
+    """The replica's signed manifest and its wrapped key (refused once shredded)."""
     wrapped = repo.data_key(a.uow, replica.key_id)
     if wrapped is None:
         raise InvalidState(f"replica {replica.id}: its data key was shredded")
     version = repo.version_by_id(a.uow, replica.version_id)
     manifest = Manifest.from_json(version.manifest_json)
     check_signed(ws, repo.replica_bundle(a.uow, replica.id) or version.bundle_json, manifest, replica.id)
-    return manifest, ws.custodian().unwrap(wrapped)
+    return manifest, wrapped
 
 
 def check_signed(ws: Workspace, bundle_json: str | None, manifest: Manifest, what: str) -> None:
@@ -85,7 +89,7 @@ def check_signed(ws: Workspace, bundle_json: str | None, manifest: Manifest, wha
 
 def verify_replica(ws: Workspace, token: str | None, replica_id: str) -> dict:
     with act(ws, token, "replica.verify", subject=replica_id) as a:
-        replica, manifest, dek = _readable(ws, a, replica_id)
+        replica, manifest, dek = _readable(ws, a, replica_id, f"verify replica {replica_id}")
         zone = repo.zone_by_name(a.uow, replica.zone)
         a.record(outcome="started")
     with data_step(ws, a):
@@ -106,7 +110,8 @@ def revoke_replica(ws: Workspace, token: str | None, replica_id: str, reason: st
     purge_freed(ws.engine)
     with data_step(ws, a):
         replica_files.delete_replica_files(ws.zone_storage(zone), replica_id)
-    return {"replica": replica_id, "state": ReplicaState.SHREDDED.value, "reason": reason}
+    epochs = keys.after_shred(ws, {zone.name}, a.principal.name, f"replica {replica_id} revoked")
+    return {"replica": replica_id, "state": ReplicaState.SHREDDED.value, "reason": reason, "epochs": epochs}
 
 
 def shred(a: Act, replica: Replica) -> None:
@@ -126,8 +131,9 @@ def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpo
         if not purpose or not purpose.strip():
             raise InvalidInput("reading tensors needs a purpose")
         replica = _active(a, replica_id)
-        reads.decide(ws, a, replica, purpose, request)
-        _, dek = _unsealed(ws, a, replica)
+        ticket = reads.decide(ws, a, replica, purpose, request)
+        _, wrapped = _sealed(ws, a, replica)
+        dek = ws.release().read(ticket.token, ticket.expected, wrapped, kind=replica.kind.value, reader=ticket.reader)
         zone = repo.zone_by_name(a.uow, replica.zone)
         files = [f["path"] for f in repo.version_formats(a.uow, replica.version_id) if f["kind"] == "safetensors"]
         if not files:

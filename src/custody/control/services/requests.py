@@ -22,8 +22,9 @@ from custody.control.store import repositories as repo
 from custody.control.store import requests_repo as rq
 from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
+from custody.keys.custodian import grant_root_key
 from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
-from custody.domain.model import Asset, AssetVersion, Principal, Replica, ReplicaState, Zone, new_id
+from custody.domain.model import Asset, AssetVersion, Principal, Replica, ReplicaKind, ReplicaState, Zone, ZoneKind, new_id
 from custody.domain.requests import NO_EXPIRY, Approval, Decision, Request, RequestKind, RequestState
 
 GRANT_WINDOW = timedelta(hours=24)
@@ -264,11 +265,46 @@ def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> Request:
     expires = _now() + GRANT_WINDOW
     if request.kind is RequestKind.READ:  # one read, within the TTL asked for
         expires = min(expires, _now() + timedelta(seconds=request.ttl_seconds or 0))
-    grant = grants.mint(ws.custodian().grant_root_key(), grants.GrantClaims(
-        request_id=request.id, version_digest=request.version_digest, source_replica=request.source,
-        destination_zone=request.destination_zone, expires_at=expires))
+    grant = grants.mint(grant_root_key(ws.custodian()), grant_claims(uow, request, expires))
     rq.add_grant(uow, request.id, grant.token, grant.use_id, expires)
     return rq.move_request(uow, request, RequestState.APPROVED, grant_expires_at=expires)
+
+
+def grant_claims(uow: UnitOfWork, request: Request, expires: datetime) -> "grants.GrantClaims":
+    """What the custodian will hold the grant to: besides the request, the source data key it may
+    release, and the kind and lifetime it binds into the destination key."""
+    from custody.control import grants
+    from custody.control.store import backups_repo as br
+
+    if request.source_snapshot:
+        snap = br.snapshot_by_id(uow, request.source_snapshot)
+        source_key = br.repository_by_id(uow, snap.repo_id)["key_id"]
+    else:
+        source_key = repo.replica_by_id(uow, request.source_replica).key_id
+    kind = destination_kind(uow, request)
+    lasting = request.kind in NO_EXPIRY or kind in ("read", "backup-repository")
+    return grants.GrantClaims(
+        request_id=request.id, version_digest=request.version_digest, source_replica=request.source,
+        destination_zone=request.destination_zone, expires_at=expires, source_key=source_key, kind=kind,
+        ttl_seconds=0 if lasting else request.ttl_seconds or 0,
+        holder=request.requester if kind in HELD_KINDS else "")
+
+
+HELD_KINDS = ("research", "derivative")  # copies made for one person, who may read them without a request
+
+
+def destination_kind(uow: UnitOfWork, request: Request) -> str:
+    """The kind of what a request makes: a replica kind, a backup repository, or a read."""
+    if request.kind is RequestKind.READ:
+        return "read"
+    if request.method == "snapshot":
+        return "backup-repository"
+    if request.kind is RequestKind.DRILL:
+        return ReplicaKind.DRILL.value
+    if request.kind is RequestKind.RESTORE:
+        dr = repo.zone_by_name(uow, request.destination_zone).kind is ZoneKind.DR
+        return (ReplicaKind.DR if dr else ReplicaKind.PRIMARY).value
+    return request.kind.value
 
 
 def _open_break_glass_review(a: Act, request: Request) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from custody.control.door import Act
 from custody.control.services import copies, requests
-from custody.control.services.backups import open_repository
+from custody.control.services.backups import open_repository, repository_key
 from custody.control.services.snapshots import signed_manifest
 from custody.control.store import backups_repo as br
 from custody.control.store import repositories as repo
@@ -18,7 +18,7 @@ from custody.data.backup import restore as restore_plane
 from custody.domain.errors import IntegrityError, InvalidState
 from custody.domain.model import ReplicaKind, ZoneKind
 from custody.domain.requests import Request, RequestKind
-from custody.keys import granted
+from custody.keys.release import Expected
 
 
 def restore(ws: Workspace, token: str | None, snapshot_id: str, *, to: str, purpose: str, kind: str = "restore",
@@ -27,20 +27,18 @@ def restore(ws: Workspace, token: str | None, snapshot_id: str, *, to: str, purp
                            drill=drill)
 
 
-def prepare_restore(ws: Workspace, a: Act, request: Request, grant_token: str, claims: granted.Expected):  # noqa: ANN201
+def prepare_restore(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected):  # noqa: ANN201
     snap = br.snapshot_by_id(a.uow, request.source_snapshot)
     if snap.state != "active":  # forgotten or deleted since the request was approved
         raise InvalidState(f"snapshot {snap.id} is {snap.state}; nothing is restored from it")
     manifest = signed_manifest(ws, snap)
     if manifest.manifest().digest != request.version_digest:
         raise IntegrityError(f"snapshot {snap.id} does not hold the version it claims")
-    repository = open_repository(ws, a.uow, snap.repo_id)  # refused if the repository key was shredded
+    master = ws.release().source(grant_token, claims, repository_key(a.uow, snap.repo_id))  # refused if shredded
+    repository = open_repository(ws, a.uow, snap.repo_id, master)
     source_zone = br.repository_by_id(a.uow, snap.repo_id)["zone"]
     dst_zone = repo.zone_by_name(a.uow, request.destination_zone)
-    if request.kind is RequestKind.DRILL:
-        kind = ReplicaKind.DRILL
-    else:
-        kind = ReplicaKind.DR if dst_zone.kind is ZoneKind.DR else ReplicaKind.PRIMARY
+    kind = ReplicaKind(requests.destination_kind(a.uow, request))
     dst = copies.destination(ws, a, request, grant_token, claims, kind, source_zone, snap.logical_bytes)
 
     def execute(progress):  # noqa: ANN001, ANN202

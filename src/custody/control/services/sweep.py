@@ -1,7 +1,9 @@
 """The sweeper: expires and shreds what outlived its time, and removes what dead writes left.
 
-- pending replicas whose writer is gone (or older than a day) fail and lose their key;
-- active replicas past `expires_at` are shredded;
+- pending replicas whose writer is gone (or older than a day) fail and lose their key (and the
+  custodian is told, so the copy's grant may make a new destination when run again);
+- active replicas past `expires_at`, or past the expiry bound into their key, are shredded;
+- each zone that lost a key moves to a new KEK epoch (`keys.new_epoch`);
 - sealed files of failed or shredded replicas, and folders no replica owns, are deleted.
 """
 
@@ -12,6 +14,7 @@ import socket
 from datetime import datetime, timedelta, timezone
 
 from custody.control.door import act, data_step, record_after
+from custody.control.services import keys
 from custody.control.services.replicas import shred
 from custody.control.store.db import purge_freed
 from custody.control.store import repositories as repo
@@ -40,7 +43,7 @@ def writer_alive(writer: str | None) -> bool:
 def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> dict:
     """`as_of` sweeps as if it were that (later) time: how a drill or the demo shows expiry."""
     now = as_of or datetime.now(timezone.utc)
-    failed, expired = [], []
+    failed, expired, zones_shredded, abandoned = [], [], set(), []
     with act(ws, token, "sweep", details={"as_of": as_of.isoformat()} if as_of else {}) as a:
         for replica, _ in repo.list_replicas(a.uow, state=ReplicaState.PENDING.value):
             age = now - (replica.created_at or now)
@@ -48,10 +51,14 @@ def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> di
                 repo.set_replica_state(a.uow, replica, ReplicaState.FAILED, writer=None)
                 repo.shred_data_key(a.uow, replica.key_id)
                 failed.append(replica.id)
+                zones_shredded.add(replica.zone)
+                if replica.request_id:
+                    abandoned.append((replica.request_id, replica.key_id))
         for replica, _ in repo.list_replicas(a.uow, state=ReplicaState.ACTIVE.value):
-            if replica.expires_at is not None and replica.expires_at <= now:
+            if _expired(a.uow, replica, now):
                 shred(a, replica)
                 expired.append(replica.id)
+                zones_shredded.add(replica.zone)
         lapsed = _lapse_requests(a.uow, now)
         dead = _dead_runs(a.uow)
         zones = repo.list_zones(a.uow)
@@ -73,7 +80,34 @@ def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> di
     purge_freed(ws.engine)
     if removed:
         record_after(ws, a, "ok", details={"removed": removed})
-    return {"failed": failed, "expired": expired, "lapsed": lapsed, "dead_runs": dead, "removed": removed}
+    _tell_custodian(ws, abandoned)
+    epochs = keys.after_shred(ws, zones_shredded, a.principal.name, "sweep: keys destroyed")
+    return {"failed": failed, "expired": expired, "lapsed": lapsed, "dead_runs": dead, "removed": removed,
+            "epochs": epochs}
+
+
+def _expired(uow, replica, now: datetime) -> bool:  # noqa: ANN001
+    """Past the store's expiry, or past the one the custodian bound into the key (which no edit moves)."""
+    if replica.expires_at is not None and replica.expires_at <= now:
+        return True
+    key = repo.data_key(uow, replica.key_id)
+    return key is not None and key.binding is not None and key.binding.expired(now)
+
+
+def _tell_custodian(ws: Workspace, abandoned: list[tuple[str, str]]) -> None:
+    """The destination keys of failed copies are gone: their grants may make new ones on a retry."""
+    from custody.control import grants
+    from custody.control.store import requests_repo as rq
+    from custody.keys.custodian import grant_root_key
+
+    if not abandoned:
+        return
+    public = grants.root_public_key(grant_root_key(ws.custodian()))
+    for request_id, key_id in abandoned:
+        with ws.uow(readonly=True) as uow:
+            found = rq.grant_of(uow, request_id)
+        if found is not None:
+            ws.release().abandon(grants.use_id(found[0], public), key_id, request_id)
 
 
 def _copy_failed(uow, replica) -> bool:  # noqa: ANN001

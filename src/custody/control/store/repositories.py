@@ -24,7 +24,7 @@ from custody.domain.model import (
     Zone,
     ZoneKind,
 )
-from custody.keys.custodian import WrappedKey
+from custody.keys.custodian import Binding, WrappedKey
 
 
 def now() -> datetime:
@@ -258,8 +258,14 @@ def versions_of(uow: UnitOfWork, asset_id: str) -> list[AssetVersion]:
 
 def add_data_key(uow: UnitOfWork, w: WrappedKey) -> None:
     uow.conn.execute(
-        insert(t.data_keys).values(id=w.key_id, zone=w.zone, kek_version=w.kek_version, wrapped=w.blob, created_at=now())
+        insert(t.data_keys).values(id=w.key_id, zone=w.zone, kek_version=w.kek_version, wrapped=w.blob, created_at=now(),
+                                   binding=w.binding.to_json() if w.binding else None)
     )
+
+
+def _wrapped(row) -> WrappedKey:  # noqa: ANN001
+    return WrappedKey(key_id=row.id, zone=row.zone, kek_version=row.kek_version, blob=bytes(row.wrapped),
+                      binding=Binding.from_json(row.binding) if row.binding is not None else None)
 
 
 def data_key(uow: UnitOfWork, key_id: str) -> WrappedKey | None:
@@ -269,19 +275,24 @@ def data_key(uow: UnitOfWork, key_id: str) -> WrappedKey | None:
         raise NotFound(f"no data key {key_id}")
     if row.wrapped is None:
         return None
-    return WrappedKey(key_id=row.id, zone=row.zone, kek_version=row.kek_version, blob=bytes(row.wrapped))
+    return _wrapped(row)
 
 
 def live_data_keys(uow: UnitOfWork, zone: str) -> list[WrappedKey]:
     rows = uow.conn.execute(
         select(t.data_keys).where(t.data_keys.c.zone == zone, t.data_keys.c.wrapped.is_not(None)).order_by(t.data_keys.c.id)
     )
-    return [WrappedKey(key_id=r.id, zone=r.zone, kek_version=r.kek_version, blob=bytes(r.wrapped)) for r in rows]
+    return [_wrapped(r) for r in rows]
 
 
-def replace_data_key(uow: UnitOfWork, w: WrappedKey) -> None:
+def replace_data_keys(uow: UnitOfWork, keys: list[WrappedKey]) -> None:
+    """Rewrapped keys (same binding, new epoch), in one statement."""
+    if not keys:
+        return
     uow.conn.execute(
-        update(t.data_keys).where(t.data_keys.c.id == w.key_id).values(kek_version=w.kek_version, wrapped=w.blob)
+        update(t.data_keys).where(t.data_keys.c.id == bindparam("key_id")).values(
+            kek_version=bindparam("epoch"), wrapped=bindparam("blob")),
+        [{"key_id": w.key_id, "epoch": w.kek_version, "blob": w.blob} for w in keys],
     )
 
 

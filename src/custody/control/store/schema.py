@@ -101,6 +101,7 @@ data_keys = Table(
     Column("zone", String(64), ForeignKey("zones.name"), nullable=False),
     Column("kek_version", Integer, nullable=False),
     Column("wrapped", LargeBinary),  # NULL once shredded
+    Column("binding", Text),  # keys.custodian.Binding as JSON, authenticated by the custodian; NULL before 0007
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("shredded_at", DateTime(timezone=True)),
 )

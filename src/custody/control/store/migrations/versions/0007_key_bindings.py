@@ -1,0 +1,24 @@
+"""A wrapped data key is stored with its binding (replica, zone, kind, digest, expiry), which the
+custodian authenticates as associated data: an edit of either makes the key fail to unwrap.
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("data_keys") as batch:
+        batch.add_column(sa.Column("binding", sa.Text))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("data_keys") as batch:
+        batch.drop_column("binding")

@@ -1,0 +1,167 @@
+"""The custodian's own record of what it released: an append-only file of MAC-chained lines.
+
+Single use of a grant is decided here, not in the control-plane database: a database writer who
+resets a done request, or deletes the row that marks its grant spent, meets this record instead.
+Each line is one JSON object whose `mac` is HMAC-SHA256 under a key only the custodian holds,
+over the previous line's MAC and this line's other fields, so an edited, reordered or spliced
+line breaks the chain and every later release fails closed until someone looks.
+
+What one grant may do (the "use" is the grant's authority-block revocation id):
+- `source`: release the source key, any number of times until the use is closed (a copy killed
+  part-way resumes and needs it again);
+- `destination`: create or open one destination key; a second, different one only after the
+  first was `abandon`ed (the sweeper removed a failed attempt);
+- `close`: the copy finished; nothing more is released under it;
+- `read`: a read's single release, which closes the use at once.
+Releases without a grant (`maintain`: verify a replica, check a backup repository) are recorded too.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import hmac
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator
+
+from custody.domain.errors import IntegrityError
+
+GENESIS = b"custody-release-journal-v1"
+MAX_LINE = 4096
+
+
+class Spent(Exception):
+    """The grant's use is over (or another destination holds it); the message says which."""
+
+
+@dataclass
+class _Use:
+    destination: str | None = None
+    closed: bool = False
+
+
+@dataclass
+class Journal:
+    path: Path
+    key: bytes
+    _uses: dict[str, _Use] = field(default_factory=dict)
+    _offset: int = 0
+    _seq: int = 0
+    _mac: bytes = GENESIS
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._catch_up(fd)
+            self._fd = fd
+            yield
+        finally:
+            os.close(fd)
+
+    def _catch_up(self, fd: int) -> None:
+        """Read and check the lines other processes appended since this one last looked."""
+        size = os.fstat(fd).st_size
+        if size < self._offset:
+            raise IntegrityError(f"the custodian's release journal {self.path} was truncated")
+        if size == self._offset:
+            return
+        data = os.pread(fd, size - self._offset, self._offset)
+        if not data.endswith(b"\n"):
+            raise IntegrityError(f"the custodian's release journal {self.path} ends in a partial line")
+        for raw in data.splitlines():
+            self._apply(self._check(raw))
+        self._offset = size
+
+    def _check(self, raw: bytes) -> dict:
+        try:
+            entry = json.loads(raw)
+            mac = bytes.fromhex(entry.pop("mac"))
+        except (ValueError, KeyError, AttributeError, TypeError):
+            raise IntegrityError(f"the custodian's release journal is malformed after line {self._seq}") from None
+        if entry.get("seq") != self._seq + 1 or not hmac.compare_digest(mac, self._sign(entry)):
+            raise IntegrityError(f"the custodian's release journal was altered at line {self._seq + 1}")
+        self._seq, self._mac = entry["seq"], mac
+        return entry
+
+    def _sign(self, entry: dict) -> bytes:
+        body = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+        return hmac.new(self.key, self._mac + body, hashlib.sha256).digest()
+
+    def _apply(self, entry: dict) -> None:
+        use = entry.get("use")
+        if not use:
+            return
+        state = self._uses.setdefault(use, _Use())
+        op = entry["op"]
+        if op == "destination":
+            state.destination = entry["key"]
+        elif op == "abandon" and state.destination == entry["key"]:
+            state.destination = None
+        elif op in ("close", "read"):
+            state.closed = True
+
+    def _append(self, **fields: object) -> None:
+        entry = {"seq": self._seq + 1, "at": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **fields}
+        mac = self._sign(entry)
+        line = json.dumps({**entry, "mac": mac.hex()}, sort_keys=True, separators=(",", ":")).encode() + b"\n"
+        if len(line) > MAX_LINE:
+            raise IntegrityError("a release journal line would be too long")
+        os.write(self._fd, line)
+        os.fsync(self._fd)
+        self._offset += len(line)
+        self._seq, self._mac = entry["seq"], mac
+        self._apply(entry)
+
+    # -- the decisions ---------------------------------------------------------------------------
+
+    def source(self, use: str, key: str, request: str) -> None:
+        with self._locked():
+            if self._uses.get(use, _Use()).closed:
+                raise Spent("grant already used: its copy finished (the custodian's own record)")
+            self._append(op="source", use=use, key=key, request=request)
+
+    def destination(self, use: str, key: str, request: str) -> None:
+        with self._locked():
+            state = self._uses.get(use, _Use())
+            if state.closed:
+                raise Spent("grant already used: its copy finished (the custodian's own record)")
+            if state.destination not in (None, key):
+                raise Spent("grant already made a destination key: one grant, one copy (the custodian's own record)")
+            self._append(op="destination", use=use, key=key, request=request)
+
+    def read(self, use: str, key: str, request: str) -> None:
+        with self._locked():
+            if use in self._uses:
+                raise Spent("grant already used: one approval, one read (the custodian's own record)")
+            self._append(op="read", use=use, key=key, request=request)
+
+    def close(self, use: str, request: str) -> None:
+        with self._locked():
+            if not self._uses.get(use, _Use()).closed:
+                self._append(op="close", use=use, request=request)
+
+    def abandon(self, use: str, key: str, request: str) -> None:
+        with self._locked():
+            if self._uses.get(use, _Use()).destination == key:
+                self._append(op="abandon", use=use, key=key, request=request)
+
+    def maintain(self, key: str, why: str) -> None:
+        with self._locked():
+            self._append(op="maintain", key=key, why=why[:200])
+
+    def closed(self, use: str) -> bool:
+        with self._locked():
+            return self._uses.get(use, _Use()).closed
+
+    def verify(self) -> int:
+        """Check the whole chain; returns the number of lines."""
+        with self._locked():
+            return self._seq
