@@ -206,9 +206,10 @@ def serving(env: Env, *args: str, **environ: str):  # noqa: ANN201
     return server_process(list(args), env.environ(**environ))
 
 
-def run_custody(*args: str, env: dict[str, str], timeout: float = 120) -> Result:
-    """Run the installed `custody` console script in a real process."""
-    p = subprocess.run([CUSTODY_BIN, *args], env=env, capture_output=True, text=True, timeout=timeout)
+def run_custody(*args: str, env: dict[str, str], timeout: float = 120, input_text: str | None = None) -> Result:
+    """Run the installed `custody` console script in a real process (`input_text` on its standard input)."""
+    p = subprocess.run([CUSTODY_BIN, *args], env=env, capture_output=True, text=True, timeout=timeout,
+                       input=input_text, stdin=None if input_text is not None else subprocess.DEVNULL)
     return Result(p.returncode, p.stdout, p.stderr)
 
 

@@ -1,10 +1,15 @@
-"""The local custodian: a keyring file sealed by a master key derived from a passphrase.
+"""The local custodian: a keyring file sealed by a master key derived from a passphrase, or held
+as M-of-N Shamir shares (SLIP-39, `shamir-mnemonic`) by separate people.
 
 The keyring holds each zone's KEK versions, the manifest-signing key (ECDSA P-256) and the
 ledger key (Ed25519). On disk it is one AES-256-GCM ciphertext under a key derived with scrypt;
 the KDF parameters are bound as associated data, so a wrong passphrase or any edit fails to
 unseal and nothing is written. Changes are written to a temporary file and renamed into place
 under an exclusive lock, so a crash leaves either the old or the new keyring.
+
+With shares, the master key is 32 random bytes that exist only in the memory of a process that
+was given enough shares (`custody unseal`, which a server accumulates one holder at a time, like
+Vault's unseal). No single person, and no file, opens the keyring.
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, NotFound
+from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, InvalidInput, NotFound
 from custody.keys.custodian import DEK_BYTES, Binding, KekVersion, KeyInfo, Purpose, WrappedKey, aad_of
 
 FORMAT = "custody-keyring"
+SHAMIR = "shamir-slip39"
 DEFAULT_LOG_N = 17  # scrypt N = 2^17, r = 8, p = 1: the OWASP floor for interactive use
 MIN_LOG_N = 14
 MAX_KEYRING_BYTES = 16 * 1024 * 1024
@@ -60,10 +66,10 @@ def _aad(envelope: dict) -> bytes:
 class LocalCustodian:
     name = "local"
 
-    def __init__(self, path: Path, passphrase: str) -> None:
+    def __init__(self, path: Path, passphrase: str | None = None, master: bytes | None = None) -> None:
         self.path = path
         self._passphrase = passphrase
-        self._master: bytes | None = None  # derived once: scrypt is deliberately slow
+        self._master: bytes | None = master  # derived once: scrypt is deliberately slow
         self._envelope, self._ring = self._unseal()
 
     # -- creation and sealing ------------------------------------------------------------
@@ -74,26 +80,33 @@ class LocalCustodian:
             raise AuthenticationError("an empty passphrase cannot seal a keyring")
         if log_n < MIN_LOG_N:
             raise CustodyError(f"scrypt cost 2^{log_n} is below the floor 2^{MIN_LOG_N}")
-        signing = ec.generate_private_key(ec.SECP256R1())
-        ledger = ed25519.Ed25519PrivateKey.generate()
-        ring = {
-            "keks": {},
-            "signing": signing.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            ).decode(),
-            "ledger": _b64(ledger.private_bytes_raw()),
-            "created_at": _now(),
-        }
-        envelope = {
-            "format": FORMAT,
-            "version": 1,
-            "kdf": {"name": "scrypt", "salt": _b64(secrets.token_bytes(16)), "log_n": log_n, "r": 8, "p": 1},
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            raise CustodyError(f"a keyring already exists at {path}")
-        _write_sealed(path, envelope, ring, _master_key(passphrase, envelope["kdf"]))
+        kdf = {"name": "scrypt", "salt": _b64(secrets.token_bytes(16)), "log_n": log_n, "r": 8, "p": 1}
+        _create(path, kdf, _master_key(passphrase, kdf))
         return cls(path, passphrase)
+
+    @classmethod
+    def create_shared(cls, path: Path, shares: int, threshold: int) -> tuple["LocalCustodian", list[str]]:
+        """A keyring whose master key is split into `shares` SLIP-39 mnemonics, any `threshold` of
+        which unseal it; the mnemonics are returned once and stored nowhere."""
+        import shamir_mnemonic
+
+        if not 1 <= threshold <= shares <= 16 or (threshold == 1 and shares > 1):
+            raise CustodyError("shares: need 1 <= threshold <= shares <= 16 (and a threshold of 1 only for 1 share)")
+        master = secrets.token_bytes(32)
+        kdf = {"name": SHAMIR, "threshold": threshold, "shares": shares}
+        _create(path, kdf, master)
+        mnemonics = shamir_mnemonic.generate_mnemonics(1, [(threshold, shares)], master, b"", iteration_exponent=1)[0]
+        return cls(path, master=master), mnemonics
+
+    @staticmethod
+    def kdf_of(path: Path) -> dict:
+        """The keyring's key derivation (readable without any secret)."""
+        try:
+            return json.loads(path.read_bytes())["kdf"]
+        except FileNotFoundError:
+            raise NotFound(f"no keyring at {path}") from None
+        except (ValueError, KeyError, TypeError):
+            raise IntegrityError("keyring file is malformed") from None
 
     def _unseal(self) -> tuple[dict, dict]:
         try:
@@ -108,16 +121,26 @@ class LocalCustodian:
             if envelope.get("format") != FORMAT or envelope.get("version") != 1:
                 raise ValueError("unknown keyring format")
             kdf = envelope["kdf"]
-            if kdf.get("name") != "scrypt" or not MIN_LOG_N <= int(kdf["log_n"]) <= 22:
+            if kdf.get("name") == SHAMIR:
+                if not isinstance(kdf.get("threshold"), int) or not isinstance(kdf.get("shares"), int):
+                    raise ValueError("unsupported key derivation")
+            elif kdf.get("name") != "scrypt" or not MIN_LOG_N <= int(kdf["log_n"]) <= 22:
                 raise ValueError("unsupported key derivation")
             nonce, ciphertext = _unb64(envelope["nonce"]), _unb64(envelope["ciphertext"])
         except (ValueError, KeyError, TypeError) as exc:
             raise IntegrityError(f"keyring file is malformed: {exc}") from None
         if self._master is None:
+            if kdf["name"] == SHAMIR:
+                raise AuthenticationError(f"the keyring is sealed by {kdf['threshold']} of {kdf['shares']} Shamir shares: "
+                                          "it opens in a server that was given them (`custody unseal --server URL`)")
+            if not self._passphrase:
+                raise AuthenticationError("CUSTODY_PASSPHRASE is not set: the keyring stays sealed")
             self._master = _master_key(self._passphrase, kdf)
         try:
             plain = AESGCM(self._master).decrypt(nonce, ciphertext, _aad(envelope))
         except InvalidTag:
+            if kdf["name"] == SHAMIR:
+                raise AuthenticationError("the shares do not unseal this keyring") from None
             raise AuthenticationError("wrong passphrase: the keyring did not unseal") from None
         return envelope, json.loads(plain)
 
@@ -264,6 +287,24 @@ class LocalCustodian:
         )
 
 
+def _create(path: Path, kdf: dict, master: bytes) -> None:
+    signing = ec.generate_private_key(ec.SECP256R1())
+    ledger = ed25519.Ed25519PrivateKey.generate()
+    ring = {
+        "keks": {},
+        "signing": signing.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ).decode(),
+        "ledger": _b64(ledger.private_bytes_raw()),
+        "created_at": _now(),
+    }
+    envelope = {"format": FORMAT, "version": 1, "kdf": kdf}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise CustodyError(f"a keyring already exists at {path}")
+    _write_sealed(path, envelope, ring, master)
+
+
 def _file_stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return st.st_mtime_ns, st.st_size
@@ -292,13 +333,77 @@ def _write_sealed(path: Path, envelope: dict, ring: dict, master: bytes) -> None
 
 KEYRING = "keys/keyring.sealed"
 
+# Master keys of share-sealed keyrings that this process was given shares for (by keyring path).
+_UNSEALED: dict[str, bytes] = {}
+
 
 def create_custodian(home: Path, workspace_id: str, options: dict) -> tuple[LocalCustodian, dict]:
-    """`options`: passphrase (required), log_n (scrypt cost)."""
+    """`options`: passphrase and log_n (scrypt cost), or shares and threshold (Shamir)."""
+    if options.get("shares"):
+        shares = int(options["shares"])
+        custodian, mnemonics = LocalCustodian.create_shared(home / KEYRING, shares,
+                                                            int(options.get("threshold") or shares // 2 + 1))
+        return custodian, {"_shares": mnemonics}
+    if options.get("threshold"):
+        raise CustodyError("--threshold goes with --shares")
     custodian = LocalCustodian.create(home / KEYRING, str(options["passphrase"]),
                                       log_n=int(options.get("log_n", DEFAULT_LOG_N)))
     return custodian, {}
 
 
 def open_custodian(home: Path, workspace_id: str, table: dict, passphrase) -> LocalCustodian:  # noqa: ANN001
-    return LocalCustodian(home / KEYRING, passphrase())
+    path = home / KEYRING
+    if LocalCustodian.kdf_of(path).get("name") == SHAMIR:
+        return LocalCustodian(path, master=_UNSEALED.get(str(path.resolve())))
+    return LocalCustodian(path, passphrase())
+
+
+class Unsealer:
+    """Shares of a share-sealed keyring, given one at a time by their holders, until enough are in.
+
+    Shares are checked as they arrive (SLIP-39 checksum, same split, no duplicate) and kept only
+    in this process's memory; once the threshold is met they are combined, the keyring is opened
+    to prove the result, and the master key is kept for the process's custodians."""
+
+    def __init__(self, home: Path) -> None:
+        self.path = home / KEYRING
+        self._shares: dict[int, str] = {}
+        self._identifier: int | None = None
+
+    def status(self) -> dict:
+        kdf = LocalCustodian.kdf_of(self.path)
+        if kdf.get("name") != SHAMIR:
+            return {"sealed_by": kdf.get("name"), "sealed": False}
+        return {"sealed_by": SHAMIR, "sealed": str(self.path.resolve()) not in _UNSEALED,
+                "threshold": kdf["threshold"], "shares": kdf["shares"], "given": len(self._shares)}
+
+    def give(self, mnemonic: str) -> dict:
+        import shamir_mnemonic
+
+        state = self.status()
+        if state["sealed_by"] != SHAMIR:
+            raise CustodyError("this keyring is sealed by a passphrase, not by shares")
+        if not state["sealed"]:
+            return state
+        try:
+            share = shamir_mnemonic.share.Share.from_mnemonic(" ".join(mnemonic.split()))
+        except shamir_mnemonic.MnemonicError as exc:
+            raise InvalidInput("not a valid share: a wrong word, a wrong length or a failed checksum") from None
+        if self._identifier not in (None, share.identifier):
+            raise InvalidInput("this share belongs to another split than the shares already given")
+        self._identifier = share.identifier
+        self._shares[share.index] = " ".join(mnemonic.split())
+        if len(self._shares) >= state["threshold"]:
+            given, self._shares, self._identifier = list(self._shares.values()), {}, None
+            try:
+                master = shamir_mnemonic.combine_mnemonics(given, b"")
+            except shamir_mnemonic.MnemonicError as exc:
+                raise InvalidInput(f"the shares do not combine: {exc}") from None
+            LocalCustodian(self.path, master=master)  # raises if they do not open this keyring
+            _UNSEALED[str(self.path.resolve())] = master
+        return self.status()
+
+    def seal(self) -> None:
+        """Forget the master key (the process's custodians stay open until they are dropped)."""
+        _UNSEALED.pop(str(self.path.resolve()), None)
+        self._shares, self._identifier = {}, None
