@@ -503,8 +503,8 @@ def test_describe() -> None:
     d = DEFAULT.describe()
     assert d["hash"] == DEFAULT.hash and json.loads(json.dumps(d)) == d
     ids = [p["id"] for p in d["policies"]]
-    # 15 for copies and approvals, restore and drill permits and placements (4), 5 for reads, 2 for registrations
-    assert len(ids) == len(set(ids)) == 26
+    # 15 for copies and approvals, restore and drill permits and placements (4), 6 for reads, 2 for registrations
+    assert len(ids) == len(set(ids)) == 27
     jurisdiction = next(p for p in d["policies"] if p["id"] == "forbid-jurisdiction")
     assert jurisdiction == {"id": "forbid-jurisdiction", "effect": "forbid", "actions": ["copy"],
                             "file": "placement.cedar", "reason": jurisdiction["reason"]}

@@ -36,7 +36,7 @@ from custody.control.services import health, metrics
 from custody.control.workspace import Workspace
 from custody.keys.local import Unsealer
 from custody.data.zones import ZoneStorage
-from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput
+from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput, InvalidState
 
 STATUS = {1: 500, 2: 400, 3: 403, 4: 404, 5: 422, 6: 409}
 
@@ -130,7 +130,7 @@ def create_app(home: Path | None = None) -> FastAPI:
         if wait:
             return too_many(Admission(wait=wait))
         if unsealer is None:
-            raise InvalidInput(f"this server's custodian is {ws.custodian_table.get('kind')}: nothing to unseal")
+            raise InvalidState(f"this server's custodian is {ws.custodian_table.get('kind')}: nothing to unseal")
         try:
             state = unsealer.give(body.share)
         except CustodyError as exc:

@@ -1,13 +1,15 @@
 """A custody workspace: its folder, configuration, database and key custodian.
 
 Layout of a workspace folder:
-    custody.toml        id, ledger origin, database URL, custodian kind, [ledger] checkpoint schedule
+    custody.toml        id, ledger origin, database URL, custodian kind, [ledger] checkpoint schedule,
+                        [witness] url (where the ledger's witness keeps its cosigned checkpoints)
     custody.db          the SQLite store (unless the database is PostgreSQL)
     keys/keyring.sealed the local custodian's sealed keyring
     keys/release.journal the custodian's own record of every key it released (keys/journal.py)
     keys/*.pub.pem      public keys, readable without the passphrase
     zones/<name>/       the default local zones
     ledger/checkpoint   the newest signed ledger checkpoint, a copy outside the database
+    witness/            the witness's cosigned checkpoints, unless [witness] url names another place
 """
 
 from __future__ import annotations
@@ -51,12 +53,14 @@ class Workspace:
     db_url: str
     engine: Engine
     custodian_table: dict = field(default_factory=lambda: {"kind": "local"})  # [custodian] in custody.toml
+    attestation_table: dict | None = field(default=None, repr=False)  # [attestation] in custody.toml
     _custodian: KeyCustodian | None = field(default=None, repr=False)
     _release: Release | None = field(default=None, repr=False)
     checkpoint_every_events: int = 1000  # [ledger] in custody.toml: when to sign a checkpoint automatically
     checkpoint_every_seconds: float = 60.0
     newest_checkpoint: tuple[int, float] | None = field(default=None, repr=False)  # (size, unix time) last seen
-    cryptoperiods: dict[str, int] = field(default_factory=dict)  # [keys] kek_days, signing_days, ... in custody.toml
+    cryptoperiods: dict[str, float] = field(default_factory=dict)  # [keys] kek_days, signing_days, ... in custody.toml
+    witness_url: str = ""  # [witness] url in custody.toml: an fsspec URL; "" is the folder witness/ here
 
     @classmethod
     def open(cls, home: Path | None = None) -> "Workspace":
@@ -73,9 +77,11 @@ class Workspace:
         if db.current_revision(engine) != db.HEAD_REVISION:
             db.migrate(engine)
         events, seconds = _checkpoint_schedule(config.get("ledger", {}), home / CONFIG)
+        witness_url = _witness_url(config.get("witness", {}), home / CONFIG, home)
         ws = cls(home=home, id=ws_id, db_url=url, engine=engine, checkpoint_every_events=events,
                  checkpoint_every_seconds=seconds, custodian_table=config.get("custodian", {"kind": "local"}),
-                 cryptoperiods=_cryptoperiods(config.get("keys", {}), home / CONFIG))
+                 attestation_table=config.get("attestation"),
+                 cryptoperiods=_cryptoperiods(config.get("keys", {}), home / CONFIG), witness_url=witness_url)
         with ws.uow() as uow:
             stored = repo.get_meta(uow, "workspace_id")
         if stored != ws_id:
@@ -112,7 +118,10 @@ class Workspace:
         """The custodian's release decisions, with its own journal (never the database)."""
         if self._release is None:
             custodian = self.custodian()
-            self._release = Release(custodian, Journal(self.home / JOURNAL, custodian.secret("journal")))
+            from custody.keys import attestation
+
+            self._release = Release(custodian, Journal(self.home / JOURNAL, custodian.secret("journal")),
+                                    attestation.from_config(self.attestation_table, self.home, self.home / CONFIG))
         return self._release
 
     def public_key_pem(self, purpose: Purpose) -> bytes:
@@ -141,8 +150,30 @@ def _checkpoint_schedule(table: object, path: Path) -> tuple[int, float]:
     return events, float(seconds)
 
 
-def _cryptoperiods(table: object, path: Path) -> dict[str, int]:
-    """`[keys] kek_days`, `signing_days`, `ledger_days`, `witness_days`: whole days of at least 1."""
+def _witness_url(table: object, path: Path, home: Path) -> str:
+    """`[witness] url`: where the ledger's witness keeps its state, an fsspec URL (s3://bucket/prefix, ...) or
+    a folder (relative to the workspace); by default the folder witness/ here. Put it where the database's
+    writers cannot reach, or the witness guards against less."""
+    if not isinstance(table, dict):
+        raise CustodyError(f"{path}: [witness] must be a table")
+    unknown = sorted(set(table) - {"url"})
+    if unknown:
+        raise CustodyError(f"{path}: [witness] {unknown[0]} is not a setting: use url")
+    url = table.get("url", "witness")
+    if not isinstance(url, str) or not url.strip() or any(ord(ch) < 0x20 for ch in url):
+        raise CustodyError(f"{path}: [witness] url must be a non-empty fsspec URL or folder")
+    import fsspec  # here, not at import: most commands never read this
+
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol is None:
+        return str((home / url).resolve()) if not Path(url).is_absolute() else url
+    if protocol not in fsspec.available_protocols():
+        raise CustodyError(f"{path}: [witness] url {url!r}: fsspec knows no protocol {protocol!r}")
+    return url
+
+
+def _cryptoperiods(table: object, path: Path) -> dict[str, float]:
+    """`[keys] kek_days`, `signing_days`, `ledger_days`, `witness_days`: days, above 0 (fractions for drills)."""
     if not isinstance(table, dict):
         raise CustodyError(f"{path}: [keys] must be a table")
     out = {}
@@ -151,7 +182,7 @@ def _cryptoperiods(table: object, path: Path) -> dict[str, int]:
         if not name.endswith("_days") or purpose not in ("kek", "signing", "ledger", "witness"):
             raise CustodyError(f"{path}: [keys] {name} is not a setting: use kek_days, signing_days, ledger_days "
                                "or witness_days")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise CustodyError(f"{path}: [keys] {name} must be a whole number of days, at least 1")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise CustodyError(f"{path}: [keys] {name} must be a number of days above 0")
         out[purpose] = value
     return out

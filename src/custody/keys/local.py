@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, InvalidInput, NotFound
+from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, InvalidInput, InvalidState, NotFound
 from custody.keys.custodian import DEK_BYTES, Binding, KekVersion, KeyInfo, Purpose, WrappedKey, aad_of
 
 FORMAT = "custody-keyring"
@@ -382,7 +382,7 @@ class Unsealer:
 
         state = self.status()
         if state["sealed_by"] != SHAMIR:
-            raise CustodyError("this keyring is sealed by a passphrase, not by shares")
+            raise InvalidState("this keyring is sealed by a passphrase, not by shares")
         if not state["sealed"]:
             return state
         try:

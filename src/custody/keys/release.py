@@ -8,7 +8,8 @@ snapshot, a restore, a read) is released here, against a grant:
    version digest matches, and the key's expiry (bound when it was made) has not passed, whatever
    the replica row says;
 3. single use, in the custodian's journal (`keys/journal.py`), not in the control-plane store;
-4. where the zone asks for it, attestation evidence over a nonce this custodian issued.
+4. where the zone asks for it (reads), attestation evidence over a nonce this custodian issued
+   (`keys/attestation.py`).
 Destination keys are bound to the kind and lifetime the grant carries, so a database edit of a
 request's TTL or of a replica's expiry changes nothing the custodian believes.
 
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 
 from custody.control import grants
 from custody.domain.errors import Denied, InvalidState
+from custody.keys.attestation import Attestation, Claims
 from custody.keys.custodian import Binding, KeyCustodian, WrappedKey, grant_root_key, whole_seconds
 from custody.keys.journal import Journal, Spent
 
@@ -47,9 +49,10 @@ class Expired(InvalidState):
 
 
 class Release:
-    def __init__(self, custodian: KeyCustodian, journal: Journal) -> None:
+    def __init__(self, custodian: KeyCustodian, journal: Journal, attestation: Attestation | None = None) -> None:
         self.custodian = custodian
         self.journal = journal
+        self.attestation = attestation or Attestation()
 
     def check(self, token: str, expected: Expected, operation: str) -> grants.Grant:
         grant = grants.verify(
@@ -67,10 +70,13 @@ class Release:
         _journal(self.journal.source, grant.use_id, wrapped.key_id, expected.request_id)
         return self.custodian.unwrap(wrapped)
 
-    def read(self, token: str, expected: Expected, wrapped: WrappedKey, *, kind: str, reader: str | None) -> bytes:
+    def read(self, token: str, expected: Expected, wrapped: WrappedKey, *, kind: str, reader: str | None,
+             attested: Claims | None = None) -> bytes:
         """A read's one release: the grant is spent by it, in the custodian's record. The key must be
         the replica's, of the kind the store claims; `reader` (for a read without a request) must be
-        the principal the copy was made for, where the key names one."""
+        the principal the copy was made for, where the key names one; a zone that requires
+        attestation needs claims this custodian verified over its own nonce for this read."""
+        self.attestation.spend(expected.destination_zone, attested)
         grant = self.check(token, expected, grants.UNWRAP_SOURCE)
         self._bound_source(grant, wrapped)
         b = wrapped.binding

@@ -22,7 +22,7 @@ from custody.domain.requests import Decision
 FILE = "tests.toml"
 _PARTS = ("principal", "asset", "source", "destination")
 _CASE_KEYS = {"name", "action", "kind", "ttl", "purpose", "break_glass", "exceptions", "requester", "requester_team",
-              "replica_kind", "own_copy", "request", "matched", "relabels", "allow", "policies", "approvals", "rule", *_PARTS}
+              "replica_kind", "own_copy", "request", "attestation_required", "attested", "measurement", "matched", "relabels", "allow", "policies", "approvals", "rule", *_PARTS}
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "principal": {"name": str, "roles": list, "team": str, "attributes": dict},
     "asset": {"name": str, "classification": str, "jurisdictions": list, "min_security_level": int, "owner": str,
@@ -120,7 +120,10 @@ def _case(index: int, entry: Any, defaults: dict) -> Case:
             replica_kind=_typed(where, "replica_kind", entry.get("replica_kind", "primary"), str),
             own_copy=_typed(where, "own_copy", entry.get("own_copy", False), bool),
             request=_typed(where, "request", entry.get("request", "direct"), str),
-            purpose=_typed(where, "purpose", entry.get("purpose", "catalog test"), str), ttl_seconds=ttl_seconds)
+            purpose=_typed(where, "purpose", entry.get("purpose", "catalog test"), str), ttl_seconds=ttl_seconds,
+            attestation_required=_typed(where, "attestation_required", entry.get("attestation_required", False), bool),
+            attested=_typed(where, "attested", entry.get("attested", False), bool),
+            measurement=_typed(where, "measurement", entry["measurement"], str) if "measurement" in entry else None)
         return Case(name=name, facts=facts, expected=_expected(where, entry))
     if action == "register":  # registered into the case's destination zone
         exceptions = _typed(where, "exceptions", entry.get("exceptions", []), list)

@@ -103,9 +103,12 @@ def read_input(f: ReadFacts) -> tuple[dict, str]:
     if f.request not in READ_WAYS:
         raise PolicyError(f"unknown way of reading {f.request!r}: use one of {', '.join(READ_WAYS)}")
     context: dict = {"replica_kind": f.replica_kind, "zone": {"__entity": _uid("Zone", f.zone.name)},
-                     "zone_name": f.zone.name, "own_copy": f.own_copy, "request": f.request, "purpose": f.purpose}
+                     "zone_name": f.zone.name, "own_copy": f.own_copy, "request": f.request, "purpose": f.purpose,
+                     "attestation_required": f.attestation_required, "attested": f.attested}
     if f.ttl_seconds is not None:
         context["ttl_seconds"] = f.ttl_seconds
+    if f.measurement is not None:
+        context["measurement"] = f.measurement
     request = {"principal": _uid("User", f.principal.name), "action": READ_ACTION,
                "resource": _uid("Asset", f.asset.name), "context": context}
     return request, json.dumps([_user(f.principal), _asset(f.asset), _zone(f.zone)])

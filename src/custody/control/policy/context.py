@@ -82,6 +82,9 @@ class ReadFacts:
     ttl_seconds: int | None = None  # how long an approved read request stays usable
     kind: str = "read"  # for the approval-rule table
     break_glass: bool = False
+    attestation_required: bool = False  # the replica's zone releases keys only to attested readers
+    attested: bool = False  # the reader presented evidence the custodian verified over its nonce
+    measurement: str | None = None  # what the evidence says runs the reader
 
 
 @dataclass(frozen=True, slots=True)

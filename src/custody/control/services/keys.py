@@ -25,7 +25,7 @@ from custody.keys.custodian import Purpose
 CRYPTOPERIOD_DAYS = {"kek": 365, "signing": 730, "ledger": 730, "witness": 730}
 
 
-def cryptoperiods(ws: Workspace) -> dict[str, int]:
+def cryptoperiods(ws: Workspace) -> dict[str, float]:
     return {**CRYPTOPERIOD_DAYS, **ws.cryptoperiods}
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from custody.control import grants
-from custody.control.door import Act
+from custody.control.door import Act, act
 from custody.control.policy.context import ReadFacts, asset_facts, principal_facts, zone_facts
 from custody.control.services.policy import active_catalog
 from custody.control.store import repositories as repo
@@ -23,6 +23,7 @@ from custody.control.workspace import Workspace
 from custody.domain.errors import Denied, InvalidInput
 from custody.domain.model import Principal, Replica, new_id
 from custody.domain.requests import Decision, Request, RequestKind, RequestState
+from custody.keys.attestation import Claims
 from custody.keys.custodian import grant_root_key
 from custody.keys.release import Expected
 
@@ -31,13 +32,14 @@ DIRECT_GRANT = timedelta(minutes=1)  # a read the catalog allows directly gets a
 
 
 def facts(uow: UnitOfWork, principal: Principal, replica: Replica, way: str, purpose: str,
-          ttl_seconds: int | None = None) -> ReadFacts:
+          ttl_seconds: int | None = None, claims: Claims | None = None, attestation_required: bool = False) -> ReadFacts:
     version = repo.version_by_id(uow, replica.version_id)
     asset = repo.asset_by_name(uow, repo.replica_asset_name(uow, replica.id))
     return ReadFacts(principal=principal_facts(principal), asset=asset_facts(asset, version),
                      zone=zone_facts(repo.zone_by_name(uow, replica.zone)), replica_kind=replica.kind.value,
                      own_copy=own_copy(uow, principal, replica), request=way, purpose=purpose,
-                     ttl_seconds=ttl_seconds)
+                     ttl_seconds=ttl_seconds, attestation_required=attestation_required, attested=claims is not None,
+                     measurement=claims.measurement if claims else None)
 
 
 def own_copy(uow: UnitOfWork, principal: Principal, replica: Replica) -> bool:
@@ -52,16 +54,30 @@ class Ticket:
     token: str
     expected: Expected
     reader: str | None
+    attested: Claims | None = None
 
 
-def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: str | None) -> Ticket:
+def attestation_nonce(ws: Workspace, token: str | None) -> dict:
+    """A fresh nonce from the custodian, for attestation evidence over one read (single use, 2 minutes)."""
+    with act(ws, token, "replica.open", details={"attestation": "nonce"}):
+        return {"nonce": ws.release().attestation.nonce()}
+
+
+def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: str | None,
+           evidence: bytes | None = None) -> Ticket:
     """Decide this read and, when it goes under a read request, spend that request; the decision and
     the request are recorded in the act's event. Raises Denied when the read may not happen.
 
     The ticket carries the request's grant, or for a read the catalog allows directly a grant minted
     now for this one read; either way the custodian checks it and records its single use."""
     catalog = active_catalog(ws, a.uow)
-    decision = catalog.decide_read(facts(a.uow, a.principal, replica, "direct", purpose))
+    attestation = ws.release().attestation
+    claims = attestation.check(replica.zone, evidence)  # refused here when the zone needs evidence and it fails
+    seen = dict(claims=claims, attestation_required=attestation.required(replica.zone))
+    if claims is not None:
+        a.fields.setdefault("details", {})["attestation"] = {"measurement": claims.measurement,
+                                                             "platform": claims.platform}
+    decision = catalog.decide_read(facts(a.uow, a.principal, replica, "direct", purpose, **seen))
     request = None
     if request_id is not None or not decision.allowed:
         request = _read_request(a, replica, request_id)
@@ -69,7 +85,7 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
         from custody.control.services.copies import still_allowed
 
         still_allowed(ws, a.uow, request, a.principal)
-        decision = catalog.decide_read(facts(a.uow, a.principal, replica, "approved", purpose))
+        decision = catalog.decide_read(facts(a.uow, a.principal, replica, "approved", purpose, **seen))
     a.fields["policy_ids"] = decision.policy_ids
     a.fields["request_id"] = request.id if request else None
     a.fields.setdefault("details", {})["decision"] = {"allowed": decision.allowed, "reasons": list(decision.reasons),
@@ -82,12 +98,12 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
     expected = Expected(request_id=request.id if request else f"read-{new_id()}", version_digest=_digest(a, replica),
                         source_replica=replica.id, destination_zone=replica.zone)
     if request is not None:
-        return Ticket(_spend(a, request), expected, None)
+        return Ticket(_spend(a, request), expected, None, claims)
     grant = grants.mint(grant_root_key(ws.custodian()), grants.GrantClaims(
         request_id=expected.request_id, version_digest=expected.version_digest, source_replica=replica.id,
         destination_zone=replica.zone, expires_at=datetime.now(timezone.utc) + DIRECT_GRANT, source_key=replica.key_id,
         kind="read"))
-    return Ticket(grant.token, expected, a.principal.name)
+    return Ticket(grant.token, expected, a.principal.name, claims)
 
 
 def _digest(a: Act, replica: Replica) -> str:

@@ -122,18 +122,20 @@ def shred(a: Act, replica: Replica) -> None:
 
 
 def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpose: str,
-                     names: list[str] | None = None, request: str | None = None) -> dict:
+                     names: list[str] | None = None, request: str | None = None, evidence: str | None = None) -> dict:
     """Tensors of an active replica, decrypted in memory, when the catalog allows this read (directly,
     or under the caller's approved read request, which the read spends); ledgered with its decision
-    and purpose."""
+    and purpose. `evidence`: attestation evidence over a nonce from `reads.attestation_nonce`, where
+    the replica's zone requires it."""
     with act(ws, token, "replica.open", subject=replica_id, rationale=purpose,
              details={"tensors": names[:50] if names else "all"}) as a:
         if not purpose or not purpose.strip():
             raise InvalidInput("reading tensors needs a purpose")
         replica = _active(a, replica_id)
-        ticket = reads.decide(ws, a, replica, purpose, request)
+        ticket = reads.decide(ws, a, replica, purpose, request, evidence.encode() if evidence is not None else None)
         _, wrapped = _sealed(ws, a, replica)
-        dek = ws.release().read(ticket.token, ticket.expected, wrapped, kind=replica.kind.value, reader=ticket.reader)
+        dek = ws.release().read(ticket.token, ticket.expected, wrapped, kind=replica.kind.value, reader=ticket.reader,
+                                attested=ticket.attested)
         zone = repo.zone_by_name(a.uow, replica.zone)
         files = [f["path"] for f in repo.version_formats(a.uow, replica.version_id) if f["kind"] == "safetensors"]
         if not files:
@@ -152,3 +154,12 @@ def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpo
         if missing:
             raise NotFound(f"replica {replica_id} has no tensor {missing[0]!r}")
     return out
+
+
+def read_safetensors(ws: Workspace, token: str | None, replica_id: str, purpose: str, names: list[str] | None = None,
+                     request: str | None = None, evidence: str | None = None) -> bytes:
+    """`open_safetensors` for a caller that holds no key: the server decides, decrypts in its memory
+    and answers the tensors in the safetensors layout (what `custody.open_safetensors` asks for when a
+    server is configured)."""
+    return tensors.to_safetensors(open_safetensors(ws, token, replica_id, purpose=purpose, names=names,
+                                                   request=request, evidence=evidence))
