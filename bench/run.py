@@ -428,7 +428,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--only", choices=["register", "ledger", "policy", "copy", "revocation", "backup", "load"],
+    ap.add_argument("--only", choices=["register", "ledger", "policy", "copy", "revocation", "custodians", "backup",
+                                       "load"],
                     default=None)
     args = ap.parse_args()
     work = HERE / "work"
@@ -446,6 +447,10 @@ def main() -> None:
             results["copy_2GiB_prod_to_backup"] = bench_copy(work, 2048 * MiB // scale, args.rounds)
         if args.only in (None, "revocation"):
             results["revocation"] = bench_revocation(work, 5 if args.quick else 20)
+        if args.only in (None, "custodians"):
+            from custodians import main_rows
+
+            results["custodians"] = main_rows(work, args.quick, 3)
         if args.only in (None, "backup"):
             results["backup_vs_restic_2GiB"] = bench_backup(work, 2048 * MiB // scale, args.rounds)
         if args.only in (None, "load"):
@@ -491,6 +496,18 @@ def print_table(r: dict) -> None:
     if "revocation" in r:
         x = r["revocation"]
         print(f"{'revoke -> unreadable (median)':<34} {x['unreadable_after_ms_median']:>11.2f} ms {'target < 1000 ms':>16}")
+    for x in r.get("custodians", []):
+        name = x["custodian"]
+        if "skipped" in x:
+            print(f"{'custodian ' + name:<34} skipped: {x['skipped']}")
+            continue
+        print(f"{'unwraps (' + name + ')':<34} {x['unwraps_per_s']:>9.0f} /s")
+        print(f"{'releases: grant+binding+journal':<34} {x['releases_per_s']:>9.0f} /s")
+        target = "target < 1 s" if name != "aws-kms" else "stated apart"
+        print(f"{'revoke->old epoch gone, ' + format(x['live_keys'], ',') + ' keys':<34} {x['revoke_to_unreadable_s_median']:>11.3f} s "
+              f"{target:>16}")
+        if x["live_keys"] != 10_000:
+            print(f"{'  projected for 10,000 keys':<34} {x['projected_10k_rewrap_s']:>11.2f} s")
     for x in r.get("load", []):
         for op, label in (("create", "create request"), ("list", "list replicas")):
             y = x[op]

@@ -155,9 +155,12 @@ def test_a_database_from_before_a_revocation_decrypts_nothing(crew: People, tmp_
     with pytest.raises(IntegrityError, match="was destroyed"):
         ws.custodian().unwrap(wrapped)  # the passphrase and the custodian in hand: epoch 1 is gone
     ws.close()
-    for rid in (victim, other):  # nothing in the old database opens any more
-        r = cli("replica", "verify", rid, "--json", token=crew.t("admin"))
-        assert r.code == 5 and "destroyed" in r.json["error"], r.stdout
+    # nothing in the old database opens any more: the revoked key is in the custodian's record of destroyed
+    # keys, and every other key of the zone is wrapped under the destroyed epoch
+    r = cli("replica", "verify", victim, "--json", token=crew.t("admin"))
+    assert r.code == 3 and "was destroyed (the custodian's own record)" in r.json["error"], r.stdout
+    r = cli("replica", "verify", other, "--json", token=crew.t("admin"))
+    assert r.code == 5 and "KEK version 1 of zone prod was destroyed" in r.json["error"], r.stdout
 
 
 def test_an_altered_journal_releases_nothing(crew: People) -> None:
@@ -276,3 +279,50 @@ def test_the_custodian_journal_is_outside_the_database(crew: People) -> None:
     assert ops[:3] == ["source", "destination", "close"] and ops[-1] == "read"
     assert all(len(e["mac"]) == 64 for e in journal)
     assert oct(os.stat(crew.env.home / "keys" / "release.journal").st_mode & 0o777) == "0o600"
+
+
+def test_a_planted_key_does_not_keep_an_old_epoch_alive(crew: People) -> None:
+    sql(crew.env, "INSERT INTO data_keys (id, zone, kek_version, wrapped, created_at) VALUES "
+                  "('planted', 'prod', 1, X'00', CURRENT_TIMESTAMP)")
+    r = cli("keys", "rotate", "prod", "--json", token=crew.t("admin"))
+    assert r.code == 0 and r.json["left_behind"] == ["planted"] and r.json["retired"] == [1], r.stdout
+    assert cli("replica", "verify", crew.t("replica"), "--json", token=crew.t("admin")).code == 0
+
+
+def test_a_replica_moved_to_another_zone_in_the_database_is_not_read_there(crew: People, attested) -> None:  # noqa: ANN001
+    """The zone that requires attestation is copied to a new zone row; the replica and the service are
+    pointed at it. The key is bound to prod: the read is refused."""
+    sql(crew.env, "INSERT INTO zones SELECT 'prod2', url, kind, region, jurisdiction, security_level, "
+                  "custodian, created_at, egress_bytes_per_hour FROM zones WHERE name = 'prod'")
+    sql(crew.env, "UPDATE replicas SET zone = 'prod2' WHERE id = :i", i=crew.t("replica"))
+    sql(crew.env, "UPDATE principals SET attributes = :a WHERE name = 'svc'", a=json.dumps({"zone": "prod2"}))
+    exc = refused(crew, "svc", crew.t("replica"))
+    assert exc.exit_code == 3 and "in zone prod: the store describes it otherwise" in exc.message, exc.message
+
+
+def test_a_request_whose_kind_is_swapped_in_the_database_releases_nothing(crew: People) -> None:
+    carol = {"carol": ("security", "security")}
+    crew.add(carol)
+    read_rid = cli("request", "create", "tiny", "--kind", "read", "--purpose", "x", "--json",
+                   token=crew.t("lena")).json["id"]
+    assert cli("request", "approve", read_rid, "--otp", crew.otp("carol"), "--json", token=crew.t("carol")).code == 0
+    sql(crew.env, "UPDATE requests SET kind = 'derivative', destination_zone = 'prod' WHERE id = :i", i=read_rid)
+    r = cli("request", "run", read_rid, "--json", token=crew.t("lena"))
+    assert r.code == 3, r.stdout  # a read grant makes no copy (or the policy refuses first)
+    copy_rid = cli("request", "create", "tiny", "--to", "research", "--kind", "research", "--purpose", "eval",
+                   "--ttl", "1d", "--json", token=crew.t("alice")).json["id"]
+    assert cli("request", "approve", copy_rid, "--otp", crew.otp("lena"), "--json", token=crew.t("lena")).code == 0
+    sql(crew.env, "UPDATE requests SET kind = 'read' WHERE id = :i", i=copy_rid)
+    exc = refused(crew, "alice", crew.t("replica"), request=copy_rid)
+    assert exc.exit_code == 3, exc.message  # a copy grant is not a read
+
+
+def test_a_ttl_stretched_before_the_last_approval_mints_no_grant(crew: People) -> None:
+    rid = cli("request", "create", "tiny", "--to", "research", "--kind", "research", "--purpose", "eval", "--ttl", "1d",
+              "--json", token=crew.t("alice")).json["id"]
+    sql(crew.env, "UPDATE requests SET ttl_seconds = 315360000 WHERE id = :i", i=rid)  # ten years
+    r = cli("request", "approve", rid, "--otp", crew.otp("lena"), "--json", token=crew.t("lena"))
+    assert r.code == 3 and "policy no longer allows" in r.json["error"] and "TTL" in r.json["error"], r.stdout
+    sql(crew.env, "UPDATE requests SET ttl_seconds = 86400 WHERE id = :i", i=rid)
+    assert cli("request", "show", rid, "--json", token=crew.t("alice")).json["state"] == "awaiting_approval"
+    assert cli("request", "run", rid, "--json", token=crew.t("alice")).code == 6

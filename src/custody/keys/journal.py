@@ -14,6 +14,12 @@ What one grant may do (the "use" is the grant's authority-block revocation id):
 - `close`: the copy finished; nothing more is released under it;
 - `read`: a read's single release, which closes the use at once.
 Releases without a grant (`maintain`: verify a replica, check a backup repository) are recorded too.
+`shred` records a destroyed data key: the custodian never releases or rewraps it again, even when
+an old copy of the database puts its wrapped form back.
+
+The journal guards against writers of the database. Someone who can also write the custodian's
+own folder can roll it back to an earlier prefix, as they could roll the local keyring back to one
+holding destroyed KEKs: keep that folder (or the token, or KMS) out of their reach.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Journal:
     path: Path
     key: bytes
     _uses: dict[str, _Use] = field(default_factory=dict)
+    _shredded: set[str] = field(default_factory=set)
     _offset: int = 0
     _seq: int = 0
     _mac: bytes = GENESIS
@@ -96,6 +103,9 @@ class Journal:
         return hmac.new(self.key, self._mac + body, hashlib.sha256).digest()
 
     def _apply(self, entry: dict) -> None:
+        if entry["op"] == "shred":
+            self._shredded.add(entry["key"])
+            return
         use = entry.get("use")
         if not use:
             return
@@ -122,14 +132,20 @@ class Journal:
 
     # -- the decisions ---------------------------------------------------------------------------
 
+    def _alive(self, key: str) -> None:
+        if key in self._shredded:
+            raise Spent(f"data key {key} was destroyed (the custodian's own record): nothing releases it again")
+
     def source(self, use: str, key: str, request: str) -> None:
         with self._locked():
+            self._alive(key)
             if self._uses.get(use, _Use()).closed:
                 raise Spent("grant already used: its copy finished (the custodian's own record)")
             self._append(op="source", use=use, key=key, request=request)
 
     def destination(self, use: str, key: str, request: str) -> None:
         with self._locked():
+            self._alive(key)
             state = self._uses.get(use, _Use())
             if state.closed:
                 raise Spent("grant already used: its copy finished (the custodian's own record)")
@@ -139,6 +155,7 @@ class Journal:
 
     def read(self, use: str, key: str, request: str) -> None:
         with self._locked():
+            self._alive(key)
             if use in self._uses:
                 raise Spent("grant already used: one approval, one read (the custodian's own record)")
             self._append(op="read", use=use, key=key, request=request)
@@ -155,7 +172,17 @@ class Journal:
 
     def maintain(self, key: str, why: str) -> None:
         with self._locked():
+            self._alive(key)
             self._append(op="maintain", key=key, why=why[:200])
+
+    def shred(self, key: str, why: str) -> None:
+        with self._locked():
+            if key not in self._shredded:
+                self._append(op="shred", key=key, why=why[:200])
+
+    def shredded(self) -> set[str]:
+        with self._locked():
+            return set(self._shredded)
 
     def closed(self, use: str) -> bool:
         with self._locked():

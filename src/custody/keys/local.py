@@ -93,9 +93,10 @@ class LocalCustodian:
         if not 1 <= threshold <= shares <= 16 or (threshold == 1 and shares > 1):
             raise CustodyError("shares: need 1 <= threshold <= shares <= 16 (and a threshold of 1 only for 1 share)")
         master = secrets.token_bytes(32)
-        kdf = {"name": SHAMIR, "threshold": threshold, "shares": shares}
-        _create(path, kdf, master)
         mnemonics = shamir_mnemonic.generate_mnemonics(1, [(threshold, shares)], master, b"", iteration_exponent=1)[0]
+        identifier = shamir_mnemonic.share.Share.from_mnemonic(mnemonics[0]).identifier  # public: names the split
+        kdf = {"name": SHAMIR, "threshold": threshold, "shares": shares, "identifier": identifier}
+        _create(path, kdf, master)
         return cls(path, master=master), mnemonics
 
     @staticmethod
@@ -389,10 +390,14 @@ class Unsealer:
             share = shamir_mnemonic.share.Share.from_mnemonic(" ".join(mnemonic.split()))
         except shamir_mnemonic.MnemonicError as exc:
             raise InvalidInput("not a valid share: a wrong word, a wrong length or a failed checksum") from None
-        if self._identifier not in (None, share.identifier):
-            raise InvalidInput("this share belongs to another split than the shares already given")
+        expected = LocalCustodian.kdf_of(self.path).get("identifier", self._identifier)
+        if expected not in (None, share.identifier):
+            raise InvalidInput("this share is not one of this keyring's shares")
+        words = " ".join(mnemonic.split())
+        if self._shares.get(share.index, words) != words:
+            raise InvalidInput("a different share with this index was already given: shares are never replaced")
         self._identifier = share.identifier
-        self._shares[share.index] = " ".join(mnemonic.split())
+        self._shares[share.index] = words
         if len(self._shares) >= state["threshold"]:
             given, self._shares, self._identifier = list(self._shares.values()), {}, None
             try:

@@ -40,6 +40,11 @@ class Expected:
     destination_zone: str
 
 
+# Kinds whose keys must carry a binding to be read: they expire or belong to one person, and a key
+# wrapped before bindings existed says neither (the store's row alone would decide).
+UNBOUND_UNREADABLE = ("research", "derivative", "drill", "backup", "migration")
+
+
 class Refused(Denied):
     """The custodian will not release this key; the message says why."""
 
@@ -66,6 +71,8 @@ class Release:
     def source(self, token: str, expected: Expected, wrapped: WrappedKey) -> bytes:
         """The source data key of a copy, snapshot or restore (again on resume, until closed)."""
         grant = self.check(token, expected, grants.UNWRAP_SOURCE)
+        if grant.claims.kind == "read":
+            raise Refused("a read grant releases a key for one read, not for a copy")
         self._bound_source(grant, wrapped)
         _journal(self.journal.source, grant.use_id, wrapped.key_id, expected.request_id)
         return self.custodian.unwrap(wrapped)
@@ -78,12 +85,17 @@ class Release:
         attestation needs claims this custodian verified over its own nonce for this read."""
         self.attestation.spend(expected.destination_zone, attested)
         grant = self.check(token, expected, grants.UNWRAP_SOURCE)
+        if grant.claims.kind != "read":
+            raise Refused("a copy grant is not a read: reads go under a read request or the catalog's direct read")
         self._bound_source(grant, wrapped)
         b = wrapped.binding
+        if b is None and kind in UNBOUND_UNREADABLE:
+            raise Refused(f"data key {wrapped.key_id} predates key bindings: a {kind} copy made before them is not "
+                          "read (revoke it and copy again)")
         if b is not None:
-            if b.subject != expected.source_replica or b.kind != kind:
-                raise Refused(f"data key {wrapped.key_id} is bound to {b.kind} replica {b.subject}: the store "
-                              "describes it otherwise")
+            if b.subject != expected.source_replica or b.kind != kind or b.zone != expected.destination_zone:
+                raise Refused(f"data key {wrapped.key_id} is bound to {b.kind} replica {b.subject} in zone {b.zone}: "
+                              "the store describes it otherwise")
             if reader is not None and b.holder and b.holder != reader:
                 raise Refused(f"replica {b.subject} was made for {b.holder}: others read it only under a request")
         _journal(self.journal.read, grant.use_id, wrapped.key_id, expected.request_id)
@@ -93,6 +105,8 @@ class Release:
         """A fresh destination key, bound to the zone, version, kind, lifetime and holder of the grant."""
         grant = self.check(token, expected, grants.WRAP_DESTINATION)
         c = grant.claims
+        if c.kind == "read":
+            raise Refused("a read grant makes no copy")
         expires = whole_seconds(_now() + timedelta(seconds=c.ttl_seconds)) if c.ttl_seconds else None
         if c.kind == "backup-repository":  # a repository outlives any one snapshot; its key names no version
             binding = Binding(key_id, subject, c.destination_zone, c.kind, "", None)
@@ -104,6 +118,8 @@ class Release:
     def destination(self, token: str, expected: Expected, wrapped: WrappedKey) -> bytes:
         """An existing destination key: a resumed copy's, or the backup repository a snapshot adds to."""
         grant = self.check(token, expected, grants.WRAP_DESTINATION)
+        if grant.claims.kind == "read":
+            raise Refused("a read grant makes no copy")
         b = wrapped.binding
         if b is not None:
             if b.zone != grant.claims.destination_zone:
@@ -122,8 +138,15 @@ class Release:
 
     def maintain(self, wrapped: WrappedKey, why: str) -> bytes:
         _fresh(wrapped)
-        self.journal.maintain(wrapped.key_id, why)
+        _journal(self.journal.maintain, wrapped.key_id, why)
         return self.custodian.unwrap(wrapped)
+
+    def shred(self, key_id: str, why: str) -> None:
+        """Record a destroyed data key before the store forgets it: never released or rewrapped again."""
+        self.journal.shred(key_id, why)
+
+    def shredded(self) -> set[str]:
+        return self.journal.shredded()
 
     def _bound_source(self, grant: grants.Grant, wrapped: WrappedKey) -> None:
         c = grant.claims
@@ -143,9 +166,9 @@ def _fresh(wrapped: WrappedKey) -> None:
                       "the key, and no database edit extends it")
 
 
-def _journal(step, use_id: str, key_id: str, request_id: str) -> None:  # noqa: ANN001
+def _journal(step, *args: str) -> None:  # noqa: ANN001
     try:
-        step(use_id, key_id, request_id)
+        step(*args)
     except Spent as exc:
         raise Refused(str(exc)) from None
 

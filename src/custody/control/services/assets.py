@@ -215,7 +215,9 @@ def _abandon(ws: Workspace, replica_id: str, storage) -> None:  # noqa: ANN001
             replica = repo.replica_by_id(uow, replica_id)
             if replica.state is ReplicaState.PENDING:
                 repo.set_replica_state(uow, replica, ReplicaState.FAILED, writer=None)
-                repo.shred_data_key(uow, replica.key_id)
+                from custody.control.services.keys import destroy
+
+                destroy(ws, uow, replica.key_id, f"registration of replica {replica_id} did not finish")
                 ledger.append(uow, actor=replica.created_by, action="replica.abandon", outcome="ok",
                               subject=replica_id, destination=replica.zone,
                               details={"why": "registration did not finish; key shredded, files removed"})

@@ -222,7 +222,7 @@ def shred_repository(ws: Workspace, token: str | None, asset: str, zone: str, re
             if pending is not None:
                 a.record(outcome="awaiting_approval", details=pending)
                 return {"asset": asset, "zone": zone, "repository": repo_id, **pending}
-        repo.shred_data_key(a.uow, key_id)
+        keys.destroy(ws, a.uow, key_id, f"backup repository {repo_id} shredded")
         forgotten = [s.id for s in live]
         for sid in forgotten:
             br.set_snapshot_state(a.uow, sid, "forgotten")

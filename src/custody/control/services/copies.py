@@ -253,7 +253,7 @@ def revoke(ws: Workspace, token: str | None, request_id: str, reason: str) -> di
                 if replica.state is ReplicaState.PENDING:  # a copy under way or cut short: it never activates
                     repo.set_replica_state(a.uow, replica, ReplicaState.FAILED, writer=None)
                     replica = repo.replica_by_id(a.uow, replica.id)
-                shred(a, replica)
+                shred(ws, a, replica)
                 shredded.append(replica.id)
                 zones[replica.id] = repo.zone_by_name(a.uow, replica.zone)
         if request.state in (RequestState.AWAITING_APPROVAL, RequestState.APPROVED, RequestState.RUNNING,

@@ -17,7 +17,7 @@ from custody.control.door import act
 from custody.control.ledger import store as ledger
 from custody.control.store import repositories as repo
 from custody.control.workspace import Workspace
-from custody.domain.errors import InvalidInput
+from custody.domain.errors import IntegrityError, InvalidInput
 from custody.keys.custodian import Purpose
 
 # SP 800-57 Part 1 suggests originator-usage periods of up to 2 years for KEKs and 1-3 years for
@@ -74,29 +74,46 @@ def rotate_due(ws: Workspace, token: str | None) -> list[dict]:
 
 def new_epoch(ws: Workspace, zone_name: str, *, actor: str, why: str) -> dict:
     """Move a zone to a new KEK epoch: rewrap its live keys in one transaction (with its ledger
-    event), then destroy every older epoch no live key needs. A crash in between leaves an unused
-    old epoch (reported by `keys status`, destroyed by the next move), never an unreadable replica."""
+    event), then destroy every older epoch.
+
+    Which keys move is the custodian's call as much as the store's: a key the custodian recorded as
+    destroyed, or one that does not unwrap (a row planted or edited in the store), is left behind
+    under the old epoch and goes with it; it never holds the old epoch alive. Any other failure (the
+    token or KMS unreachable) stops the move before anything is destroyed."""
     started = time.perf_counter()
     custodian = ws.custodian()
+    destroyed_keys = ws.release().shredded()
     with ws.uow() as uow:
         repo.lock_zone(uow, zone_name)  # new data keys of this zone wait until the rewrap commits
         old_versions = [v.version for v in custodian.kek_versions(zone_name)]
         new_version = custodian.begin_rotation(zone_name)
-        keys = repo.live_data_keys(uow, zone_name)
-        repo.replace_data_keys(uow, [custodian.rewrap(w) for w in keys])
+        moved, left = [], []
+        for wrapped in repo.live_data_keys(uow, zone_name):
+            if wrapped.key_id in destroyed_keys:
+                left.append(wrapped.key_id)
+                continue
+            try:
+                moved.append(custodian.rewrap(wrapped))
+            except IntegrityError:
+                left.append(wrapped.key_id)
+        repo.replace_data_keys(uow, moved)
         rewrapped_at = time.perf_counter()
         ledger.append(uow, actor=actor, action="keys.epoch", outcome="ok", subject=zone_name,
-                      details={"why": why, "new_version": new_version, "rewrapped": len(keys)})
-    with ws.uow(readonly=True) as uow:
-        still = repo.data_keys_by_kek(uow)
-    destroyed, how = [], ""
+                      details={"why": why, "new_version": new_version, "rewrapped": len(moved),
+                               "left_behind": left[:100]})
+    how = ""
     for version in old_versions:
-        if still.get((zone_name, version), 0) == 0:  # never destroy a KEK a live data key still needs
-            how = custodian.retire(zone_name, version)
-            destroyed.append(version)
-    return {"zone": zone_name, "kek_version": new_version, "rewrapped": len(keys), "retired": destroyed,
-            "destroyed": how, "rewrap_seconds": round(rewrapped_at - started, 4),
+        how = custodian.retire(zone_name, version)
+    return {"zone": zone_name, "kek_version": new_version, "rewrapped": len(moved), "retired": old_versions,
+            "left_behind": left, "destroyed": how, "rewrap_seconds": round(rewrapped_at - started, 4),
             "seconds": round(time.perf_counter() - started, 4)}
+
+
+def destroy(ws: Workspace, uow, key_id: str, why: str) -> None:  # noqa: ANN001
+    """Destroy a data key: first in the custodian's own record (never released or rewrapped again,
+    whatever an old database says), then in the store, in the caller's transaction."""
+    ws.release().shred(key_id, why)
+    repo.shred_data_key(uow, key_id)
 
 
 def after_shred(ws: Workspace, zones: set[str], actor: str, why: str) -> list[dict]:

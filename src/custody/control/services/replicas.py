@@ -105,7 +105,7 @@ def revoke_replica(ws: Workspace, token: str | None, replica_id: str, reason: st
             raise InvalidInput("a revocation needs a reason")
         replica = repo.replica_by_id(a.uow, replica_id)
         zone = repo.zone_by_name(a.uow, replica.zone)
-        shred(a, replica)
+        shred(ws, a, replica)
         a.record(details={"zone": replica.zone, "kind": replica.kind.value})
     purge_freed(ws.engine)
     with data_step(ws, a):
@@ -114,10 +114,10 @@ def revoke_replica(ws: Workspace, token: str | None, replica_id: str, reason: st
     return {"replica": replica_id, "state": ReplicaState.SHREDDED.value, "reason": reason, "epochs": epochs}
 
 
-def shred(a: Act, replica: Replica) -> None:
+def shred(ws: Workspace, a: Act, replica: Replica) -> None:
     """Destroy a replica's data key and mark it shredded, in the caller's transaction."""
     replica.check_move(ReplicaState.SHREDDED)
-    repo.shred_data_key(a.uow, replica.key_id)
+    keys.destroy(ws, a.uow, replica.key_id, f"replica {replica.id} {a.action}")
     repo.set_replica_state(a.uow, replica, ReplicaState.SHREDDED, writer=None)
 
 

@@ -259,9 +259,15 @@ def _after_decision(ws: Workspace, a: Act, request: Request) -> Request:
 
 
 def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> Request:
-    """Enough approvals: mint the single-use grant and move to approved."""
-    from custody.control import grants
+    """Enough approvals: mint the single-use grant and move to approved.
 
+    The grant carries the request's kind, lifetime and requester into the key the custodian makes,
+    so the request is decided again here, as it stands, and its approvals counted again: a row edited
+    between the decision and the last approval (a longer TTL, say) mints nothing."""
+    from custody.control import grants
+    from custody.control.services.copies import still_allowed
+
+    still_allowed(ws, uow, request, repo.principal_by_name(uow, request.requester))
     expires = _now() + GRANT_WINDOW
     if request.kind is RequestKind.READ:  # one read, within the TTL asked for
         expires = min(expires, _now() + timedelta(seconds=request.ttl_seconds or 0))
@@ -322,8 +328,11 @@ def _open_break_glass_review(a: Act, request: Request) -> None:
 
 
 def approval_statement(request: Request) -> dict:
-    """What an approver of this request signs: these bytes, this place."""
-    return {"request": request.id, "digest": request.version_digest, "destination": request.destination_zone}
+    """What an approver of this request signs: these bytes, from this source, to this place, of this
+    kind, for this long, for this requester (what the grant will carry into the key)."""
+    return {"request": request.id, "digest": request.version_digest, "destination": request.destination_zone,
+            "source": request.source, "kind": request.kind.value, "ttl_seconds": request.ttl_seconds,
+            "requester": request.requester}
 
 
 def counting_approvals(ws: Workspace, uow: UnitOfWork, request: Request) -> list[Approval]:

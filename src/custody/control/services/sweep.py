@@ -49,14 +49,14 @@ def sweep(ws: Workspace, token: str | None, as_of: datetime | None = None) -> di
             age = now - (replica.created_at or now)
             if not writer_alive(replica.writer) or age > STALE_PENDING or _copy_failed(a.uow, replica):
                 repo.set_replica_state(a.uow, replica, ReplicaState.FAILED, writer=None)
-                repo.shred_data_key(a.uow, replica.key_id)
+                keys.destroy(ws, a.uow, replica.key_id, f"replica {replica.id} failed")
                 failed.append(replica.id)
                 zones_shredded.add(replica.zone)
                 if replica.request_id:
                     abandoned.append((replica.request_id, replica.key_id))
         for replica, _ in repo.list_replicas(a.uow, state=ReplicaState.ACTIVE.value):
             if _expired(a.uow, replica, now):
-                shred(a, replica)
+                shred(ws, a, replica)
                 expired.append(replica.id)
                 zones_shredded.add(replica.zone)
         lapsed = _lapse_requests(a.uow, now)
