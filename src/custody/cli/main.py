@@ -465,9 +465,16 @@ def audit_export(ctx: Ctx, out: Annotated[Path, typer.Option("--out")]) -> None:
 
 @command(audit_app, "checkpoint")
 def audit_checkpoint(ctx: Ctx) -> None:
-    """Sign and print a checkpoint (C2SP signed note) of the ledger as it is now."""
+    """Sign and print a checkpoint (C2SP signed note) of the ledger as it is now, and have the witness cosign it."""
     r = ctx.call(audit.make_checkpoint)
-    emit(ctx, r, lambda: output.out.print(r["note"], end=""))
+
+    def human() -> None:
+        output.out.print(r["note"], end="")
+        w = r.get("witness") or {}
+        if not w.get("witnessed", True):  # stored all the same; the next checkpoint retries
+            output.err.print(f"the witness did not cosign it: {w.get('error')}", style="bold yellow")
+
+    emit(ctx, r, human)
 
 
 @command(audit_app, "prove")
@@ -487,12 +494,25 @@ def audit_consistency(ctx: Ctx, old: int, new: int) -> None:
 @command(audit_app, "verify")
 def audit_verify(ctx: Ctx,
                  checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", help="A checkpoint saved earlier.")] = None,
-                 public_key: Annotated[Optional[Path], typer.Option("--public-key", help="Pin the ledger key (PEM).")] = None) -> None:
-    """Recompute the tree from the events and check it against every checkpoint."""
-    r = ctx.call(audit.verify, checkpoint, public_key)
+                 public_key: Annotated[Optional[Path], typer.Option("--public-key", help="Pin the ledger key (PEM).")] = None,
+                 witness_key: Annotated[Optional[Path], typer.Option("--witness-key", help="Pin the witness key (PEM).")] = None) -> None:
+    """Recompute the tree from the events and check it against every checkpoint, the witnessed one included."""
+    r = ctx.call(audit.verify, checkpoint, public_key, witness_key=witness_key)
     emit(ctx, r, lambda: output.out.print(
         f"ledger verified: {r['tree_size']} events, root {r['root']}, {r['checkpoints_checked']} checkpoints agree; "
-        f"{r['events_after_checkpoint']} events newer than the newest checkpoint"))
+        f"{r['events_after_checkpoint']} events newer than the newest checkpoint; "
+        + (f"witnessed up to {r['witnessed_size']}" if r.get("witnessed_size") is not None else "not witnessed yet")))
+
+
+@command(audit_app, "witness")
+def audit_witness(ctx: Ctx) -> None:
+    """What the witness holds: the newest checkpoint it cosigned, when, and where it keeps it."""
+    ctx.local_only()  # the witness's place is read from this machine
+    r = ctx.call(audit.witness_state)
+    emit(ctx, r, lambda: output.out.print(
+        f"witness {r['witness']} for {r['origin']}: "
+        + (f"cosigned size {r['witnessed_size']} at {r['time']}" if r["time"] else "nothing cosigned yet")
+        + f"; kept at {r['location']}; the ledger holds {r['ledger_size']} events"))
 
 
 def main() -> None:

@@ -4,7 +4,10 @@ the newest one kept in the workspace folder, outside the database. (`checkpoint`
 `audit verify` holds the events to every checkpoint, so deleting the newest events also means deleting
 every checkpoint that covers them; the workspace copy is out of reach of database access alone. Taken
 automatically after N events or M seconds (`[ledger]` in custody.toml), at most M seconds or N events
-are ever unwitnessed.
+are ever unwitnessed. Every checkpoint taken is also given to the witness (`witness.py`, kept at
+`[witness] url`), which cosigns it only if it extends the one it holds: history it saw cannot be
+truncated or rewritten even by someone who deletes every checkpoint above. A witness failure loses
+nothing (the checkpoint is stored); it is ledgered, and the next checkpoint tries again.
 """
 
 from __future__ import annotations
@@ -19,28 +22,39 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import load_pem_public_key
 from sqlalchemy import insert, select
 
-from custody.control.ledger import checkpoint, merkle
+from custody.control.ledger import checkpoint, merkle, witness
 from custody.control.ledger import store as ledger
 from custody.control.store import schema as t
 from custody.control.store.db import UnitOfWork
 from custody.control.store.repositories import as_utc
 from custody.control.workspace import Workspace
-from custody.domain.errors import IntegrityError, InvalidInput
+from custody.domain.errors import CustodyError, IntegrityError, InvalidInput, NotFound
 
 COPY = "ledger/checkpoint"
+WITNESS_DIR = "witness"  # the witness's default place: a folder of the workspace
+WITNESS_LOCK = "ledger/witness.lock"  # serializes this machine's submissions to the witness
 
 
 def ledger_key(ws: Workspace, pinned: Path | None = None) -> Ed25519PublicKey:
+    return _public_key(ws, "ledger", pinned)
+
+
+def witness_key(ws: Workspace, pinned: Path | None = None) -> Ed25519PublicKey:
+    """The witness's public key: `pinned`, or keys/witness.pub.pem (readable without the passphrase)."""
+    return _public_key(ws, "witness", pinned)
+
+
+def _public_key(ws: Workspace, purpose: str, pinned: Path | None = None, pem: bytes | None = None) -> Ed25519PublicKey:
     try:
-        pem = pinned.read_bytes() if pinned else ws.public_key_pem("ledger")
+        pem = pem or (pinned.read_bytes() if pinned else ws.public_key_pem(purpose))  # type: ignore[arg-type]
     except OSError as exc:
         raise InvalidInput(f"cannot read public key {pinned}: {exc.strerror}") from None
     try:
         key = load_pem_public_key(pem)
     except ValueError:
-        raise IntegrityError("ledger public key is not a PEM public key") from None
+        raise IntegrityError(f"{purpose} public key is not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
-        raise IntegrityError("ledger public key is not an Ed25519 key")
+        raise IntegrityError(f"{purpose} public key is not an Ed25519 key")
     return key
 
 
@@ -66,7 +80,7 @@ def check_extends(ws: Workspace, uow: UnitOfWork, size: int, root: bytes) -> Non
     the workspace, and that stored): signing a truncated or rewritten ledger would launder it."""
     c = t.ledger_checkpoints.c
     stored = uow.conn.execute(select(c.note).order_by(c.size.desc()).limit(1)).scalar_one_or_none()
-    for note in (read_copy(ws), stored):
+    for note in (read_copy(ws), stored, _witnessed_note(ws)):
         if note is None:
             continue
         old = checkpoint.verify(note, ws.origin, ledger_key(ws))
@@ -124,6 +138,109 @@ def read_copy(ws: Workspace) -> str | None:
         raise IntegrityError(f"cannot read the workspace checkpoint {COPY}: {exc}") from None
 
 
+# --------------------------------------------------------------------------- the witness
+
+
+def witness_name(ws: Workspace) -> str:
+    """The witness's key name in its cosignature lines."""
+    return f"custody-witness/{ws.id}"
+
+
+def open_witness(ws: Workspace, *, signing: bool = False, ledger_pub: Ed25519PublicKey | None = None,
+                 witness_pub: Ed25519PublicKey | None = None) -> witness.Witness:
+    """The workspace's witness. `signing`: with the custodian's witness key, to cosign (needs the keyring
+    unsealed); otherwise to read and check its state, with these public keys or the workspace's. A workspace
+    made before its witness gets keys/witness.pub.pem with the first cosignature; until then a reader has no
+    witness key, and refuses any witness state as uncheckable (deleting the file hides nothing)."""
+    url = ws.witness_url or str(ws.home / WITNESS_DIR)
+    pub: Ed25519PublicKey | None
+    if signing:
+        custodian = ws.custodian()
+        pem = custodian.public_key_pem("witness")
+        pub = _public_key(ws, "witness", pem=pem)
+        sign = lambda message: custodian.sign("witness", message)  # noqa: E731
+        published = ws.home / "keys" / "witness.pub.pem"
+        if not published.exists():
+            published.write_bytes(pem)
+    else:
+        sign = None
+        try:
+            pub = witness_pub or witness_key(ws)
+        except NotFound:
+            pub = None
+    return witness.Witness(url, witness_name(ws), pub, {ws.origin: ledger_pub or ledger_key(ws)}, sign,
+                           lock=ws.home / WITNESS_LOCK)
+
+
+def _witnessed_note(ws: Workspace) -> str | None:
+    """The witness's newest checkpoint for `check_extends`, when it can be read and checked; a witness out of
+    reach must not stop checkpoints being taken (its failure is reported where it is submitted to)."""
+    try:
+        held = open_witness(ws).latest(ws.origin)
+    except CustodyError:
+        return None
+    return held.note if held else None
+
+
+def submit(ws: Workspace, note: str) -> witness.Witnessed:
+    """Have the witness cosign `note`, a stored checkpoint, proving consistency from the size it holds (the
+    tlog-witness old size); returns what it holds then. A witness already ahead is fine where the ledger at
+    its size has its root; another process's submission in between is retried from the new size."""
+    w = open_witness(ws, signing=True)
+    cp = checkpoint.parse(note)[0]
+    for _ in range(3):
+        held = w.latest(ws.origin)
+        old = held.checkpoint.size if held else 0
+        with ws.uow(readonly=True) as uow:
+            if old > cp.size:
+                _check_behind(uow, held)  # type: ignore[arg-type]
+                return held  # type: ignore[return-value]
+            proof = merkle.consistency_proof(old, cp.size, ledger.StoredNodes(uow)) if 0 < old < cp.size else []
+        try:
+            w.add_checkpoint(old, proof, note)
+        except witness.WitnessConflict as exc:
+            if exc.size == old:
+                raise  # not a race: the same size with another root
+            continue
+        return w.latest(ws.origin)  # type: ignore[return-value]
+    raise IntegrityError("the witness's checkpoint kept changing during the submission; the next one retries")
+
+
+def _check_behind(uow: UnitOfWork, held: witness.Witnessed) -> None:
+    n = ledger.size(uow)
+    if n < held.checkpoint.size:
+        raise IntegrityError(f"the witnessed checkpoint (size {held.checkpoint.size}, {held.location}) covers "
+                             f"{held.checkpoint.size} events but the ledger holds only {n}")
+    if ledger.root(uow, held.checkpoint.size)[1] != held.checkpoint.root:
+        raise IntegrityError(f"ledger does not match the witnessed checkpoint (size {held.checkpoint.size}, "
+                             f"{held.location})")
+
+
+def witness_note(ws: Workspace, note: str) -> dict:
+    """Submit `note` to the witness and say how it went; never raises. A failure loses nothing (the checkpoint
+    is stored) but must be seen: it is ledgered (`ledger.witness` by system) and returned, and the next
+    checkpoint retries, with consistency from the size the witness holds."""
+    size = checkpoint.parse(note)[0].size
+    try:
+        held = submit(ws, note)
+        return {"witnessed": True, "witnessed_size": held.checkpoint.size, "location": held.location,
+                "time": iso_time(held.timestamp)}
+    except Exception as exc:  # noqa: BLE001
+        reason = exc.message if isinstance(exc, CustodyError) else f"{type(exc).__name__}: {exc}"
+        outcome = exc.outcome if isinstance(exc, CustodyError) else "error"
+    try:
+        with ws.uow() as uow:
+            ledger.append(uow, actor="system", action="ledger.witness", outcome=outcome, subject=str(size),
+                          details={"tree_size": size, "reason": reason})
+    except Exception:  # noqa: BLE001
+        pass  # the database is likely down; the caller still gets the failure
+    return {"witnessed": False, "tree_size": size, "error": reason}
+
+
+def iso_time(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, timezone.utc).isoformat().replace("+00:00", "Z")
+
+
 def _due(ws: Workspace, size: int, last: tuple[int, float] | None) -> bool:
     if last is None:
         return size > 0
@@ -152,6 +269,9 @@ def take_if_due(ws: Workspace, seq: int | None = None) -> None:
         with ws.uow() as uow:
             store(uow, size, note)
         ws.newest_checkpoint = (size, time.time())
-        keep_copy(ws, note)
+        try:
+            keep_copy(ws, note)
+        finally:
+            witness_note(ws, note)  # never raises; a failure is ledgered
     except Exception:  # noqa: BLE001
         pass  # a safeguard taken later must never fail (or hold up) the action that prompted it

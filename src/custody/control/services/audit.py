@@ -2,8 +2,10 @@
 
 `verify` trusts nothing stored: it recomputes every leaf from the event lines, rebuilds the
 tree in one pass (O(n) time, O(log n) memory), and compares with the stored nodes, every stored
-checkpoint, the workspace's copy of the newest, and optionally a checkpoint the caller saved earlier
-(and a pinned public key); in the same pass each event's indexed columns are held to its line.
+checkpoint, the workspace's copy of the newest, the newest checkpoint the witness cosigned (kept outside
+the database: deleting every other checkpoint does not hide a truncation or a rewrite from it), and
+optionally a checkpoint the caller saved earlier (and pinned public keys); in the same pass each event's
+indexed columns are held to its line.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 
-from custody.control.door import act, data_step, record_after
-from custody.control.ledger import checkpoint, checkpoints, merkle
+from custody.control.door import act, data_step, identify, record_after
+from custody.control.ledger import checkpoint, checkpoints, merkle, witness
 from custody.control.ledger import store as ledger
 from custody.control.store import schema as t
 from custody.control.workspace import Workspace
@@ -55,7 +57,37 @@ def make_checkpoint(ws: Workspace, token: str | None) -> dict:
         checkpoints.keep_copy(ws, note)
     except OSError:
         pass  # the database holds it; the next checkpoint retries the copy
-    return {"tree_size": size, "root": root.hex(), "note": note}
+    witnessed = checkpoints.witness_note(ws, note)  # a failure is ledgered and shown, never raised
+    return {"tree_size": size, "root": root.hex(), "note": note, "witness": witnessed}
+
+
+def witness_state(ws: Workspace, token: str | None) -> dict:
+    """What the witness holds for this ledger (checked with keys/witness.pub.pem and the ledger key): its
+    newest cosigned checkpoint, when it cosigned it, where it is kept, and how far the ledger has moved on."""
+    principal = identify(ws, token, "audit.verify")  # the same people who may verify the ledger
+    w = checkpoints.open_witness(ws)
+    try:
+        held = w.latest(ws.origin)
+    except CustodyError as exc:
+        _ledger_read(ws, principal.name, exc.outcome, {"reason": exc.message})
+        raise
+    with ws.uow(readonly=True) as uow:
+        n = ledger.size(uow)
+    state = {"origin": ws.origin, "witness": w.name, "location": w.location(ws.origin),
+             "vkey": witness.vkey(w.name, w.public_key) if w.public_key else None,
+             "witnessed_size": held.checkpoint.size if held else 0,
+             "root": held.checkpoint.root.hex() if held else None,
+             "time": checkpoints.iso_time(held.timestamp) if held else None,
+             "ledger_size": n, "events_after_witness": n - (held.checkpoint.size if held else 0)}
+    _ledger_read(ws, principal.name, "ok", {"witnessed_size": state["witnessed_size"]})
+    return state
+
+
+def _ledger_read(ws: Workspace, actor: str, outcome: str, details: dict) -> None:
+    """The `audit.witness` event: reads of the ledger's guards are ledgered like other audit reads."""
+    with ws.uow() as uow:
+        event = ledger.append(uow, actor=actor, action="audit.witness", outcome=outcome, details=details)
+    checkpoints.take_if_due(ws, event.seq)
 
 
 def prove(ws: Workspace, token: str | None, seq: int, size: int | None = None) -> dict:
@@ -80,11 +112,12 @@ class _Expect:
     what: str
 
 
-def verify(ws: Workspace, token: str | None, saved: Path | None = None, public_key: Path | None = None) -> dict:
+def verify(ws: Workspace, token: str | None, saved: Path | None = None, public_key: Path | None = None,
+           witness_key: Path | None = None) -> dict:
     with act(ws, token, "audit.verify", deferred=True) as a:
         pass
     try:
-        result = _verify(ws, saved, public_key)
+        result = _verify(ws, saved, public_key, witness_key)
     except CustodyError as exc:
         try:
             record_after(ws, a, exc.outcome, details={"reason": exc.message})
@@ -95,8 +128,11 @@ def verify(ws: Workspace, token: str | None, saved: Path | None = None, public_k
     return result
 
 
-def _verify(ws: Workspace, saved: Path | None, public_key: Path | None) -> dict:
+def _verify(ws: Workspace, saved: Path | None, public_key: Path | None, witness_key: Path | None) -> dict:
     key = checkpoints.ledger_key(ws, public_key)
+    # Read before the snapshot, which then holds every event it covers; refused if either signature fails.
+    pinned = checkpoints.witness_key(ws, witness_key) if witness_key else None
+    held = checkpoints.open_witness(ws, ledger_pub=key, witness_pub=pinned).latest(ws.origin)
     expectations: list[_Expect] = []
     if saved is not None:
         try:
@@ -118,6 +154,10 @@ def _verify(ws: Workspace, saved: Path | None, public_key: Path | None) -> dict:
             if cp.size != row.size:
                 raise IntegrityError(f"stored checkpoint at size {row.size} signs size {cp.size}")
             expectations.append(_Expect(cp.size, cp.root, f"stored checkpoint at size {cp.size}"))
+        if held is not None:  # last: where the others agree with it, they are the ones named
+            size = held.checkpoint.size
+            expectations.append(_Expect(size, held.checkpoint.root,
+                                        f"the witnessed checkpoint (size {size}, {held.location})"))
         for e in expectations:
             if e.size > n:
                 raise IntegrityError(f"{e.what} covers {e.size} events but the ledger holds only {n}")
@@ -128,7 +168,9 @@ def _verify(ws: Workspace, saved: Path | None, public_key: Path | None) -> dict:
             merkle.verify_consistency(old.size, n, old.root, root, proof)
     latest = max((e.size for e in expectations), default=None)
     return {"verified": True, "tree_size": n, "root": root.hex(), "checkpoints_checked": len(expectations),
-            "latest_checkpoint": latest, "events_after_checkpoint": n - (latest or 0)}
+            "latest_checkpoint": latest, "events_after_checkpoint": n - (latest or 0),
+            "witnessed_size": held.checkpoint.size if held else None,
+            "witness_location": held.location if held else None}
 
 
 def _verified(note: str, origin: str, key: Ed25519PublicKey, what: str) -> checkpoint.Checkpoint:
