@@ -290,14 +290,50 @@ def test_a_planted_key_does_not_keep_an_old_epoch_alive(crew: People) -> None:
 
 
 def test_a_replica_moved_to_another_zone_in_the_database_is_not_read_there(crew: People, attested) -> None:  # noqa: ANN001
-    """The zone that requires attestation is copied to a new zone row; the replica and the service are
-    pointed at it. The key is bound to prod: the read is refused."""
+    """The zone that requires attestation is copied to a new zone row (its signature too) and the replica
+    pointed at it: the forged row fails its custodian signature, and the key is bound to prod anyway."""
     sql(crew.env, "INSERT INTO zones SELECT 'prod2', url, kind, region, jurisdiction, security_level, "
-                  "custodian, created_at, egress_bytes_per_hour FROM zones WHERE name = 'prod'")
+                  "custodian, created_at, egress_bytes_per_hour, record_signature FROM zones WHERE name = 'prod'")
     sql(crew.env, "UPDATE replicas SET zone = 'prod2' WHERE id = :i", i=crew.t("replica"))
-    sql(crew.env, "UPDATE principals SET attributes = :a WHERE name = 'svc'", a=json.dumps({"zone": "prod2"}))
     exc = refused(crew, "svc", crew.t("replica"))
-    assert exc.exit_code == 3 and "in zone prod: the store describes it otherwise" in exc.message, exc.message
+    assert exc.exit_code == 5 and "zone prod2 was altered outside custody" in exc.message, exc.message
+
+
+@pytest.mark.parametrize("edit", ["roles", "token", "insert", "unsuspend", "backdate"])
+def test_a_principal_edited_in_the_database_is_nobody(crew: People, edit: str) -> None:
+    """Making oneself a service of prod, taking over alice's identity with one's own token, inserting a
+    principal, lifting a suspension, backdating who was added when: each row fails its signature."""
+    from custody.control import tokens
+
+    mine, mine_id, mine_hash = tokens.mint()
+    if edit == "roles":
+        sql(crew.env, "UPDATE principals SET roles = :r, attributes = :a WHERE name = 'rob'",
+            r=json.dumps(["service"]), a=json.dumps({"zone": "prod"}))
+        who, token = "rob", crew.t("rob")
+    elif edit == "token":
+        sql(crew.env, "UPDATE principals SET token_id = :i, token_hash = :h WHERE name = 'alice'", i=mine_id,
+            h=mine_hash)
+        who, token = "alice", mine
+    elif edit == "insert":
+        sql(crew.env, "INSERT INTO principals (id, name, roles, team, attributes, token_id, token_hash, suspended, "
+                      "created_at) VALUES ('x', 'mallory', :r, 'ops', :a, :i, :h, 0, CURRENT_TIMESTAMP)",
+            r=json.dumps(["service"]), a=json.dumps({"zone": "prod"}), i=mine_id, h=mine_hash)
+        who, token = "mallory", mine
+    elif edit == "unsuspend":
+        assert cli("principal", "suspend", "rob", "--json", token=crew.t("admin")).code == 0
+        sql(crew.env, "UPDATE principals SET suspended = 0 WHERE name = 'rob'")
+        who, token = "rob", crew.t("rob")
+    else:
+        sql(crew.env, "UPDATE principals SET created_at = '2001-01-01 00:00:00' WHERE name = 'lena'")
+        who, token = "lena", crew.t("lena")
+    with pytest.raises(CustodyError) as caught:
+        custody.open_safetensors(crew.t("replica"), purpose="serve", token=token, home=crew.env.home)
+    assert caught.value.exit_code == 5 and "altered outside custody" in caught.value.message or \
+        "not written by custody" in caught.value.message, caught.value.message
+    assert who in caught.value.message
+    # and nothing else this principal could do either: every read of the row checks it
+    r = cli("zone", "list", "--json", token=token)
+    assert r.code == 5, r.stdout
 
 
 def test_a_request_whose_kind_is_swapped_in_the_database_releases_nothing(crew: People) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -215,9 +216,15 @@ def test_rewritten_history_resigned_with_new_key_is_caught(any_env: Env, tmp_pat
     (any_env.home / "keys" / "ledger.pub.pem").write_bytes(new_key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
     (any_env.home / "ledger" / "checkpoint").unlink()  # the workspace's own copy goes too
+    r = verify(any_env)
+    assert r.code == 5 and "witnessed checkpoint" in r.json["error"]  # the witness holds the old history ...
+    # ... so the attacker, who can write the workspace, deletes it too, and what that refusal left behind
+    shutil.rmtree(any_env.home / "witness")
+    (any_env.home / "ledger" / "checkpoint").unlink(missing_ok=True)
+    sql(any_env, "DELETE FROM ledger_checkpoints")
     assert verify(any_env).code == 0  # the rewrite is internally consistent ...
     r = verify(any_env, "--checkpoint", str(saved))
-    assert r.code == 5  # ... but not with what was saved before
+    assert r.code == 5  # ... but not with what was saved before (or a witness kept out of their reach)
     assert "checkpoint" in r.json["error"]
 
 

@@ -135,6 +135,7 @@ OPERATIONS: tuple[Operation, ...] = (
     _op(audit.prove, "GET", "/audit/proofs/{seq}"),
     _op(audit.consistency, "GET", "/audit/consistency"),
     _op(audit.verify, "POST", "/audit/verify"),
+    _op(audit.witness_state, "GET", "/audit/witness"),
     _op(audit.export, "POST", "/audit/export"),
     _op(audit.search, "GET", "/audit/events"),
     _op(dashboard.figures, "GET", "/dashboard"),

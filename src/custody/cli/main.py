@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -12,7 +13,7 @@ from custody.cli import output
 from custody.cli.common import Ctx, command, emit, progress_bar
 from custody.control import tokens
 from custody.control.services import assets, audit, identity, keys, principals, replicas, setup, sweep as sweeper, zones
-from custody.domain.errors import InvalidInput
+from custody.domain.errors import CustodyError, InvalidInput, RemoteError
 
 app = typer.Typer(help="custody: governed, sealed, ledgered copies of model weights.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -87,6 +88,57 @@ BOOTSTRAP_HINT = ("name the first two security officers: each makes a token (`cu
                   "--public-token ID:SHA256`, twice; each officer runs `custody mfa enroll` and `custody mfa verify "
                   "CODE`. Admins, approvers, on-call responders, services and further officers then join by proposal, "
                   "approved by two security officers.")
+
+
+@command(app, "unseal")
+def unseal(ctx: Ctx,
+           share_file: Annotated[Optional[Path], typer.Option(help="Read the share from this file instead of the "
+                                                                   "terminal or standard input.")] = None) -> None:
+    """Give your Shamir share to a server whose keyring is sealed by shares (--server URL); each holder runs
+    it once. Without a server: check that the shares read from standard input (one per line) unseal the
+    local keyring, as a drill, and keep nothing."""
+    from custody.keys.local import Unsealer
+
+    def read_share() -> str:
+        if share_file:
+            return share_file.read_text().strip()
+        if sys.stdin.isatty():
+            import getpass
+
+            return getpass.getpass("share (not echoed): ").strip()
+        return sys.stdin.readline().strip()
+
+    if ctx.server:
+        import httpx
+
+        try:
+            resp = httpx.post(ctx.server.rstrip("/") + "/api/v1/unseal", json={"share": read_share()}, timeout=30)
+        except httpx.HTTPError as exc:
+            raise CustodyError(f"cannot reach the custody server at {ctx.server}: {type(exc).__name__}") from None
+        body = resp.json()
+        if resp.status_code >= 400:
+            raise RemoteError(body.get("error", f"HTTP {resp.status_code}"), body.get("exit_code", 1))
+        state = body
+    else:
+        unsealer = Unsealer(ctx.home.resolve())
+        state = unsealer.status()
+        while state.get("sealed"):
+            share = read_share()
+            if not share:
+                raise InvalidInput(f"standard input ended after {state['given']} of {state['threshold']} shares")
+            state = unsealer.give(share)
+        unsealer.seal()
+        state = {**state, "drill": True}
+
+    def human() -> None:
+        if state.get("drill"):
+            output.out.print("the shares unseal the keyring (checked here; nothing kept)")
+        elif state.get("sealed"):
+            output.out.print(f"share accepted: {state['given']} of {state['threshold']} given; the custodian stays sealed")
+        else:
+            output.out.print("the custodian is unsealed")
+
+    emit(ctx, state, human)
 
 
 @command(app, "demo")
@@ -429,7 +481,7 @@ def keys_rotate(ctx: Ctx, zone: Annotated[Optional[str], typer.Argument(help="Th
                 due: Annotated[bool, typer.Option("--due", help="Rotate every zone whose KEK is past its cryptoperiod.")] = False) -> None:
     """New KEK epoch for a zone (or every overdue one): data keys rewrapped, old KEK destroyed, no data re-encrypted."""
     if (zone is None) == (not due):
-        raise typer.BadParameter("name a ZONE or pass --due (not both)")
+        raise InvalidInput("name a ZONE or pass --due (not both)")
     done = ctx.call(keys.rotate_due) if due else [ctx.call(keys.rotate, zone)]
 
     def human() -> None:
@@ -507,7 +559,6 @@ def audit_verify(ctx: Ctx,
 @command(audit_app, "witness")
 def audit_witness(ctx: Ctx) -> None:
     """What the witness holds: the newest checkpoint it cosigned, when, and where it keeps it."""
-    ctx.local_only()  # the witness's place is read from this machine
     r = ctx.call(audit.witness_state)
     emit(ctx, r, lambda: output.out.print(
         f"witness {r['witness']} for {r['origin']}: "

@@ -4,7 +4,9 @@
 transaction in which the service changes state and records the action's ledger event. If
 anything refuses or fails, that transaction rolls back and the refusal or failure is ledgered
 in a transaction of its own, so every action, allowed or not, leaves exactly one event. After each
-commit a signed checkpoint is taken when one is due (`checkpoints.take_if_due`).
+commit a signed checkpoint is taken when one is due (`checkpoints.take_if_due`), and at once after
+an action that made the custodian release a key (`Act.witness_now`): no window in which the event of
+a read or a copy lives in the database alone.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ class Act:
     subject: str | None = None
     fields: dict = field(default_factory=dict)
     event: Event | None = None
+    witness_now: bool = False  # a key was released: checkpoint (and witness) this event at once, not on schedule
 
     def record(self, outcome: str = "ok", **fields) -> Event:  # noqa: ANN003
         """Append this action's event in the action's own transaction."""
@@ -84,7 +87,7 @@ def act(ws: Workspace, token: str | None, action: str, *, subject: str | None = 
         _record_failure(ws, actor, action, current, subject, fields, "error", type(exc).__name__)
         raise
     if current.event is not None:  # a deferred action's event comes with `record_after`
-        checkpoints.take_if_due(ws, current.event.seq)
+        checkpoints.take_if_due(ws, current.event.seq, now=current.witness_now)
 
 
 def identify(ws: Workspace, token: str | None, action: str) -> Principal:

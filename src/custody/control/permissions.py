@@ -34,6 +34,7 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "audit.verify": frozenset({"admin", "security", "auditor"}),
     "audit.checkpoint": frozenset({"admin", "security", "auditor"}),
     "audit.search": frozenset({"admin", "security", "auditor"}),
+    "audit.witness": frozenset({"admin", "security", "auditor"}),
     "dashboard.read": frozenset({"admin", "security", "auditor", "ml-lead"}),
     "metrics.read": frozenset({"admin", "security", "auditor"}),
     "session.sign_in": frozenset(ROLES),

@@ -23,6 +23,7 @@ from typing import Iterator
 
 from sqlalchemy import Engine
 
+from custody.control.records import RecordKeys
 from custody.control.store import db
 from custody.control.store import repositories as repo
 from custody.data.zones import ZoneStorage
@@ -56,6 +57,7 @@ class Workspace:
     attestation_table: dict | None = field(default=None, repr=False)  # [attestation] in custody.toml
     _custodian: KeyCustodian | None = field(default=None, repr=False)
     _release: Release | None = field(default=None, repr=False)
+    _records: RecordKeys | None = field(default=None, repr=False)
     checkpoint_every_events: int = 1000  # [ledger] in custody.toml: when to sign a checkpoint automatically
     checkpoint_every_seconds: float = 60.0
     newest_checkpoint: tuple[int, float] | None = field(default=None, repr=False)  # (size, unix time) last seen
@@ -95,8 +97,17 @@ class Workspace:
 
     @contextmanager
     def uow(self, readonly: bool = False) -> Iterator[db.UnitOfWork]:
-        with db.transaction(self.engine, readonly) as uow:
+        with db.transaction(self.engine, readonly, self.records) as uow:
             yield uow
+
+    @property
+    def records(self) -> RecordKeys:
+        """Signs principal and zone rows with the custodian (only when custody writes one) and checks
+        them with the public key in the workspace folder (on every read)."""
+        if self._records is None:
+            self._records = RecordKeys(lambda data: self.custodian().sign("signing", data),
+                                       lambda: self.public_key_pem("signing"))
+        return self._records
 
     def passphrase(self) -> str:
         value = os.environ.get("CUSTODY_PASSPHRASE")

@@ -249,19 +249,22 @@ def _due(ws: Workspace, size: int, last: tuple[int, float] | None) -> bool:
                                or time.time() - at >= ws.checkpoint_every_seconds)
 
 
-def take_if_due(ws: Workspace, seq: int | None = None) -> None:
+def take_if_due(ws: Workspace, seq: int | None = None, now: bool = False) -> None:
     """Sign and keep a checkpoint when the schedule says one is due; called after a commit (`seq`: the
     event it wrote) and by the server's timer. What this process last saw usually settles that none is
     due without a read (a checkpoint taken elsewhere only makes one less due). The root is read and
     signed outside any write transaction (opening the keyring may take a moment); only the insert
     writes. Never raises: without a passphrase in this process, or on any failure, it simply waits for
-    the next chance, and `audit verify` reports the events a checkpoint does not cover yet."""
+    the next chance, and `audit verify` reports the events a checkpoint does not cover yet. `now`: take
+    one whatever the schedule says (after a key release)."""
     try:
-        if seq is not None and not _due(ws, seq + 1, ws.newest_checkpoint):
+        if not now and seq is not None and not _due(ws, seq + 1, ws.newest_checkpoint):
             return
         with ws.uow(readonly=True) as uow:
             ws.newest_checkpoint = newest(uow)
-            if not _due(ws, ledger.size(uow), ws.newest_checkpoint):
+            size_now = ledger.size(uow)
+            covered = ws.newest_checkpoint[0] if ws.newest_checkpoint else 0
+            if not (now and size_now > covered) and not _due(ws, size_now, ws.newest_checkpoint):
                 return
             size, root = ledger.root(uow)
             check_extends(ws, uow, size, root)

@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import func, select
 
-from custody.control.door import act, data_step, identify, record_after
+from custody.control.door import act, data_step, record_after
 from custody.control.ledger import checkpoint, checkpoints, merkle, witness
 from custody.control.ledger import store as ledger
 from custody.control.store import schema as t
@@ -64,30 +64,18 @@ def make_checkpoint(ws: Workspace, token: str | None) -> dict:
 def witness_state(ws: Workspace, token: str | None) -> dict:
     """What the witness holds for this ledger (checked with keys/witness.pub.pem and the ledger key): its
     newest cosigned checkpoint, when it cosigned it, where it is kept, and how far the ledger has moved on."""
-    principal = identify(ws, token, "audit.verify")  # the same people who may verify the ledger
-    w = checkpoints.open_witness(ws)
-    try:
+    with act(ws, token, "audit.witness") as a:
+        w = checkpoints.open_witness(ws)
         held = w.latest(ws.origin)
-    except CustodyError as exc:
-        _ledger_read(ws, principal.name, exc.outcome, {"reason": exc.message})
-        raise
-    with ws.uow(readonly=True) as uow:
-        n = ledger.size(uow)
-    state = {"origin": ws.origin, "witness": w.name, "location": w.location(ws.origin),
-             "vkey": witness.vkey(w.name, w.public_key) if w.public_key else None,
-             "witnessed_size": held.checkpoint.size if held else 0,
-             "root": held.checkpoint.root.hex() if held else None,
-             "time": checkpoints.iso_time(held.timestamp) if held else None,
-             "ledger_size": n, "events_after_witness": n - (held.checkpoint.size if held else 0)}
-    _ledger_read(ws, principal.name, "ok", {"witnessed_size": state["witnessed_size"]})
+        n = ledger.size(a.uow)
+        state = {"origin": ws.origin, "witness": w.name, "location": w.location(ws.origin),
+                 "vkey": witness.vkey(w.name, w.public_key) if w.public_key else None,
+                 "witnessed_size": held.checkpoint.size if held else 0,
+                 "root": held.checkpoint.root.hex() if held else None,
+                 "time": checkpoints.iso_time(held.timestamp) if held else None,
+                 "ledger_size": n, "events_after_witness": n - (held.checkpoint.size if held else 0)}
+        a.record(details={"witnessed_size": state["witnessed_size"]})
     return state
-
-
-def _ledger_read(ws: Workspace, actor: str, outcome: str, details: dict) -> None:
-    """The `audit.witness` event: reads of the ledger's guards are ledgered like other audit reads."""
-    with ws.uow() as uow:
-        event = ledger.append(uow, actor=actor, action="audit.witness", outcome=outcome, details=details)
-    checkpoints.take_if_due(ws, event.seq)
 
 
 def prove(ws: Workspace, token: str | None, seq: int, size: int | None = None) -> dict:

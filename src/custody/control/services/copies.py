@@ -89,6 +89,7 @@ def run(ws: Workspace, token: str | None, request_id: str, progress: Progress | 
             rq.set_result_replica(a.uow, request.id, job.replica_id)
         a.record(outcome="started", source=job.source_zone, destination=request.destination_zone,
                  details={**job.details, "grant": use_id[:16]})
+        a.witness_now = True  # the custodian released keys for this copy
         started = a
 
     try:
@@ -260,6 +261,13 @@ def revoke(ws: Workspace, token: str | None, request_id: str, reason: str) -> di
                              RequestState.FAILED):
             rq.move_request(a.uow, request, RequestState.CANCELLED)
         a.record(details={"shredded": shredded})
+        found = rq.grant_of(a.uow, request_id)
+    if found is not None:  # nothing more is released under its grant, whatever the store says later
+        from custody.control import grants
+        from custody.keys.custodian import grant_root_key
+
+        public = grants.root_public_key(grant_root_key(ws.custodian()))
+        ws.release().close(grants.use_id(found[0], public), request_id)
     purge_freed(ws.engine)
     with data_step(ws, a):
         for rid, zone in zones.items():

@@ -136,6 +136,7 @@ def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpo
         _, wrapped = _sealed(ws, a, replica)
         dek = ws.release().read(ticket.token, ticket.expected, wrapped, kind=replica.kind.value, reader=ticket.reader,
                                 attested=ticket.attested)
+        a.witness_now = True
         zone = repo.zone_by_name(a.uow, replica.zone)
         files = [f["path"] for f in repo.version_formats(a.uow, replica.version_id) if f["kind"] == "safetensors"]
         if not files:

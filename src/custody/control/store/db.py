@@ -7,6 +7,8 @@ processes never deadlock upgrading a read lock, and ledger appends are serialise
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import fcntl
 import hashlib
 import os
@@ -102,11 +104,16 @@ def purge_freed(engine: Engine) -> None:
 _CLAIM = text("UPDATE ledger_head SET size = size + 1 WHERE id = 1 RETURNING size")
 
 
+if TYPE_CHECKING:
+    from custody.control.records import RecordKeys
+
+
 class UnitOfWork:
     """One database transaction: state changes and their ledger events commit together."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, records: "RecordKeys | None" = None) -> None:
         self.conn = conn
+        self.records = records  # signs and checks principal and zone rows (control/records.py)
 
     @property
     def dialect(self) -> str:
@@ -186,7 +193,7 @@ def _one_writer(engine: Engine, readonly: bool) -> Iterator[None]:
 
 
 @contextmanager
-def transaction(engine: Engine, readonly: bool = False) -> Iterator[UnitOfWork]:
+def transaction(engine: Engine, readonly: bool = False, records: "RecordKeys | None" = None) -> Iterator[UnitOfWork]:
     """A transaction; a read-only one takes no write lock (long audits must not block writers)."""
     try:
         with _one_writer(engine, readonly), engine.connect() as conn:
@@ -194,6 +201,6 @@ def transaction(engine: Engine, readonly: bool = False) -> Iterator[UnitOfWork]:
             if readonly and conn.dialect.name == "postgresql":
                 conn.execution_options(isolation_level="REPEATABLE READ")  # one snapshot for the whole read
             with conn.begin():
-                yield UnitOfWork(conn)
+                yield UnitOfWork(conn, records)
     except OperationalError as exc:
         raise CustodyError(f"database error: {str(exc.orig).splitlines()[0]}") from None

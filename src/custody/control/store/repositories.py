@@ -12,7 +12,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 
 from custody.control.store import schema as t
 from custody.control.store.db import UnitOfWork
-from custody.domain.errors import InvalidInput, NotFound
+from custody.domain.errors import IntegrityError, InvalidInput, NotFound
 from custody.domain.model import (
     Asset,
     AssetVersion,
@@ -67,7 +67,16 @@ def set_meta(uow: UnitOfWork, key: str, value: str) -> None:
 # -- principals ---------------------------------------------------------------------------
 
 
-def _principal(row) -> Principal:  # noqa: ANN001
+def _principal_fields(row) -> dict:  # noqa: ANN001
+    """What a principal's custodian signature covers: everything that decides what they may do."""
+    return {"id": row.id, "name": row.name, "roles": list(row.roles), "team": row.team,
+            "attributes": dict(row.attributes), "token_id": row.token_id, "token_hash": row.token_hash,
+            "suspended": bool(row.suspended), "created_at": as_utc(row.created_at).isoformat(),
+            "created_by": row.created_by}
+
+
+def _principal(uow: UnitOfWork, row) -> Principal:  # noqa: ANN001
+    _checked(uow, "principal", f"principal {row.name}", _principal_fields(row), row.record_signature)
     return Principal(
         id=row.id,
         name=row.name,
@@ -80,6 +89,21 @@ def _principal(row) -> Principal:  # noqa: ANN001
     )
 
 
+def _checked(uow: UnitOfWork, kind: str, what: str, fields: dict, signature: str | None) -> None:
+    if uow.records is None:
+        raise IntegrityError(f"{what} cannot be checked: no custodian public key in this transaction")
+    uow.records.check(kind, what, fields, signature)
+
+
+def _sign_principal(uow: UnitOfWork, name: str) -> None:
+    """Sign the principal's row as it now stands (re-read, so the signature covers the stored values)."""
+    row = uow.conn.execute(select(t.principals).where(t.principals.c.name == name)).one()
+    if uow.records is None:
+        raise IntegrityError(f"principal {name} cannot be signed: no custodian in this transaction")
+    signature = uow.records.sign("principal", _principal_fields(row))
+    uow.conn.execute(update(t.principals).where(t.principals.c.name == name).values(record_signature=signature))
+
+
 def add_principal(uow: UnitOfWork, p: Principal, token_id: str, token_hash: str) -> None:
     if principal_by_name(uow, p.name, missing_ok=True):
         raise InvalidInput(f"principal {p.name} already exists")
@@ -89,6 +113,7 @@ def add_principal(uow: UnitOfWork, p: Principal, token_id: str, token_hash: str)
             token_id=token_id, token_hash=token_hash, suspended=False, created_at=now(), created_by=p.created_by,
         )
     )
+    _sign_principal(uow, p.name)
 
 
 def principal_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Principal | None:
@@ -97,35 +122,53 @@ def principal_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> P
         if missing_ok:
             return None
         raise NotFound(f"no principal named {name}")
-    return _principal(row)
+    return _principal(uow, row)
 
 
 def principal_by_token_id(uow: UnitOfWork, token_id: str) -> tuple[Principal, str] | None:
     row = uow.conn.execute(_PRINCIPAL_BY_TOKEN, {"token_id": token_id}).first()
-    return None if row is None else (_principal(row), row.token_hash)
+    return None if row is None else (_principal(uow, row), row.token_hash)
 
 
 def list_principals(uow: UnitOfWork) -> list[Principal]:
-    return [_principal(r) for r in uow.conn.execute(select(t.principals).order_by(t.principals.c.name))]
+    return [_principal(uow, r) for r in uow.conn.execute(select(t.principals).order_by(t.principals.c.name))]
 
 
 def set_token(uow: UnitOfWork, name: str, token_id: str, token_hash: str) -> None:
     uow.conn.execute(update(t.principals).where(t.principals.c.name == name)
                      .values(token_id=token_id, token_hash=token_hash))
+    _sign_principal(uow, name)
 
 
 def suspend_principal(uow: UnitOfWork, name: str) -> None:
     uow.conn.execute(update(t.principals).where(t.principals.c.name == name).values(suspended=True))
+    _sign_principal(uow, name)
 
 
 # -- zones --------------------------------------------------------------------------------
 
 
-def _zone(row) -> Zone:  # noqa: ANN001
+def _zone_fields(row) -> dict:  # noqa: ANN001
+    return {"name": row.name, "url": row.url, "kind": row.kind, "region": row.region, "jurisdiction": row.jurisdiction,
+            "security_level": row.security_level, "custodian": row.custodian,
+            "created_at": as_utc(row.created_at).isoformat(), "egress_bytes_per_hour": row.egress_bytes_per_hour}
+
+
+def _zone(uow: UnitOfWork, row) -> Zone:  # noqa: ANN001
+    _checked(uow, "zone", f"zone {row.name}", _zone_fields(row), row.record_signature)
     return Zone(
         name=row.name, url=row.url, kind=ZoneKind(row.kind), region=row.region, jurisdiction=row.jurisdiction,
         security_level=row.security_level, custodian=row.custodian, created_at=as_utc(row.created_at),
     )
+
+
+def sign_zone(uow: UnitOfWork, name: str) -> None:
+    """Sign the zone's row as it now stands (after custody added it or changed its budget)."""
+    row = uow.conn.execute(select(t.zones).where(t.zones.c.name == name)).one()
+    if uow.records is None:
+        raise IntegrityError(f"zone {name} cannot be signed: no custodian in this transaction")
+    uow.conn.execute(update(t.zones).where(t.zones.c.name == name).values(
+        record_signature=uow.records.sign("zone", _zone_fields(row))))
 
 
 def add_zone(uow: UnitOfWork, z: Zone) -> None:
@@ -137,6 +180,7 @@ def add_zone(uow: UnitOfWork, z: Zone) -> None:
             security_level=z.security_level, custodian=z.custodian, created_at=now(),
         )
     )
+    sign_zone(uow, z.name)
 
 
 def lock_zone(uow: UnitOfWork, name: str) -> Zone:
@@ -148,7 +192,7 @@ def lock_zone(uow: UnitOfWork, name: str) -> Zone:
     row = uow.conn.execute(q).first()
     if row is None:
         raise NotFound(f"no zone named {name}")
-    return _zone(row)
+    return _zone(uow, row)
 
 
 def zone_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Zone | None:
@@ -157,11 +201,11 @@ def zone_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Zone |
         if missing_ok:
             return None
         raise NotFound(f"no zone named {name}")
-    return _zone(row)
+    return _zone(uow, row)
 
 
 def list_zones(uow: UnitOfWork) -> list[Zone]:
-    return [_zone(r) for r in uow.conn.execute(select(t.zones).order_by(t.zones.c.name))]
+    return [_zone(uow, r) for r in uow.conn.execute(select(t.zones).order_by(t.zones.c.name))]
 
 
 # -- assets and versions ------------------------------------------------------------------

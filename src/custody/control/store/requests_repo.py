@@ -335,7 +335,10 @@ def lock_egress_holders(uow: UnitOfWork, principal: str, asset: str) -> None:
 
 
 def set_egress_budget(uow: UnitOfWork, zone: str, per_hour: int | None) -> None:
+    from custody.control.store.repositories import sign_zone
+
     uow.conn.execute(update(t.zones).where(t.zones.c.name == zone).values(egress_bytes_per_hour=per_hour))
+    sign_zone(uow, zone)
 
 
 def egress_budget(uow: UnitOfWork, zone: str) -> int | None:

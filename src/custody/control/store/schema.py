@@ -45,6 +45,7 @@ principals = Table(
     Column("suspended", Boolean, nullable=False, default=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("created_by", String(64)),  # who added this principal: their own requests it cannot approve
+    Column("record_signature", Text),  # the custodian's signature over the row (control/records.py)
 )
 
 zones = Table(
@@ -59,6 +60,7 @@ zones = Table(
     Column("custodian", String(32), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("egress_bytes_per_hour", BigInteger),  # NULL: no budget
+    Column("record_signature", Text),  # the custodian's signature over the row (control/records.py)
 )
 
 assets = Table(

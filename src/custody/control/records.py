@@ -1,0 +1,62 @@
+"""Rows the database alone cannot forge: principals and zones, signed by the custodian.
+
+Who someone is (roles, team, tags, token hash, suspension, who added them) and what a zone is
+(kind, jurisdiction, security level, URL) decide what the policy catalog allows, and so which keys
+the custodian releases. Each such row is signed with the custodian's manifest key (ECDSA P-256)
+whenever custody writes it through its one door, and checked against the public key kept in the
+workspace folder every time it is read. A row inserted or edited by someone who can write the
+database but does not hold the custodian fails that check, and whatever read it fails closed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass, field
+from typing import Callable
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+from custody.domain.errors import IntegrityError
+
+_CACHE_MAX = 4096
+
+
+def statement(kind: str, fields: dict) -> bytes:
+    return f"custody-record-v1|{kind}|".encode() + json.dumps(fields, sort_keys=True, separators=(",", ":"),
+                                                             default=str).encode()
+
+
+@dataclass
+class RecordKeys:
+    """Signs rows with the custodian (only when custody writes one) and checks them with the public key."""
+
+    sign_with: Callable[[bytes], bytes]
+    public_pem: Callable[[], bytes]
+    _key: ec.EllipticCurvePublicKey | None = None
+    _good: dict[bytes, bool] = field(default_factory=dict)
+
+    def sign(self, kind: str, fields: dict) -> str:
+        return base64.b64encode(self.sign_with(statement(kind, fields))).decode()
+
+    def check(self, kind: str, what: str, fields: dict, signature: str | None) -> None:
+        message = statement(kind, fields)
+        memo = message + b"|" + (signature or "").encode()
+        if memo in self._good:
+            return
+        if not signature:
+            raise IntegrityError(f"{what} carries no custodian signature: it was not written by custody")
+        try:
+            if self._key is None:
+                key = load_pem_public_key(self.public_pem())
+                assert isinstance(key, ec.EllipticCurvePublicKey)
+                self._key = key
+            self._key.verify(base64.b64decode(signature), message, ec.ECDSA(hashes.SHA256()))
+        except (InvalidSignature, ValueError):
+            raise IntegrityError(f"{what} was altered outside custody: its custodian signature does not match") from None
+        if len(self._good) > _CACHE_MAX:
+            self._good.clear()
+        self._good[memo] = True
