@@ -362,3 +362,12 @@ def test_a_ttl_stretched_before_the_last_approval_mints_no_grant(crew: People) -
     sql(crew.env, "UPDATE requests SET ttl_seconds = 86400 WHERE id = :i", i=rid)
     assert cli("request", "show", rid, "--json", token=crew.t("alice")).json["state"] == "awaiting_approval"
     assert cli("request", "run", rid, "--json", token=crew.t("alice")).code == 6
+
+
+def test_a_label_lowered_in_the_database_decides_nothing(crew: People) -> None:
+    """Lowering a version's classification would lower the approvals its copies need: the row fails its
+    custodian signature, and every request for it is refused until someone looks."""
+    sql(crew.env, "UPDATE asset_versions SET classification = 'public'")
+    r = cli("request", "create", "tiny", "--to", "research", "--kind", "research", "--purpose", "x", "--ttl", "1d",
+            "--json", token=crew.t("alice"))
+    assert r.code == 5 and "asset version 1" in r.json["error"] and "altered outside custody" in r.json["error"]

@@ -1,7 +1,8 @@
-"""Rows the database alone cannot forge: principals and zones, signed by the custodian.
+"""Rows the database alone cannot forge: principals, zones and asset versions, signed by the custodian.
 
-Who someone is (roles, team, tags, token hash, suspension, who added them) and what a zone is
-(kind, jurisdiction, security level, URL) decide what the policy catalog allows, and so which keys
+Who someone is (roles, team, tags, token hash, suspension, who added them), what a zone is (kind,
+jurisdiction, security level, URL) and what a version is labelled (classification, jurisdictions,
+zone floor) decide what the policy catalog allows, and so which keys
 the custodian releases. Each such row is signed with the custodian's manifest key (ECDSA P-256)
 whenever custody writes it through its one door, and checked against the public key kept in the
 workspace folder every time it is read. A row inserted or edited by someone who can write the

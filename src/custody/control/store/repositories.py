@@ -231,7 +231,24 @@ def list_assets(uow: UnitOfWork) -> list[Asset]:
     ]
 
 
-def _version(row) -> AssetVersion:  # noqa: ANN001
+def _version_fields(row) -> dict:  # noqa: ANN001
+    """What a version's custodian signature covers: its bytes (digest) and the label that decides its copies."""
+    return {"id": row.id, "asset_id": row.asset_id, "number": row.number, "digest": row.digest,
+            "total_size": row.total_size, "parameters": row.parameters, "unsafe": bool(row.unsafe),
+            "classification": row.classification, "jurisdictions": list(row.jurisdictions),
+            "min_security_level": row.min_security_level, "labels": dict(row.labels), "previous_id": row.previous_id}
+
+
+def _sign_version(uow: UnitOfWork, version_id: str) -> None:
+    row = uow.conn.execute(_VERSION, {"id": version_id}).one()
+    if uow.records is None:
+        raise IntegrityError(f"asset version {version_id} cannot be signed: no custodian in this transaction")
+    uow.conn.execute(update(t.asset_versions).where(t.asset_versions.c.id == version_id).values(
+        record_signature=uow.records.sign("version", _version_fields(row))))
+
+
+def _version(uow: UnitOfWork, row) -> AssetVersion:  # noqa: ANN001
+    _checked(uow, "version", f"asset version {row.number} ({row.id})", _version_fields(row), row.record_signature)
     return AssetVersion(
         id=row.id, asset_id=row.asset_id, number=row.number, digest=row.digest, manifest_json=row.manifest_json,
         total_size=row.total_size, file_count=row.file_count, format=row.format, parameters=row.parameters,
@@ -251,6 +268,7 @@ def add_version(uow: UnitOfWork, v: AssetVersion, formats: list[dict]) -> None:
             previous_id=v.previous_id, bundle_json=v.bundle_json, created_at=now(),
         )
     )
+    _sign_version(uow, v.id)
 
 
 def version_formats(uow: UnitOfWork, version_id: str) -> list[dict]:
@@ -261,7 +279,7 @@ def version_formats(uow: UnitOfWork, version_id: str) -> list[dict]:
 
 def latest_version(uow: UnitOfWork, asset_id: str) -> AssetVersion | None:
     row = uow.conn.execute(_LATEST_VERSION, {"asset_id": asset_id}).first()
-    return None if row is None else _version(row)
+    return None if row is None else _version(uow, row)
 
 
 def version_by_number(uow: UnitOfWork, asset: Asset, number: int) -> AssetVersion:
@@ -270,20 +288,21 @@ def version_by_number(uow: UnitOfWork, asset: Asset, number: int) -> AssetVersio
     ).first()
     if row is None:
         raise NotFound(f"asset {asset.name} has no version {number}")
-    return _version(row)
+    return _version(uow, row)
 
 
 def version_by_id(uow: UnitOfWork, version_id: str) -> AssetVersion:
     row = uow.conn.execute(_VERSION, {"id": version_id}).first()
     if row is None:
         raise NotFound(f"no asset version {version_id}")
-    return _version(row)
+    return _version(uow, row)
 
 
 def set_version_label(uow: UnitOfWork, version_id: str, *, classification: Classification,
                       jurisdictions: tuple[str, ...], min_security_level: int) -> None:
     uow.conn.execute(update(t.asset_versions).where(t.asset_versions.c.id == version_id).values(
         classification=classification.value, jurisdictions=list(jurisdictions), min_security_level=min_security_level))
+    _sign_version(uow, version_id)
 
 
 def asset_name_of_version(uow: UnitOfWork, version: AssetVersion) -> str:
@@ -294,7 +313,7 @@ def versions_of(uow: UnitOfWork, asset_id: str) -> list[AssetVersion]:
     rows = uow.conn.execute(
         select(t.asset_versions).where(t.asset_versions.c.asset_id == asset_id).order_by(t.asset_versions.c.number)
     )
-    return [_version(r) for r in rows]
+    return [_version(uow, r) for r in rows]
 
 
 # -- data keys ----------------------------------------------------------------------------

@@ -93,6 +93,7 @@ asset_versions = Table(
     Column("previous_id", String(36), ForeignKey("asset_versions.id")),
     Column("bundle_json", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("record_signature", Text),  # the custodian's signature over the row (control/records.py)
     UniqueConstraint("asset_id", "number"),
 )
 
