@@ -12,6 +12,7 @@ from pathlib import Path
 from sqlalchemy import text
 
 from conftest import Env, People, cli, events, people, register, run_custody
+from custody.control.store import repositories as repo
 
 
 def test_the_first_two_security_officers_are_the_bootstrap(env: Env) -> None:
@@ -92,9 +93,10 @@ def test_an_admin_who_is_also_an_approver_cannot_approve_for_their_creations(env
     crew = people(env, {"boss": ("admin", "platform")})
     crew.add({"boss-lead": ("ml-lead", "platform")})
     register(env, model_dir, "tiny", "--jurisdiction", "US")
-    ws = env.open()  # give boss the ml-lead role too, as a dual-role principal would have it
-    with ws.engine.begin() as conn:
-        conn.execute(text("UPDATE principals SET roles = :r WHERE name = 'boss'"), {"r": '["admin", "ml-lead"]'})
+    ws = env.open()  # give boss the ml-lead role too, as a dual-role principal would have it (signed, as custody
+    with ws.uow() as uow:  # signs what it writes)
+        uow.conn.execute(text("UPDATE principals SET roles = :r WHERE name = 'boss'"), {"r": '["admin", "ml-lead"]'})
+        repo.sign_principal(uow, "boss")
     ws.close()
     crew.enroll("boss")
     crew.tokens["sock"] = cli("principal", "add", "sock", "--role", "researcher", "--json",

@@ -511,11 +511,9 @@ def test_approvals_recounted_when_the_copy_runs(team: Team) -> None:
 
 def test_revoking_a_running_or_failed_request_ends_it(team: Team) -> None:
     rid = _approved_research(team)
-    ws = team.env.open()
-    with ws.engine.begin() as conn:  # the copy's source goes missing: the run fails part-way
-        conn.execute(text("UPDATE zones SET url = :u WHERE name = 'prod'"), {"u": (team.env.home / "gone").as_uri()})
-    ws.close()
-    assert cli("request", "run", rid, "--json", token=team.t("alice")).code == 5
+    source = team.env.home / "zones" / "prod" / "replicas" / team.replica
+    source.rename(source.with_name("gone"))  # the copy's source files go missing: the run fails part-way
+    assert cli("request", "run", rid, "--json", token=team.t("alice")).code in (4, 5)
     assert cli("request", "show", rid, "--json", token=team.t("alice")).json["state"] == "failed"
     rev = cli("request", "revoke", rid, "--reason", "stop", "--json", token=team.t("alice"))
     assert rev.code == 0 and len(rev.json["shredded"]) == 1

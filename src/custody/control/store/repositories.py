@@ -95,7 +95,7 @@ def _checked(uow: UnitOfWork, kind: str, what: str, fields: dict, signature: str
     uow.records.check(kind, what, fields, signature)
 
 
-def _sign_principal(uow: UnitOfWork, name: str) -> None:
+def sign_principal(uow: UnitOfWork, name: str) -> None:
     """Sign the principal's row as it now stands (re-read, so the signature covers the stored values)."""
     row = uow.conn.execute(select(t.principals).where(t.principals.c.name == name)).one()
     if uow.records is None:
@@ -113,7 +113,7 @@ def add_principal(uow: UnitOfWork, p: Principal, token_id: str, token_hash: str)
             token_id=token_id, token_hash=token_hash, suspended=False, created_at=now(), created_by=p.created_by,
         )
     )
-    _sign_principal(uow, p.name)
+    sign_principal(uow, p.name)
 
 
 def principal_by_name(uow: UnitOfWork, name: str, missing_ok: bool = False) -> Principal | None:
@@ -137,12 +137,12 @@ def list_principals(uow: UnitOfWork) -> list[Principal]:
 def set_token(uow: UnitOfWork, name: str, token_id: str, token_hash: str) -> None:
     uow.conn.execute(update(t.principals).where(t.principals.c.name == name)
                      .values(token_id=token_id, token_hash=token_hash))
-    _sign_principal(uow, name)
+    sign_principal(uow, name)
 
 
 def suspend_principal(uow: UnitOfWork, name: str) -> None:
     uow.conn.execute(update(t.principals).where(t.principals.c.name == name).values(suspended=True))
-    _sign_principal(uow, name)
+    sign_principal(uow, name)
 
 
 # -- zones --------------------------------------------------------------------------------
