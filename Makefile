@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run story test bench install postgres chromium clean
+.PHONY: run story test bench install postgres chromium softhsm clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,10 +28,14 @@ story: install
 chromium:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
+# SoftHSM2, the PKCS#11 token the pkcs11 custodian's tests run against.
+softhsm:
+	@command -v softhsm2-util >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null)
+
 postgres:
 	@scripts/postgres-test-db.sh >/dev/null
 
-test: install chromium
+test: install chromium softhsm
 	CUSTODY_TEST_PG_URL="$$(scripts/postgres-test-db.sh)" $(BIN)/pytest -q -p no:cacheprovider
 
 bench: install
