@@ -1,6 +1,7 @@
 # custody: `make run` serves the portal on a demo workspace (embedded default: SQLite, local zones,
 # local custodian); `make story` tells the demo story; `make test` installs and tests everything
-# (PostgreSQL and Chromium included); `make bench` measures against cp, restic and load.
+# (PostgreSQL, Chromium and SoftHSM2 included; the suite once per key custodian); `make bench` measures
+# against cp, restic and load, and each key custodian's unwraps and revocations.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -35,8 +36,14 @@ softhsm:
 postgres:
 	@scripts/postgres-test-db.sh >/dev/null
 
+# The whole suite once per key custodian: the local keyring, a SoftHSM2 token, a moto KMS server.
+TESTS := $(BIN)/pytest -q -p no:cacheprovider -n 3
+
 test: install chromium softhsm
-	CUSTODY_TEST_PG_URL="$$(scripts/postgres-test-db.sh)" $(BIN)/pytest -q -p no:cacheprovider
+	export CUSTODY_TEST_PG_URL="$$(scripts/postgres-test-db.sh)" && \
+	CUSTODY_TEST_CUSTODIAN=local $(TESTS) && \
+	CUSTODY_TEST_CUSTODIAN=pkcs11 $(TESTS) && \
+	CUSTODY_TEST_CUSTODIAN=aws-kms $(TESTS)
 
 bench: install
 	@command -v restic >/dev/null && command -v wrk >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq restic wrk)
