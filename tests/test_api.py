@@ -10,7 +10,7 @@ import pyotp
 import pytest
 
 from custody.control.tokens import fingerprint, mint
-from conftest import Env, hf_model, serving
+from conftest import CUSTODIAN, Env, hf_model, serving
 
 
 @pytest.fixture
@@ -121,6 +121,7 @@ def test_a_governed_copy_over_http(server: str, env: Env, tmp_path: Path) -> Non
         ("tiny", True, ["primary", "research"])]
 
 
+@pytest.mark.skipif(CUSTODIAN != "local", reason="a passphrase seals only the local keyring")
 def test_readiness_names_a_sealed_custodian(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     from custody.control.services import health
 

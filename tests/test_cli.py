@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import PASSPHRASE, Env, cli, register, run_custody
+from conftest import CUSTODIAN, PASSPHRASE, Env, cli, register, run_custody
 from custody.domain.manifest import FileEntry, Manifest
 
 
@@ -39,8 +39,9 @@ def test_exit_codes_in_real_processes(env: Env, model_dir: Path, tmp_path: Path)
     assert run_custody("replica", "revoke", reg["replica"], "--reason", "again", env=e).code == 6
     r = run_custody("zone", "list", env={**e, "CUSTODY_PASSPHRASE": "wrong"})
     assert r.code == 0  # reading zones needs no key
-    r = run_custody("keys", "rotate", "prod", env={**e, "CUSTODY_PASSPHRASE": "wrong"})
-    assert r.code == 3 and PASSPHRASE not in r.stderr + r.stdout
+    if CUSTODIAN == "local":  # the custodian's secret is wrong: refused, and never printed
+        r = run_custody("keys", "rotate", "prod", env={**e, "CUSTODY_PASSPHRASE": "wrong"})
+        assert r.code == 3 and PASSPHRASE not in r.stderr + r.stdout
 
 
 def test_every_command_prints_one_json_document(env: Env, model_dir: Path, tmp_path: Path) -> None:

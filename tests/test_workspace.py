@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSPHRASE, Env, cli, events, last_event
+from conftest import CUSTODIAN, PASSPHRASE, Env, cli, events, last_event
 from custody.control.services import setup
 from custody.domain.errors import AuthenticationError, InvalidInput
 
@@ -46,6 +46,7 @@ def test_demo_init_says_so_loudly(tmp_path: Path) -> None:
     assert any(p.name.startswith("DEMO-PASSPHRASE") for p in (tmp_path / "ws" / "keys").iterdir())
 
 
+@pytest.mark.skipif(CUSTODIAN != "local", reason="a passphrase seals only the local keyring")
 def test_wrong_passphrase_is_refused_and_keyring_untouched(env: Env, model_dir: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     keyring = env.home / "keys" / "keyring.sealed"

@@ -112,10 +112,10 @@ def _init(home: Path, passphrase: str | None, demo: bool, jurisdiction: str, reg
         demo_file.write_text(passphrase + "\n")
         demo_file.chmod(0o600)
     zones = []
-    for name, kind, level in DEFAULT_ZONES:
+    for name, zone_kind, level in DEFAULT_ZONES:
         folder = home / "zones" / name
         folder.mkdir(parents=True, exist_ok=True)
-        zone = Zone(name, folder.as_uri(), kind, region, jurisdiction, level)
+        zone = Zone(name, folder.as_uri(), zone_kind, region, jurisdiction, level, custodian=kind)
         ZoneStorage(zone.url).ensure_root()
         zones.append(zone)
         custodian.ensure_zone(name)

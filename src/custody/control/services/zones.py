@@ -22,7 +22,8 @@ def add_zone(
             zone_kind = ZoneKind(kind)
         except ValueError:
             raise InvalidInput(f"unknown zone kind {kind!r}: one of {', '.join(k.value for k in ZoneKind)}") from None
-        zone = Zone(name, url, zone_kind, region, jurisdiction.upper(), security_level)
+        zone = Zone(name, url, zone_kind, region, jurisdiction.upper(), security_level,
+                    custodian=ws.custodian_table.get("kind", "local"))
         scheme = url.split("://", 1)[0]
         if scheme not in STORAGE_SCHEMES:
             raise InvalidInput(f"zone URL scheme {scheme!r} is not durable storage: use {' or '.join(STORAGE_SCHEMES)}")
