@@ -27,8 +27,8 @@ def test_shares_seal_the_keyring_and_no_passphrase_opens_it(tmp_path: Path) -> N
     shares = made["shares"]
     assert len(shares) == 5 and len({s.split()[0] for s in shares}) == 1  # one split, one identifier word
     ring = json.loads((home / "keys" / "keyring.sealed").read_text())
-    assert {k: v for k, v in ring["kdf"].items() if k != "identifier"} == {"name": "shamir-slip39", "threshold": 3,
-                                                                          "shares": 5}
+    assert {k: v for k, v in ring["kdf"].items() if k not in ("identifier", "commitments")} == {
+        "name": "shamir-slip39", "threshold": 3, "shares": 5}
     # every data command needs the custodian: with any passphrase at all, it stays sealed
     environ = {"CUSTODY_HOME": str(home), "CUSTODY_PASSPHRASE": "anything", "CUSTODY_TOKEN": made["admin_token"]}
     r = cli("zone", "add", "vault", "--url", (tmp_path / "vault").as_uri(), *ZONE, "--json", env=environ)
@@ -37,6 +37,15 @@ def test_shares_seal_the_keyring_and_no_passphrase_opens_it(tmp_path: Path) -> N
     drill = run_custody("unseal", "--json", env={**os.environ, "CUSTODY_HOME": str(home)},
                         input_text="\n".join(shares[1:4]) + "\n")
     assert drill.code == 0 and drill.json["drill"] is True, drill.stdout + drill.stderr
+    import shamir_mnemonic
+
+    real = shamir_mnemonic.share.Share.from_mnemonic(shares[3])  # forged by someone who saw a real share
+    forged = shamir_mnemonic.share.Share(real.identifier, real.extendable, real.iteration_exponent, real.group_index,
+                                         real.group_threshold, real.group_count, real.index, real.member_threshold,
+                                         os.urandom(len(real.value))).mnemonic()
+    spoiled = run_custody("unseal", "--json", env={**os.environ, "CUSTODY_HOME": str(home)},
+                          input_text="\n".join([forged, *shares[:3]]) + "\n")
+    assert spoiled.code == 2 and "not one of this keyring's shares" in spoiled.json["error"]
     too_few = run_custody("unseal", "--json", env={**os.environ, "CUSTODY_HOME": str(home)},
                           input_text="\n".join(shares[:2]) + "\n")
     assert too_few.code == 2 and "after 2 of 3 shares" in too_few.json["error"]

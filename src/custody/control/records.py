@@ -6,12 +6,16 @@ zone floor) decide what the policy catalog allows, and so which keys
 the custodian releases. Each such row is signed with the custodian's manifest key (ECDSA P-256)
 whenever custody writes it through its one door, and checked against the public key kept in the
 workspace folder every time it is read. A row inserted or edited by someone who can write the
-database but does not hold the custodian fails that check, and whatever read it fails closed.
+database but does not hold the custodian fails that check, and whatever read it fails closed. The
+digest of each row's newest signed state is also noted in the custodian's journal once the
+transaction that signed it commits, so an earlier signed state put back (a suspension lifted, an
+old token restored, a label lowered again) is refused too.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,14 +41,26 @@ class RecordKeys:
 
     sign_with: Callable[[bytes], bytes]
     public_pem: Callable[[], bytes]
+    newest: Callable[[str, str], str | None] = lambda kind, ident: None  # the journal's digest of a row's newest state
     _key: ec.EllipticCurvePublicKey | None = None
     _good: dict[bytes, bool] = field(default_factory=dict)
 
-    def sign(self, kind: str, fields: dict) -> str:
-        return base64.b64encode(self.sign_with(statement(kind, fields))).decode()
-
-    def check(self, kind: str, what: str, fields: dict, signature: str | None) -> None:
+    def sign(self, kind: str, ident: str, fields: dict, signed: list | None = None) -> str:
+        """The signature; (kind, ident, digest) goes on `signed`, noted in the journal after commit."""
         message = statement(kind, fields)
+        if signed is not None:
+            signed.append((kind, ident, hashlib.sha256(message).hexdigest()))
+        return base64.b64encode(self.sign_with(message)).decode()
+
+    def check(self, kind: str, ident: str, what: str, fields: dict, signature: str | None,
+              pending: list | None = None) -> None:
+        """`pending`: rows signed in the current transaction, not yet noted in the journal."""
+        message = statement(kind, fields)
+        digest = hashlib.sha256(message).hexdigest()
+        newest = self.newest(kind, ident)
+        if newest is not None and newest != digest and (kind, ident, digest) not in (pending or ()):
+            raise IntegrityError(f"{what} was put back to an earlier state outside custody: the custodian noted a "
+                                 "newer one")
         memo = message + b"|" + (signature or "").encode()
         if memo in self._good:
             return

@@ -99,14 +99,17 @@ class Workspace:
     def uow(self, readonly: bool = False) -> Iterator[db.UnitOfWork]:
         with db.transaction(self.engine, readonly, self.records) as uow:
             yield uow
+        for kind, ident, digest in uow.signed:  # committed: the custodian notes each row's newest signed state
+            self.release().journal.record(kind, ident, digest)
 
     @property
     def records(self) -> RecordKeys:
         """Signs principal and zone rows with the custodian (only when custody writes one) and checks
         them with the public key in the workspace folder (on every read)."""
         if self._records is None:
+            reader = Journal(self.home / JOURNAL, None)  # what the custodian noted; read without its secret
             self._records = RecordKeys(lambda data: self.custodian().sign("signing", data),
-                                       lambda: self.public_key_pem("signing"))
+                                       lambda: self.public_key_pem("signing"), reader.newest_record)
         return self._records
 
     def passphrase(self) -> str:

@@ -15,7 +15,9 @@ What one grant may do (the "use" is the grant's authority-block revocation id):
 - `read`: a read's single release, which closes the use at once.
 Releases without a grant (`maintain`: verify a replica, check a backup repository) are recorded too.
 `shred` records a destroyed data key: the custodian never releases or rewraps it again, even when
-an old copy of the database puts its wrapped form back.
+an old copy of the database puts its wrapped form back. `record` notes the digest of the newest
+signed state of a principal, zone, version or exception row (control/records.py), so an earlier
+signed state put back in the database is refused.
 
 The journal guards against writers of the database. Someone who can also write the custodian's
 own folder can roll it back to an earlier prefix, as they could roll the local keyring back to one
@@ -53,10 +55,13 @@ class _Use:
 
 @dataclass
 class Journal:
+    """`key` None: a reader (of the record digests) that cannot check MACs or write."""
+
     path: Path
-    key: bytes
+    key: bytes | None
     _uses: dict[str, _Use] = field(default_factory=dict)
     _shredded: set[str] = field(default_factory=set)
+    _records: dict[tuple[str, str], str] = field(default_factory=dict)
     _offset: int = 0
     _seq: int = 0
     _mac: bytes = GENESIS
@@ -93,16 +98,21 @@ class Journal:
             mac = bytes.fromhex(entry.pop("mac"))
         except (ValueError, KeyError, AttributeError, TypeError):
             raise IntegrityError(f"the custodian's release journal is malformed after line {self._seq}") from None
-        if entry.get("seq") != self._seq + 1 or not hmac.compare_digest(mac, self._sign(entry)):
+        if entry.get("seq") != self._seq + 1 or (self.key is not None and not hmac.compare_digest(mac, self._sign(entry))):
             raise IntegrityError(f"the custodian's release journal was altered at line {self._seq + 1}")
         self._seq, self._mac = entry["seq"], mac
         return entry
 
     def _sign(self, entry: dict) -> bytes:
+        if self.key is None:
+            raise IntegrityError("a reader of the release journal cannot write to it")
         body = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
         return hmac.new(self.key, self._mac + body, hashlib.sha256).digest()
 
     def _apply(self, entry: dict) -> None:
+        if entry["op"] == "record":
+            self._records[(entry["kind"], entry["id"])] = entry["digest"]
+            return
         if entry["op"] == "shred":
             self._shredded.add(entry["key"])
             return
@@ -143,10 +153,14 @@ class Journal:
                 raise Spent("grant already used: its copy finished (the custodian's own record)")
             self._append(op="source", use=use, key=key, request=request)
 
-    def destination(self, use: str, key: str, request: str) -> None:
+    def destination(self, use: str, key: str, request: str, *, first: bool = True) -> None:
+        """`first`: the key is being made for this grant now; otherwise (a resumed copy) it must be the
+        very key this grant made."""
         with self._locked():
             self._alive(key)
             state = self._uses.get(use, _Use())
+            if not first and state.destination != key:
+                raise Spent("this key is not the one this grant made: a resumed copy writes only into its own")
             if state.closed:
                 raise Spent("grant already used: its copy finished (the custodian's own record)")
             if state.destination not in (None, key):
@@ -183,6 +197,18 @@ class Journal:
     def shredded(self) -> set[str]:
         with self._locked():
             return set(self._shredded)
+
+    def record(self, kind: str, ident: str, digest: str) -> None:
+        with self._locked():
+            if self._records.get((kind, ident)) != digest:
+                self._append(op="record", kind=kind, id=ident, digest=digest)
+
+    def newest_record(self, kind: str, ident: str) -> str | None:
+        """The digest of the newest signed state of a row, where one was noted."""
+        if not self.path.exists():
+            return None
+        with self._locked():
+            return self._records.get((kind, ident))
 
     def closed(self, use: str) -> bool:
         with self._locked():

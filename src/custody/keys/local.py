@@ -95,7 +95,11 @@ class LocalCustodian:
         master = secrets.token_bytes(32)
         mnemonics = shamir_mnemonic.generate_mnemonics(1, [(threshold, shares)], master, b"", iteration_exponent=1)[0]
         identifier = shamir_mnemonic.share.Share.from_mnemonic(mnemonics[0]).identifier  # public: names the split
-        kdf = {"name": SHAMIR, "threshold": threshold, "shares": shares, "identifier": identifier}
+        # a commitment per share (its SHA-256; a share holds far too much entropy to be guessed from it), so a
+        # forged share is refused as it arrives and cannot spoil an unseal round
+        commitments = {str(shamir_mnemonic.share.Share.from_mnemonic(m).index): _commitment(m) for m in mnemonics}
+        kdf = {"name": SHAMIR, "threshold": threshold, "shares": shares, "identifier": identifier,
+               "commitments": commitments}
         _create(path, kdf, master)
         return cls(path, master=master), mnemonics
 
@@ -288,6 +292,12 @@ class LocalCustodian:
         )
 
 
+def _commitment(mnemonic: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(" ".join(mnemonic.split()).encode()).hexdigest()
+
+
 def _create(path: Path, kdf: dict, master: bytes) -> None:
     signing = ec.generate_private_key(ec.SECP256R1())
     ledger = ed25519.Ed25519PrivateKey.generate()
@@ -394,6 +404,9 @@ class Unsealer:
         if expected not in (None, share.identifier):
             raise InvalidInput("this share is not one of this keyring's shares")
         words = " ".join(mnemonic.split())
+        commitments = LocalCustodian.kdf_of(self.path).get("commitments")
+        if commitments is not None and commitments.get(str(share.index)) != _commitment(words):
+            raise InvalidInput("this share is not one of this keyring's shares")
         if self._shares.get(share.index, words) != words:
             raise InvalidInput("a different share with this index was already given: shares are never replaced")
         self._identifier = share.identifier

@@ -118,14 +118,20 @@ class Release:
     def destination(self, token: str, expected: Expected, wrapped: WrappedKey) -> bytes:
         """An existing destination key: a resumed copy's, or the backup repository a snapshot adds to."""
         grant = self.check(token, expected, grants.WRAP_DESTINATION)
-        if grant.claims.kind == "read":
+        c = grant.claims
+        if c.kind == "read":
             raise Refused("a read grant makes no copy")
         b = wrapped.binding
-        if b is not None:
-            if b.zone != grant.claims.destination_zone:
-                raise Refused(f"data key {wrapped.key_id} is bound to zone {b.zone}, not the grant's destination")
-            _fresh(wrapped)
-        _journal(self.journal.destination, grant.use_id, wrapped.key_id, expected.request_id)
+        if b is None:
+            raise Refused(f"data key {wrapped.key_id} predates key bindings: nothing is written into it")
+        repository = c.kind == "backup-repository"
+        want = (c.destination_zone, c.kind, "" if repository else c.version_digest, "" if repository else c.holder)
+        if (b.zone, b.kind, b.digest, b.holder) != want:
+            raise Refused(f"data key {wrapped.key_id} is bound to a {b.kind} copy in zone {b.zone}: not what this "
+                          "grant makes")
+        _fresh(wrapped)
+        # a snapshot adds to its lineage's repository; a resumed copy writes only into the key its grant made
+        _journal(self.journal.destination, grant.use_id, wrapped.key_id, expected.request_id, first=repository)
         return self.custodian.unwrap(wrapped)
 
     def close(self, use_id: str, request_id: str) -> None:
@@ -166,9 +172,9 @@ def _fresh(wrapped: WrappedKey) -> None:
                       "the key, and no database edit extends it")
 
 
-def _journal(step, *args: str) -> None:  # noqa: ANN001
+def _journal(step, *args: str, **kw: bool) -> None:  # noqa: ANN001
     try:
-        step(*args)
+        step(*args, **kw)
     except Spent as exc:
         raise Refused(str(exc)) from None
 

@@ -128,7 +128,8 @@ def still_allowed(ws: Workspace, uow, request: Request, requester) -> None:  # n
     needed = request.decision.requirement.approvals if request.decision and request.decision.requirement else 0
     if decision.requirement and decision.requirement.approvals > needed:
         raise Denied(f"the catalog in force needs {decision.requirement.approvals} approvals; this request has {needed}")
-    have = len(counting_approvals(ws, uow, request)) if needed else 0
+    # counted under the rule decided now (roles, distinct teams), never the one stored with the request
+    have = len(counting_approvals(ws, uow, request, decision.requirement)) if needed else 0
     if have < needed:
         raise Denied(f"only {have} of {needed} approvals still count (an approver was suspended or changed role)")
 

@@ -335,9 +335,10 @@ def approval_statement(request: Request) -> dict:
             "requester": request.requester}
 
 
-def counting_approvals(ws: Workspace, uow: UnitOfWork, request: Request) -> list[Approval]:
-    """The approvals that count now under the request's rule (see signoffs.counting)."""
-    req = request.decision.requirement
+def counting_approvals(ws: Workspace, uow: UnitOfWork, request: Request, req=None) -> list[Approval]:  # noqa: ANN001
+    """The approvals that count now under the request's rule (see signoffs.counting); `req`: a rule
+    decided afresh (the stored decision is the database's to change)."""
+    req = req or request.decision.requirement
     return counting(ws, uow, "request", request.id, approval_statement(request), roles=req.roles,
                     exclude=request.requester, since=request.created_at,
                     distinct_teams=req.distinct_teams)

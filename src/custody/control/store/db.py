@@ -114,6 +114,7 @@ class UnitOfWork:
     def __init__(self, conn: Connection, records: "RecordKeys | None" = None) -> None:
         self.conn = conn
         self.records = records  # signs and checks principal and zone rows (control/records.py)
+        self.signed: list[tuple[str, str, str]] = []  # rows signed here, noted in the custodian's journal after commit
 
     @property
     def dialect(self) -> str:

@@ -76,7 +76,7 @@ def _principal_fields(row) -> dict:  # noqa: ANN001
 
 
 def _principal(uow: UnitOfWork, row) -> Principal:  # noqa: ANN001
-    _checked(uow, "principal", f"principal {row.name}", _principal_fields(row), row.record_signature)
+    _checked(uow, "principal", row.id, f"principal {row.name}", _principal_fields(row), row.record_signature)
     return Principal(
         id=row.id,
         name=row.name,
@@ -89,10 +89,10 @@ def _principal(uow: UnitOfWork, row) -> Principal:  # noqa: ANN001
     )
 
 
-def _checked(uow: UnitOfWork, kind: str, what: str, fields: dict, signature: str | None) -> None:
+def _checked(uow: UnitOfWork, kind: str, ident: str, what: str, fields: dict, signature: str | None) -> None:
     if uow.records is None:
         raise IntegrityError(f"{what} cannot be checked: no custodian public key in this transaction")
-    uow.records.check(kind, what, fields, signature)
+    uow.records.check(kind, ident, what, fields, signature, uow.signed)
 
 
 def sign_principal(uow: UnitOfWork, name: str) -> None:
@@ -100,7 +100,7 @@ def sign_principal(uow: UnitOfWork, name: str) -> None:
     row = uow.conn.execute(select(t.principals).where(t.principals.c.name == name)).one()
     if uow.records is None:
         raise IntegrityError(f"principal {name} cannot be signed: no custodian in this transaction")
-    signature = uow.records.sign("principal", _principal_fields(row))
+    signature = uow.records.sign("principal", row.id, _principal_fields(row), uow.signed)
     uow.conn.execute(update(t.principals).where(t.principals.c.name == name).values(record_signature=signature))
 
 
@@ -155,7 +155,7 @@ def _zone_fields(row) -> dict:  # noqa: ANN001
 
 
 def _zone(uow: UnitOfWork, row) -> Zone:  # noqa: ANN001
-    _checked(uow, "zone", f"zone {row.name}", _zone_fields(row), row.record_signature)
+    _checked(uow, "zone", row.name, f"zone {row.name}", _zone_fields(row), row.record_signature)
     return Zone(
         name=row.name, url=row.url, kind=ZoneKind(row.kind), region=row.region, jurisdiction=row.jurisdiction,
         security_level=row.security_level, custodian=row.custodian, created_at=as_utc(row.created_at),
@@ -168,7 +168,7 @@ def sign_zone(uow: UnitOfWork, name: str) -> None:
     if uow.records is None:
         raise IntegrityError(f"zone {name} cannot be signed: no custodian in this transaction")
     uow.conn.execute(update(t.zones).where(t.zones.c.name == name).values(
-        record_signature=uow.records.sign("zone", _zone_fields(row))))
+        record_signature=uow.records.sign("zone", row.name, _zone_fields(row), uow.signed)))
 
 
 def add_zone(uow: UnitOfWork, z: Zone) -> None:
@@ -244,11 +244,12 @@ def _sign_version(uow: UnitOfWork, version_id: str) -> None:
     if uow.records is None:
         raise IntegrityError(f"asset version {version_id} cannot be signed: no custodian in this transaction")
     uow.conn.execute(update(t.asset_versions).where(t.asset_versions.c.id == version_id).values(
-        record_signature=uow.records.sign("version", _version_fields(row))))
+        record_signature=uow.records.sign("version", row.id, _version_fields(row), uow.signed)))
 
 
 def _version(uow: UnitOfWork, row) -> AssetVersion:  # noqa: ANN001
-    _checked(uow, "version", f"asset version {row.number} ({row.id})", _version_fields(row), row.record_signature)
+    _checked(uow, "version", row.id, f"asset version {row.number} ({row.id})", _version_fields(row),
+             row.record_signature)
     return AssetVersion(
         id=row.id, asset_id=row.asset_id, number=row.number, digest=row.digest, manifest_json=row.manifest_json,
         total_size=row.total_size, file_count=row.file_count, format=row.format, parameters=row.parameters,

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError as DBIntegrityError
 from custody.control.store import schema as t
 from custody.control.store.db import UnitOfWork
 from custody.control.store.repositories import as_utc, now
-from custody.domain.errors import InvalidState, NotFound
+from custody.domain.errors import IntegrityError, InvalidState, NotFound
 from custody.domain.model import new_id
 from custody.domain.requests import (
     Approval,
@@ -55,7 +55,7 @@ _REQUEST_LOCKED = _REQUEST.with_for_update()
 _MOVE = update(t.requests).where(t.requests.c.id == bindparam("b_id"), t.requests.c.state == bindparam("b_state"))
 _SIGNOFFS = (select(t.signoffs).where(t.signoffs.c.subject_kind == bindparam("kind"),
                                       t.signoffs.c.subject_id == bindparam("subject_id")).order_by(t.signoffs.c.at))
-_ACTIVE_EXCEPTIONS = select(t.policy_exceptions.c.policy_id).where(
+_ACTIVE_EXCEPTIONS = select(t.policy_exceptions).where(
     t.policy_exceptions.c.asset_name == bindparam("asset"), t.policy_exceptions.c.zone == bindparam("zone"),
     t.policy_exceptions.c.state == "active", t.policy_exceptions.c.expires_at > bindparam("at"))
 
@@ -254,26 +254,50 @@ def list_exceptions(uow: UnitOfWork) -> list[dict]:
     return [dict(r._mapping) | {"expires_at": as_utc(r.expires_at), "created_at": as_utc(r.created_at)} for r in rows]
 
 
+def _exception_fields(row) -> dict:  # noqa: ANN001
+    return {"id": row.id, "policy": row.policy_id, "asset": row.asset_name, "zone": row.zone, "state": row.state,
+            "expires_at": as_utc(row.expires_at).isoformat()}
+
+
+def _sign_exception(uow: UnitOfWork, exc_id: str) -> None:
+    """An exception in force is signed by the custodian when its second approval activates it (and again
+    when it ends): an inserted, extended or revived row turns no policy off."""
+    row = uow.conn.execute(select(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id)).one()
+    if uow.records is None:
+        raise IntegrityError(f"exception {exc_id} cannot be signed: no custodian in this transaction")
+    uow.conn.execute(update(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id).values(
+        record_signature=uow.records.sign("exception", row.id, _exception_fields(row), uow.signed)))
+
+
 def activate_exception(uow: UnitOfWork, exc_id: str, expires_at: datetime) -> None:
     uow.conn.execute(update(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id)
                      .values(state="active", expires_at=expires_at))
+    _sign_exception(uow, exc_id)
 
 
 def set_exception_state(uow: UnitOfWork, exc_id: str, state: str) -> None:
     uow.conn.execute(update(t.policy_exceptions).where(t.policy_exceptions.c.id == exc_id).values(state=state))
+    _sign_exception(uow, exc_id)
 
 
 def spend_exception(uow: UnitOfWork, policy_id: str, asset: str, zone: str, at: datetime) -> None:
     """An exception good for one use (letting known weights take a looser label) ends with that use."""
     e = t.policy_exceptions.c
-    uow.conn.execute(update(t.policy_exceptions).where(
-        e.policy_id == policy_id, e.asset_name == asset, e.zone == zone, e.state == "active", e.expires_at > at
-    ).values(state="used"))
+    ids = uow.conn.execute(select(e.id).where(
+        e.policy_id == policy_id, e.asset_name == asset, e.zone == zone, e.state == "active", e.expires_at > at)).scalars()
+    for exc_id in list(ids):
+        set_exception_state(uow, exc_id, "used")  # signed as used: setting it back to active fails its signature
 
 
 def active_exceptions(uow: UnitOfWork, asset: str, zone: str, at: datetime) -> frozenset[str]:
-    rows = uow.conn.execute(_ACTIVE_EXCEPTIONS, {"asset": asset, "zone": zone, "at": at})
-    return frozenset(r[0] for r in rows)
+    """The policies switched off for this asset and zone now: only exceptions the custodian signed active."""
+    rows = list(uow.conn.execute(_ACTIVE_EXCEPTIONS, {"asset": asset, "zone": zone, "at": at}))
+    for row in rows:
+        if uow.records is None:
+            raise IntegrityError("exceptions cannot be checked: no custodian public key in this transaction")
+        uow.records.check("exception", row.id, f"exception {row.id}", _exception_fields(row), row.record_signature,
+                          uow.signed)
+    return frozenset(r.policy_id for r in rows)
 
 
 # -- policy proposals ---------------------------------------------------------------------

@@ -261,6 +261,7 @@ policy_exceptions = Table(
     Column("state", String(16), nullable=False),  # proposed | active | rejected
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("record_signature", Text),  # the custodian's signature once active (control/records.py)
 )
 
 policy_proposals = Table(

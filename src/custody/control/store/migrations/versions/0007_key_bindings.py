@@ -18,13 +18,13 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("data_keys") as batch:
         batch.add_column(sa.Column("binding", sa.Text))
-    for table in ("principals", "zones", "asset_versions"):
+    for table in ("principals", "zones", "asset_versions", "policy_exceptions"):
         with op.batch_alter_table(table) as batch:
             batch.add_column(sa.Column("record_signature", sa.Text))
 
 
 def downgrade() -> None:
-    for table in ("principals", "zones", "asset_versions"):
+    for table in ("principals", "zones", "asset_versions", "policy_exceptions"):
         with op.batch_alter_table(table) as batch:
             batch.drop_column("record_signature")
     with op.batch_alter_table("data_keys") as batch:
