@@ -384,3 +384,27 @@ def test_an_earlier_signed_state_put_back_is_refused(crew: People) -> None:
         s=before["suspended"], r=before["record_signature"])
     r = cli("zone", "list", "--json", token=crew.t("rob"))
     assert r.code == 5 and "put back to an earlier state" in r.json["error"], r.stdout
+
+
+def test_a_read_whose_event_is_deleted_is_found_by_its_journal_line(crew: People, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attacker stops checkpoints (a planted checkpoint row that does not verify), reads, then deletes the
+    read's event and the planted row: the witness never saw the read, but the custodian's journal did."""
+    from test_witness import TRIGGERS, truncate
+
+    from custody.control.services import audit
+
+    for statement in [s for s in TRIGGERS if "checkpoints" in s]:
+        sql(crew.env, statement)
+    sql(crew.env, "INSERT INTO ledger_checkpoints (size, note, created_at) VALUES (999999, 'forged', CURRENT_TIMESTAMP)")
+    ws = crew.env.open()
+    with ws.uow(readonly=True) as uow:
+        from custody.control.ledger import store as ledger
+
+        before = ledger.size(uow)
+    ws.close()
+    read(crew, "svc", crew.t("replica"), tensors=["lm_head.ids"])
+    truncate(crew.env, before)  # the read's event and everything after it
+    sql(crew.env, "DELETE FROM ledger_checkpoints WHERE size = 999999")
+    monkeypatch.setattr(audit, "SETTLE", timedelta(0))  # the release is old enough to have its event by now
+    r = cli("audit", "verify", "--json", token=crew.t("admin"))
+    assert r.code == 5 and "the ledger holds no event of it" in r.json["error"], r.stdout

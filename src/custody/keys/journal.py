@@ -203,6 +203,19 @@ class Journal:
             if self._records.get((kind, ident)) != digest:
                 self._append(op="record", kind=kind, id=ident, digest=digest)
 
+    def releases(self) -> list[tuple[int, str, str, str]]:
+        """(line, time, operation, request) of every release made under a grant, oldest first."""
+        out = []
+        if not self.path.exists():
+            return out
+        with self._locked():
+            data = os.pread(self._fd, self._offset, 0)
+        for raw in data.splitlines():
+            entry = json.loads(raw)
+            if entry.get("op") in ("source", "destination", "read") and entry.get("request"):
+                out.append((entry["seq"], entry["at"], entry["op"], entry["request"]))
+        return out
+
     def newest_record(self, kind: str, ident: str) -> str | None:
         """The digest of the newest signed state of a row, where one was noted."""
         if not self.path.exists():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _json_string
 from pathlib import Path
@@ -150,6 +151,7 @@ def _verify(ws: Workspace, saved: Path | None, public_key: Path | None, witness_
             if e.size > n:
                 raise IntegrityError(f"{e.what} covers {e.size} events but the ledger holds only {n}")
         root = _recompute(uow, n, expectations)
+        releases = _releases_ledgered(ws, uow, n)
         if saved is not None and expectations[0].size:
             old = expectations[0]
             proof = merkle.consistency_proof(old.size, n, ledger.StoredNodes(uow))
@@ -158,7 +160,35 @@ def _verify(ws: Workspace, saved: Path | None, public_key: Path | None, witness_
     return {"verified": True, "tree_size": n, "root": root.hex(), "checkpoints_checked": len(expectations),
             "latest_checkpoint": latest, "events_after_checkpoint": n - (latest or 0),
             "witnessed_size": held.checkpoint.size if held else None,
-            "witness_location": held.location if held else None}
+            "witness_location": held.location if held else None, "key_releases_checked": releases}
+
+
+SETTLE = timedelta(minutes=2)  # a release is journalled just before its event commits: younger ones may still be on the way
+
+
+def _releases_ledgered(ws: Workspace, uow, n: int) -> int:  # noqa: ANN001
+    """Every key the custodian released under a grant has its event in the ledger: the journal (kept
+    outside the database) names the request or the read, and an event deleted with its checkpoints
+    (inside the window before the next one) is found missing here. Returns how many were checked."""
+    from custody.control.workspace import JOURNAL
+    from custody.keys.journal import Journal
+
+    journal = Journal(ws.home / JOURNAL, None)
+    releases = journal.releases()
+    if not releases:
+        return 0
+    named = set()  # the requests and reads the ledger's lines (checked against the tree above) name
+    for (line,) in uow.conn.execute(select(t.ledger_events.c.line).where(
+            t.ledger_events.c.seq < n, t.ledger_events.c.action.in_(("request.run", "replica.open")))):
+        event = json.loads(line)
+        named.add(event.get("request_id"))
+        named.add((event.get("details") or {}).get("release"))
+    settled = datetime.now(timezone.utc) - SETTLE
+    for seq, at, op, request in releases:
+        if request not in named and datetime.fromisoformat(at) < settled:
+            raise IntegrityError(f"the custodian released a key ({op}, journal line {seq}, {at}) for {request}, and the "
+                                 "ledger holds no event of it: an event was deleted")
+    return len(releases)
 
 
 def _verified(note: str, origin: str, key: Ed25519PublicKey, what: str) -> checkpoint.Checkpoint:

@@ -97,6 +97,7 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
                      + ("; ".join(decision.reasons) or "no policy permits it") + hint)
     expected = Expected(request_id=request.id if request else f"read-{new_id()}", version_digest=_digest(a, replica),
                         source_replica=replica.id, destination_zone=replica.zone)
+    a.fields.setdefault("details", {})["release"] = expected.request_id  # what the custodian's journal names
     if request is not None:
         return Ticket(_spend(a, request), expected, None, claims)
     grant = grants.mint(grant_root_key(ws.custodian()), grants.GrantClaims(
