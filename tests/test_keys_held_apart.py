@@ -408,3 +408,17 @@ def test_a_read_whose_event_is_deleted_is_found_by_its_journal_line(crew: People
     monkeypatch.setattr(audit, "SETTLE", timedelta(0))  # the release is old enough to have its event by now
     r = cli("audit", "verify", "--json", token=crew.t("admin"))
     assert r.code == 5 and "the ledger holds no event of it" in r.json["error"], r.stdout
+
+
+def test_hiding_the_officers_does_not_reopen_the_bootstrap(crew: People) -> None:
+    ws = crew.env.open()
+    with ws.uow(readonly=True) as uow:
+        officers = [dict(r._mapping) for r in uow.conn.execute(text(
+            "SELECT * FROM principals WHERE name IN ('officer-a', 'officer-b')"))]
+    ws.close()
+    sql(crew.env, "DELETE FROM principals WHERE name IN ('officer-a', 'officer-b')")
+    public = cli("principal", "new-token", "--json").json["public"]
+    r = cli("principal", "add", "puppet", "--role", "security", "--team", "x", "--public-token", public, "--json",
+            token=crew.t("admin"))
+    assert r.code == 6 and "bootstrap is over" in r.json["error"], r.stdout
+    assert len(officers) == 2

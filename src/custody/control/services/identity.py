@@ -50,14 +50,25 @@ def security_officers(uow: UnitOfWork) -> list[Principal]:
     return [p for p in repo.list_principals(uow) if not p.suspended and p.has_role(APPROVER_ROLE)]
 
 
+BOOTSTRAP_CLOSED = ("bootstrap", "security-officers", "closed")
+
+
 def bootstrap_addition(uow: UnitOfWork, roles: list[str]) -> bool:
     """Whether adding a principal with `roles` is one of the first two security officers (made at
     once); raises when the change needs approvers that do not exist yet."""
     uow.serialise("identity")  # two bootstrap additions at once must not both see "fewer than two"
     officers = len(security_officers(uow))
     if officers >= APPROVALS:
+        uow.signed.append(BOOTSTRAP_CLOSED)
         return False
+    if uow.records is not None and uow.records.newest(*BOOTSTRAP_CLOSED[:2]) == BOOTSTRAP_CLOSED[2]:
+        # the custodian noted two officers once: rows hidden from the store do not reopen the bootstrap
+        raise InvalidState(f"this workspace has {officers} active security officers, but its bootstrap is over: "
+                           "officers join by identity proposal (a suspended officer's proposal is approved by "
+                           "the others)")
     if roles == [APPROVER_ROLE]:
+        if officers + 1 >= APPROVALS:
+            uow.signed.append(BOOTSTRAP_CLOSED)  # noted in the custodian's journal when this commits
         return True
     raise InvalidState(
         f"adding {' and '.join(governed(roles))} needs {APPROVALS} security officers to approve, and this workspace "
