@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 from sqlalchemy import text
 
-from conftest import CUSTODY_BIN, Env, People, cli, people, events, hf_model, register, write_safetensors
+from conftest import CUSTODY_BIN, Env, People, cli, people, events, register, write_safetensors
 from custody.control.store import backups_repo as br
 from custody.control.store import repositories as repo
 from custody.data import sealed

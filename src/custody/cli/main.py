@@ -70,8 +70,8 @@ def init(ctx: Ctx,
                              "Never keep real weights here.", style="bold yellow")
         output.out.print(f"Keys are held by the {result.custodian} custodian.")
         if result.shares:
-            output.out.print(f"Shamir shares of the keyring's master secret (shown once: give one to each holder; "
-                             f"`custody unseal` takes them):")
+            output.out.print("Shamir shares of the keyring's master secret (shown once: give one to each holder; "
+                             "`custody unseal` takes them):")
             for i, share in enumerate(result.shares, 1):
                 output.out.print(f"  share {i}: {share}")
         output.out.print("Admin token (shown once, store it now):")

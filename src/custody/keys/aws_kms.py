@@ -60,6 +60,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from custody.domain.errors import AuthenticationError, CustodyError, Denied, IntegrityError, InvalidInput, NotFound
 from custody.keys.custodian import DEK_BYTES, Binding, KekVersion, KeyInfo, Purpose, WrappedKey
+from custody.keys.files import write_private
 
 SECRETS_FILE = "keys/kms-secrets.sealed"
 FORMAT = "custody-kms-secrets"
@@ -716,22 +717,7 @@ class _SealedSecrets:
         plain = json.dumps({"entries": self._entries}, sort_keys=True).encode()
         envelope["nonce"] = _b64(nonce)
         envelope["ciphertext"] = _b64(AESGCM(self._key).encrypt(nonce, plain, self._aad(envelope)))
-        tmp = self.path.with_name(self.path.name + f".tmp{os.getpid()}.{threading.get_ident()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(json.dumps(envelope, indent=1).encode())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_private(self.path, json.dumps(envelope, indent=1).encode())
         st = self.path.stat()
         self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
 

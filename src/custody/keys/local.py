@@ -32,6 +32,7 @@ from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, InvalidInput, InvalidState, NotFound
 from custody.keys.custodian import DEK_BYTES, Binding, KekVersion, KeyInfo, Purpose, WrappedKey, aad_of
+from custody.keys.files import write_private
 
 FORMAT = "custody-keyring"
 SHAMIR = "shamir-slip39"
@@ -331,13 +332,7 @@ def _write_sealed(path: Path, envelope: dict, ring: dict, master: bytes) -> None
     sealed = dict(envelope)
     sealed["nonce"] = _b64(nonce)
     sealed["ciphertext"] = _b64(AESGCM(master).encrypt(nonce, plain, _aad(envelope)))
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(json.dumps(sealed, indent=1).encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    write_private(path, json.dumps(sealed, indent=1).encode())
 
 
 # -- the backend entry points (keys/backends.py) ----------------------------------------------
@@ -398,7 +393,7 @@ class Unsealer:
             return state
         try:
             share = shamir_mnemonic.share.Share.from_mnemonic(" ".join(mnemonic.split()))
-        except shamir_mnemonic.MnemonicError as exc:
+        except shamir_mnemonic.MnemonicError:
             raise InvalidInput("not a valid share: a wrong word, a wrong length or a failed checksum") from None
         expected = LocalCustodian.kdf_of(self.path).get("identifier", self._identifier)
         if expected not in (None, share.identifier):

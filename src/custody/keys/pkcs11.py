@@ -53,6 +53,7 @@ from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from custody.domain.errors import AuthenticationError, CustodyError, IntegrityError, InvalidInput, NotFound
 from custody.keys.custodian import DEK_BYTES, PURPOSES, Binding, KekVersion, KeyInfo, Purpose, WrappedKey, aad_of
+from custody.keys.files import write_private
 
 DEFAULT_LIBRARY = "/usr/lib/softhsm/libsofthsm2.so"
 SECRETS = "keys/pkcs11-secrets.sealed"
@@ -355,7 +356,7 @@ class Pkcs11Custodian:
         """Record a zone's newest epoch (the caller holds the lock): other processes see the file change."""
         hints = self._hints()
         hints[zone] = version
-        _write_atomically(self.home / EPOCHS, json.dumps(hints, sort_keys=True).encode())
+        write_private(self.home / EPOCHS, json.dumps(hints, sort_keys=True).encode())
         stamp = _stamp_or_none(self.home / EPOCHS)
         self._call("noting an epoch", lambda t: t.active.__setitem__(self._label("kek", zone), (version, stamp)))
 
@@ -615,7 +616,7 @@ class Pkcs11Custodian:
         if sealed is _MISSING:
             raise CustodyError(f"the token lost {label} as it was made")
         envelope = {"format": SECRETS_FORMAT, "version": 1, "nonce": _b64(nonce), "ciphertext": _b64(bytes(sealed))}
-        _write_atomically(self.home / SECRETS, json.dumps(envelope, indent=1).encode())
+        write_private(self.home / SECRETS, json.dumps(envelope, indent=1).encode())
         self._loaded = _file_stamp(self.home / SECRETS)
 
     def secret(self, name: str) -> bytes:
@@ -641,23 +642,6 @@ def _stamp_or_none(path: Path) -> tuple[int, int, int] | None:
         return _file_stamp(path)
     except FileNotFoundError:
         return None
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Temporary file, fsync, rename, fsync of the folder: a crash leaves the old file or the new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
 
 
 # -- the backend entry points (keys/backends.py) ----------------------------------------------

@@ -22,7 +22,7 @@ from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
 from custody.domain.errors import Denied, InvalidInput
 from custody.domain.model import Principal, Replica, new_id
-from custody.domain.requests import Decision, Request, RequestKind, RequestState
+from custody.domain.requests import Request, RequestKind, RequestState
 from custody.keys.attestation import Claims
 from custody.keys.custodian import grant_root_key
 from custody.keys.release import Expected

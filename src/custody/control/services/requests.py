@@ -276,7 +276,7 @@ def _approve(ws: Workspace, uow: UnitOfWork, request: Request) -> Request:
     return rq.move_request(uow, request, RequestState.APPROVED, grant_expires_at=expires)
 
 
-def grant_claims(uow: UnitOfWork, request: Request, expires: datetime) -> "grants.GrantClaims":
+def grant_claims(uow: UnitOfWork, request: Request, expires: datetime):  # noqa: ANN201 (a grants.GrantClaims)
     """What the custodian will hold the grant to: besides the request, the source data key it may
     release, and the kind and lifetime it binds into the destination key."""
     from custody.control import grants

@@ -16,8 +16,8 @@ from custody.control.store import repositories as repo
 from custody.control.workspace import Workspace
 from custody.data.backup import restore as restore_plane
 from custody.domain.errors import IntegrityError, InvalidState
-from custody.domain.model import ReplicaKind, ZoneKind
-from custody.domain.requests import Request, RequestKind
+from custody.domain.model import ReplicaKind
+from custody.domain.requests import Request
 from custody.keys.release import Expected
 
 
