@@ -32,11 +32,10 @@ from custody import __version__
 from custody.api.operations import OPERATIONS, SERVER_SIDE, Operation
 from custody.api.throttle import Admission, Backoff, Throttle
 from custody.control.ledger import checkpoints
-from custody.control.services import health, metrics
+from custody.control.services import health, metrics, unseal
 from custody.control.workspace import Workspace
-from custody.keys.local import Unsealer
 from custody.data.zones import ZoneStorage
-from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput, InvalidState
+from custody.domain.errors import AuthenticationError, CustodyError, InvalidInput
 
 STATUS = {1: 500, 2: 400, 3: 403, 4: 404, 5: 422, 6: 409}
 
@@ -113,33 +112,27 @@ def create_app(home: Path | None = None) -> FastAPI:
         return JSONResponse({"ready": not problems, "problems": problems}, status_code=200 if not problems else 503)
 
     backoff = Backoff(ws)
-    unsealer = Unsealer(ws.home) if ws.custodian_table.get("kind", "local") == "local" else None
+    unsealer = unseal.unsealer_for(ws)
     wrong_shares = Throttle()  # wrong shares back off by address; right ones never wait
 
     @app.get("/api/v1/unseal", responses=ERRORS)
     def unseal_status() -> dict:
         """Whether this server's custodian is sealed, and how many shares it has been given."""
-        return unsealer.status() if unsealer else {"sealed_by": ws.custodian_table.get("kind"), "sealed": False}
+        return unseal.status(ws, unsealer)
 
     @app.post("/api/v1/unseal", responses=ERRORS)
-    def unseal(request: Request, body: UnsealShare) -> Any:
+    def give_share(request: Request, body: UnsealShare) -> Any:
         """Give one Shamir share (no token: the share is the credential; failures back off by address).
         Shares stay in this process's memory; the ledger records each step, never a share."""
         address = client_address(request)
         wait = wrong_shares.blocked(address)
         if wait:
             return too_many(Admission(wait=wait))
-        if unsealer is None:
-            raise InvalidState(f"this server's custodian is {ws.custodian_table.get('kind')}: nothing to unseal")
         try:
-            state = unsealer.give(body.share)
-        except CustodyError as exc:
+            return unseal.give(ws, unsealer, body.share, f"share-holder@{address}")
+        except CustodyError:
             wrong_shares.failed(address)
-            health.record(ws, "custodian.unseal", "refused", f"share-holder@{address}", {"reason": exc.message})
             raise
-        health.record(ws, "custodian.unseal", "unsealed" if not state["sealed"] else "share accepted",
-                      f"share-holder@{address}", {"given": state.get("given"), "threshold": state.get("threshold")})
-        return state
 
     @app.get("/metrics", response_class=PlainTextResponse, responses=ERRORS)
     def metrics_(request: Request, token: Token) -> Any:

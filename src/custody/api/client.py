@@ -51,6 +51,17 @@ class Remote:
         return resp.content if op.media_type else resp.json()
 
 
+    def give_share(self, share: str) -> dict:
+        """One Shamir share to the server's unseal endpoint (the share, not a token, is the credential)."""
+        try:
+            resp = self._http.post("/api/v1/unseal", json={"share": share}, headers={"Authorization": ""})
+        except httpx.HTTPError as exc:
+            raise CustodyError(f"cannot reach the custody server at {self.url}: {type(exc).__name__}") from None
+        if resp.status_code >= 400:
+            raise _error(resp)
+        return resp.json()
+
+
 def _error(resp: httpx.Response) -> RemoteError:
     try:
         body = resp.json()

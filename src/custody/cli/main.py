@@ -13,7 +13,7 @@ from custody.cli import output
 from custody.cli.common import Ctx, command, emit, progress_bar
 from custody.control import tokens
 from custody.control.services import assets, audit, identity, keys, principals, replicas, setup, sweep as sweeper, zones
-from custody.domain.errors import CustodyError, InvalidInput, RemoteError
+from custody.domain.errors import InvalidInput
 
 app = typer.Typer(help="custody: governed, sealed, ledgered copies of model weights.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
@@ -97,7 +97,7 @@ def unseal(ctx: Ctx,
     """Give your Shamir share to a server whose keyring is sealed by shares (--server URL); each holder runs
     it once. Without a server: check that the shares read from standard input (one per line) unseal the
     local keyring, as a drill, and keep nothing."""
-    from custody.keys.local import Unsealer
+    from custody.control.services import unseal as unsealing
 
     def read_share() -> str:
         if share_file:
@@ -109,26 +109,15 @@ def unseal(ctx: Ctx,
         return sys.stdin.readline().strip()
 
     if ctx.server:
-        import httpx
+        from custody.api.client import Remote
 
+        remote = Remote(ctx.server, None)
         try:
-            resp = httpx.post(ctx.server.rstrip("/") + "/api/v1/unseal", json={"share": read_share()}, timeout=30)
-        except httpx.HTTPError as exc:
-            raise CustodyError(f"cannot reach the custody server at {ctx.server}: {type(exc).__name__}") from None
-        body = resp.json()
-        if resp.status_code >= 400:
-            raise RemoteError(body.get("error", f"HTTP {resp.status_code}"), body.get("exit_code", 1))
-        state = body
+            state = remote.give_share(read_share())
+        finally:
+            remote.close()
     else:
-        unsealer = Unsealer(ctx.home.resolve())
-        state = unsealer.status()
-        while state.get("sealed"):
-            share = read_share()
-            if not share:
-                raise InvalidInput(f"standard input ended after {state['given']} of {state['threshold']} shares")
-            state = unsealer.give(share)
-        unsealer.seal()
-        state = {**state, "drill": True}
+        state = unsealing.drill(ctx.home.resolve(), read_share)
 
     def human() -> None:
         if state.get("drill"):

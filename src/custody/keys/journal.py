@@ -222,12 +222,3 @@ class Journal:
             return None
         with self._locked():
             return self._records.get((kind, ident))
-
-    def closed(self, use: str) -> bool:
-        with self._locked():
-            return self._uses.get(use, _Use()).closed
-
-    def verify(self) -> int:
-        """Check the whole chain; returns the number of lines."""
-        with self._locked():
-            return self._seq

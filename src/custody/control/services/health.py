@@ -13,14 +13,6 @@ from custody.control.workspace import Workspace
 from custody.domain.errors import CustodyError
 
 
-def record(ws: Workspace, action: str, outcome: str, actor: str, details: dict) -> None:
-    """Ledger a server-level step no principal takes (a share given to unseal the custodian)."""
-    from custody.control.ledger import store as ledger
-
-    with ws.uow() as uow:
-        ledger.append(uow, actor=actor, action=action, outcome=outcome, details=details)
-
-
 def problems(ws: Workspace) -> list[str]:
     """What stops this process from serving; empty when it is ready."""
     found = []
