@@ -422,3 +422,17 @@ def test_hiding_the_officers_does_not_reopen_the_bootstrap(crew: People) -> None
             token=crew.t("admin"))
     assert r.code == 6 and "bootstrap is over" in r.json["error"], r.stdout
     assert len(officers) == 2
+
+
+@pytest.mark.parametrize("table, message", [
+    ("[keys]\nkek_days = 0", "kek_days must be a number of days above 0"),
+    ("[keys]\nkek_weeks = 3", "kek_weeks is not a setting"),
+    ('[attestation]\nzones = ["prod"]\nverifier = "tpm"\nkey = "k.pem"', "verifier 'tpm' is not one custody has"),
+    ('[attestation]\nzones = ["prod"]\nkey = "keys/missing.pem"', "is not a readable PEM public key"),
+])
+def test_bad_key_settings_are_refused_clearly(crew: People, table: str, message: str) -> None:
+    config = crew.env.home / "custody.toml"
+    config.write_text(config.read_text() + "\n" + table + "\n")
+    with pytest.raises(CustodyError) as caught:
+        read(crew, "svc", crew.t("replica"))
+    assert message in caught.value.message and len(caught.value.message.splitlines()) == 1, caught.value.message
