@@ -503,7 +503,7 @@ def test_describe() -> None:
     assert d["hash"] == DEFAULT.hash and json.loads(json.dumps(d)) == d
     ids = [p["id"] for p in d["policies"]]
     # 15 for copies and approvals, restore and drill permits and placements (4), 6 for reads, 2 for registrations
-    assert len(ids) == len(set(ids)) == 27
+    assert len(ids) == len(set(ids)) == 28
     jurisdiction = next(p for p in d["policies"] if p["id"] == "forbid-jurisdiction")
     assert jurisdiction == {"id": "forbid-jurisdiction", "effect": "forbid", "actions": ["copy"],
                             "file": "placement.cedar", "reason": jurisdiction["reason"]}

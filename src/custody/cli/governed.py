@@ -23,7 +23,7 @@ REQUEST_COLUMNS = ["id", "state", "kind", "asset", "destination", "requester", "
 
 def _request_human(r: dict) -> None:
     output.fields(r, ["id", "state", "kind", "asset", "destination", "requester", "purpose", "ttl_seconds",
-                      "result_replica"])
+                      "transform", "result_replica"])
     d = r.get("decision") or {}
     for reason in d.get("reasons", []):
         output.out.print(f"{'':>20}  · {reason}")
@@ -121,10 +121,15 @@ def request_create(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="ASSET[@
                    ttl: Annotated[Optional[str], typer.Option(help="How long the copy may live: 7d, 12h, ...")] = None,
                    source: Annotated[Optional[str], typer.Option("--from", help="Source replica (default: primary).")] = None,
                    break_glass: Annotated[bool, typer.Option("--break-glass", help="On-call DR without approvals; opens a review.")] = False,
+                   transform: Annotated[Optional[str], typer.Option(
+                       help="A derivative's recipe, e.g. truncate:last=4,int4:group=64 (steps: cast:dtype=fp16|bf16|fp32, "
+                            "int8, int4:group=N, gguf:type=q8_0|q4_0, subset:include=GLOB, truncate:first|last=N, "
+                            "prune:fraction=F, noise:sigma=S).")] = None,
                    run: Annotated[bool, typer.Option("--run", help="Run at once if approved.")] = False) -> None:
-    """Ask for a copy, or (--kind read) to read a replica's weights once in memory; the policy decides at once."""
+    """Ask for a copy, a derivative (--kind derivative --transform RECIPE), or (--kind read) to read a
+    replica's weights once in memory; the policy decides at once."""
     r = ctx.call(requests.create, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source,
-                 break_glass=break_glass)
+                 break_glass=break_glass, transform=transform)
     if run and r["state"] == "approved":
         r = _run(ctx, r["id"])
     emit(ctx, r, lambda: _request_human(r))

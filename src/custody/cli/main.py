@@ -26,7 +26,11 @@ audit_app = typer.Typer(help="The tamper-evident ledger.", no_args_is_help=True)
 from custody.cli.backups import backup_app, drill_app, restore_cmd, snapshot_app  # noqa: E402
 from custody.cli.governed import exception_app, mfa_app, policy_app, request_app, review_app  # noqa: E402
 
+from custody.cli.tracing import identify_cmd, trace_cmd  # noqa: E402
+
 command(app, "restore")(restore_cmd)
+command(app, "identify")(identify_cmd)
+command(app, "trace")(trace_cmd)
 
 for sub, name in ((backup_app, "backup"), (snapshot_app, "snapshot"), (drill_app, "drill"), (policy_app, "policy"), (request_app, "request"), (mfa_app, "mfa"), (review_app, "review"),
                   (exception_app, "exception"), (zone_app, "zone"), (principal_app, "principal"), (asset_app, "asset"), (replica_app, "replica"),
@@ -403,6 +407,15 @@ def asset_show(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="NAME[@VERSI
         output.table(v["replicas"], ["id", "zone", "kind", "state"], "replicas")
 
     emit(ctx, v, human)
+
+
+@command(asset_app, "lineage")
+def asset_lineage(ctx: Ctx, name: str) -> None:
+    """The asset's family of derivatives: versions, recipes, requests (text, or --json)."""
+    from custody.control.services import lineage
+
+    graph = ctx.call(lineage.lineage, name)
+    emit(ctx, graph, lambda: [output.out.print(line, markup=False) for line in lineage.render(graph)])
 
 
 @command(asset_app, "bundle")

@@ -22,6 +22,8 @@ _ALLOWED: dict[str, frozenset[str]] = {
     "principal.rotate-token": frozenset(ROLES),
     "asset.register": frozenset({"admin", "ml-lead"}),
     "asset.read": frozenset(ROLES),
+    "asset.identify": frozenset({"admin", "security", "auditor", "ml-lead"}),
+    "asset.trace": frozenset({"security"}),  # reads original weights: the catalog decides that read too
     "replica.read": frozenset(ROLES),
     "replica.verify": frozenset({"admin", "ml-lead", "security", "auditor", "backup-operator"}),
     "replica.open": frozenset(ROLES),  # whether a read may happen is the policy catalog's (Action::"read")

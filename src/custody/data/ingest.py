@@ -21,6 +21,7 @@ from typing import Callable
 from uuid import UUID
 
 from custody.data import sealed
+from custody.data.derive.sketch import TensorSketches
 from custody.data.formats import gguf, numpy_format, safetensors
 from custody.data.formats.detect import FormatInfo
 from custody.data.formats.detect import inspect as inspect_format
@@ -61,6 +62,8 @@ class IngestReport:
     seconds: float
     tensors: tuple[TensorDigest, ...] = ()
     """Every tensor of every safetensors and GGUF file (and every .npy array), by path (bytewise) then file offset."""
+    sketches: tuple[tuple[str, str, int, int, bytes], ...] = ()
+    """(path, tensor, rows, cols, sketch) of every float matrix of every safetensors file (data/derive/sketch.py)."""
 
 
 def collect_sources(path: Path) -> list[SourceFile]:
@@ -131,14 +134,18 @@ def seal_into_zone(
     dek: bytes,
     progress: Progress | None = None,
     chunk_size: int = sealed.DEFAULT_CHUNK_SIZE,
+    sketch_key: bytes | None = None,
 ) -> IngestReport:
-    """Seal every source file into the zone, two files at a time, and check what was written."""
+    """Seal every source file into the zone, two files at a time, and check what was written;
+    with `sketch_key`, sketch every float matrix of its safetensors files on the way."""
     started = time.perf_counter()
 
-    def one(src: SourceFile) -> tuple[FileEntry, FormatSummary, int, tuple[TensorDigest, ...]]:
+    def one(src: SourceFile) -> tuple[FileEntry, FormatSummary, int, tuple[TensorDigest, ...], list]:
         info, seen = _inspect(src)
         tensors = TensorHashes(src.relpath, info.tensors, seen) if info.tensors else None
-        observers = (tensors,) if tensors else ()
+        sketches = (TensorSketches(sketch_key, src.relpath, info.tensors)
+                    if sketch_key and info.tensors and info.kind == "safetensors" else None)
+        observers = tuple(o for o in (tensors, sketches) if o is not None)
         header = sealed.new_header(UUID(replica_id), UUID(key_id), src.relpath, chunk_size)
         rel = zone.sealed_path(replica_id, src.relpath)
         if zone.local:
@@ -148,7 +155,7 @@ def seal_into_zone(
         _spot_check(zone, rel, dek, header, written)
         return (FileEntry(src.relpath, src.size, digest),
                 FormatSummary(src.relpath, info.kind, info.parameters, info.unsafe), written,
-                tensors.results() if tensors else ())
+                tensors.results() if tensors else (), sketches.results if sketches else [])
 
     # Largest files first so two workers finish together; SHA-256 of one file is sequential,
     # so a second file is what keeps the second core busy.
@@ -162,6 +169,7 @@ def seal_into_zone(
         bytes_sealed=sum(r[2] for r in results),
         seconds=time.perf_counter() - started,
         tensors=tuple(t for r in sorted(results, key=lambda r: r[0].path.encode("utf-8")) for t in r[3]),
+        sketches=tuple(s for r in results for s in r[4]),
     )
 
 

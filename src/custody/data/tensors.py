@@ -16,7 +16,7 @@ from custody.data.formats import safetensors
 from custody.domain.errors import InvalidInput, NotFound
 
 
-class _CachedReader:
+class CachedReader:
     """Decrypts each chunk at most once while one file is being read."""
 
     def __init__(self, reader: sealed.SealedReader, max_chunks: int = 8) -> None:
@@ -41,12 +41,12 @@ class _CachedReader:
 
 
 def tensor_names(reader: sealed.SealedReader) -> list[str]:
-    cached = _CachedReader(reader)
+    cached = CachedReader(reader)
     return list(safetensors.parse_header(cached.read_at, reader.plaintext_size, name=reader.header.path).tensors)
 
 
 def read_tensors(reader: sealed.SealedReader, names: list[str] | None = None) -> dict[str, np.ndarray]:
-    cached = _CachedReader(reader)
+    cached = CachedReader(reader)
     header = safetensors.parse_header(cached.read_at, reader.plaintext_size, name=reader.header.path)
     wanted = list(header.tensors) if names is None else names
     out: dict[str, np.ndarray] = {}

@@ -130,6 +130,7 @@ class Request:
     approvals: tuple[Approval, ...] = field(default_factory=tuple)
     source_snapshot: str | None = None  # what a restore or a drill reads
     method: str = "replica"  # replica: a sealed copy; snapshot: a backup into a repository
+    transform: str | None = None  # a derivative's recipe, canonical (domain/recipes.py)
 
     @property
     def source(self) -> str:

@@ -22,6 +22,7 @@ from custody.domain.requests import Decision
 FILE = "tests.toml"
 _PARTS = ("principal", "asset", "source", "destination")
 _CASE_KEYS = {"name", "action", "kind", "ttl", "purpose", "break_glass", "exceptions", "requester", "requester_team",
+              "transform",
               "replica_kind", "own_copy", "request", "attestation_required", "attested", "measurement", "matched", "relabels", "allow", "policies", "approvals", "rule", *_PARTS}
 _FIELDS: dict[str, dict[str, type | tuple[type, ...]]] = {
     "principal": {"name": str, "roles": list, "team": str, "attributes": dict},
@@ -139,7 +140,8 @@ def _case(index: int, entry: Any, defaults: dict) -> Case:
             principal=principal, asset=asset, source=source, destination=destination, kind=kind,
             ttl_seconds=ttl_seconds, purpose=_typed(where, "purpose", entry.get("purpose", "catalog test"), str),
             break_glass=_typed(where, "break_glass", entry.get("break_glass", False), bool),
-            exceptions=frozenset(_typed(where, "exceptions", e, str) for e in exceptions))
+            exceptions=frozenset(_typed(where, "exceptions", e, str) for e in exceptions),
+            **_transform(where, entry.get("transform")))
     elif action == "approve":
         team = entry.get("requester_team")
         facts = ApproveFacts(approver=principal, requester=_typed(where, "requester", entry.get("requester"), str),
@@ -177,6 +179,19 @@ def _part(where: str, part: str, default: Any, given: Any) -> dict:
     if missing:
         raise PolicyError(f"{where}: {part} lacks {missing[0]!r} (give it in the case or in [defaults.{part}])")
     return merged
+
+
+def _transform(where: str, text: Any) -> dict:
+    """A derivative case's recipe (`transform = "int4:group=64"`) as the facts the decision sees."""
+    if text is None:
+        return {}
+    from custody.domain import recipes
+
+    try:
+        recipe = recipes.parse(_typed(where, "transform", text, str))
+    except InvalidInput as e:
+        raise PolicyError(f"{where}: transform: {e}") from None
+    return {"transform": recipe.kinds, "transform_bits": recipe.bits}
 
 
 def _typed(where: str, key: str, value: Any, kind: type | tuple[type, ...]) -> Any:

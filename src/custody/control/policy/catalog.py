@@ -20,6 +20,7 @@ import cedarpy
 
 from custody.control.policy import cedar_input
 from custody.control.policy.budgets import Budgets, parse_budgets
+from custody.control.policy.marking import Marking, parse_marking
 from custody.control.policy.cases import Case, CaseResult, parse_cases
 from custody.control.policy.context import (ApproveFacts, AssetFacts, CopyFacts, PrincipalFacts, ReadFacts, RegisterFacts,
                                             ZoneFacts)
@@ -63,6 +64,7 @@ class Catalog:
         self.rules = rules
         self.cases = cases
         self.budgets: Budgets = Budgets()  # [budgets] of rules.toml, set by load
+        self.marking: Marking = Marking()  # [marks] of rules.toml, set by load
         self._schema = schema
         self._policy_set = policy_set
         self._positional = positional  # Cedar's policy0, policy1, ... -> the policy behind it
@@ -128,6 +130,7 @@ class Catalog:
         cases = parse_cases(files.get(TESTS_FILE, ""))
         catalog = cls(folder, files, _hash(raw), schema, policy_set, tuple(infos), positional, rules, cases)
         catalog.budgets = parse_budgets(files[RULES_FILE])
+        catalog.marking = parse_marking(files[RULES_FILE])
         catalog._check_schema_fits()
         for case in cases:
             unknown = [p for p in case.expected.get("policies", ()) if p not in by_id and not p.startswith("rule:")]
@@ -249,6 +252,7 @@ class Catalog:
                 "policies": [{"id": p.id, "reason": p.reason, "effect": p.effect, "actions": list(p.actions),
                               "file": p.file} for p in self.policies],
                 "rules": [r.describe() for r in self.rules], "budgets": self.budgets.describe(),
+                "marks": self.marking.describe(),
                 "cases": len(self.cases)}
 
 

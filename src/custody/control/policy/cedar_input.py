@@ -18,7 +18,7 @@ from custody.domain.model import Classification
 KINDS = ("backup", "dr", "research", "derivative", "migration", "restore", "drill")
 READ = "read"  # a read request: decided by Action::"read", approved like a copy
 RULE_KINDS = (*KINDS, READ)  # what the approval-rule table and approvals speak of
-READ_WAYS = ("direct", "asking", "approved")
+READ_WAYS = ("direct", "asking", "approved", "trace")
 SENSITIVITY = {c.value: c.rank for c in Classification}  # public 0 ... critical 4
 
 COPY = {"type": "Action", "id": "copy"}
@@ -75,6 +75,7 @@ def copy_input(f: CopyFacts) -> tuple[dict, str]:
     _check_kind(f.kind)
     context: dict = {"kind": f.kind, "purpose": f.purpose, "break_glass": f.break_glass,
                      "exceptions": sorted(f.exceptions),
+                     "transform": sorted(f.transform), "transform_bits": f.transform_bits,
                      "source": {"__entity": _uid("Zone", f.source.name)},
                      "destination": {"__entity": _uid("Zone", f.destination.name)}}
     if f.ttl_seconds is not None:

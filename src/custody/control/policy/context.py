@@ -52,6 +52,8 @@ class CopyFacts:
     purpose: str
     break_glass: bool = False
     exceptions: frozenset[str] = frozenset()  # policy ids excepted for this asset and destination
+    transform: tuple[str, ...] = ()  # a derivative's recipe steps (domain/recipes.py), e.g. ("truncate", "int4")
+    transform_bits: int = 0  # bits per weight the derivative keeps (4, 8, 16, 32); 0: the source's
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,7 +20,7 @@ from custody.domain.requests import ApprovalRequirement
 FILE = "rules.toml"
 DEFAULT_WINDOW = 72 * 3600
 MAX_APPROVALS = 20
-_MATCH_KEYS = ("kinds", "min_classification", "min_bytes", "break_glass", "unsafe")
+_MATCH_KEYS = ("kinds", "min_classification", "min_bytes", "break_glass", "unsafe", "max_bits")
 _RESULT_KEYS = ("approvals", "roles", "distinct_teams", "mfa", "max_ttl", "window")
 
 
@@ -33,10 +33,12 @@ class ApprovalRule:
     break_glass: bool | None
     unsafe: bool | None
     requirement: ApprovalRequirement
+    max_bits: int | None = None  # a derivative whose recipe keeps at most this many bits per weight
 
     @property
     def catch_all(self) -> bool:
-        return (self.kinds, self.min_classification, self.min_bytes, self.break_glass, self.unsafe) == (None,) * 5
+        return (self.kinds, self.min_classification, self.min_bytes, self.break_glass, self.unsafe,
+                self.max_bits) == (None,) * 6
 
     def matches(self, f: CopyFacts | ReadFacts) -> bool:
         if self.kinds is not None and f.kind not in self.kinds:
@@ -48,12 +50,15 @@ class ApprovalRule:
             return False
         if self.break_glass is not None and f.break_glass != self.break_glass:
             return False
+        if self.max_bits is not None and not 0 < getattr(f, "transform_bits", 0) <= self.max_bits:
+            return False
         return self.unsafe is None or f.asset.unsafe == self.unsafe
 
     def describe(self) -> dict:
         match = {k: v for k, v in (("kinds", list(self.kinds) if self.kinds else None),
                                    ("min_classification", self.min_classification), ("min_bytes", self.min_bytes),
-                                   ("break_glass", self.break_glass), ("unsafe", self.unsafe)) if v is not None}
+                                   ("break_glass", self.break_glass), ("unsafe", self.unsafe),
+                                   ("max_bits", self.max_bits)) if v is not None}
         r = self.requirement
         return {"name": self.name, "match": match, "approvals": r.approvals, "roles": list(r.roles),
                 "distinct_teams": r.distinct_teams, "mfa": r.mfa,
@@ -73,9 +78,9 @@ def parse_rules(text: str) -> tuple[ApprovalRule, ...]:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise PolicyError(f"{FILE}: not valid TOML: {e}") from None
-    extra = set(doc) - {"rule", "budgets"}  # [budgets]: see budgets.py
+    extra = set(doc) - {"rule", "budgets", "marks"}  # [budgets]: see budgets.py; [marks]: marking.py
     if extra:
-        raise PolicyError(f"{FILE}: unknown table {sorted(extra)[0]!r}: only [[rule]] and [budgets] are allowed")
+        raise PolicyError(f"{FILE}: unknown table {sorted(extra)[0]!r}: only [[rule]], [budgets] and [marks] are allowed")
     raw = doc.get("rule")
     if not isinstance(raw, list) or not raw:
         raise PolicyError(f"{FILE}: no [[rule]] entries")
@@ -114,6 +119,9 @@ def _rule(index: int, entry: object) -> ApprovalRule:
     min_bytes = entry.get("min_bytes")
     if min_bytes is not None and (type(min_bytes) is not int or min_bytes < 0):
         raise PolicyError(f"{where}: min_bytes must be a whole number of bytes")
+    max_bits = entry.get("max_bits")
+    if max_bits is not None and (type(max_bits) is not int or not 1 <= max_bits <= 32):
+        raise PolicyError(f"{where}: max_bits must be a whole number of bits from 1 to 32")
     for flag in ("break_glass", "unsafe", "distinct_teams", "mfa"):
         if flag in entry and type(entry[flag]) is not bool:
             raise PolicyError(f"{where}: {flag} must be true or false")
@@ -137,7 +145,8 @@ def _rule(index: int, entry: object) -> ApprovalRule:
     requirement = ApprovalRequirement(rule=name, approvals=approvals, roles=tuple(roles), distinct_teams=distinct,
                                       mfa=True, max_ttl_seconds=max_ttl, window_seconds=window)
     return ApprovalRule(name=name, kinds=kinds, min_classification=min_class, min_bytes=min_bytes,
-                        break_glass=entry.get("break_glass"), unsafe=entry.get("unsafe"), requirement=requirement)
+                        break_glass=entry.get("break_glass"), unsafe=entry.get("unsafe"), requirement=requirement,
+                        max_bits=max_bits)
 
 
 def _duration(where: str, key: str, value: object) -> int | None:

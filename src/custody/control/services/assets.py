@@ -19,9 +19,11 @@ from custody.control.door import act, data_step
 from custody.control.ledger import store as ledger
 from custody.control.services import content
 from custody.control.store import content_repo
+from custody.control.store import lineage_repo
 from custody.control.store import repositories as repo
 from custody.control.store.db import purge_freed
 from custody.control.workspace import Workspace
+from custody.data.derive import sketch
 from custody.data import ingest, replica_files
 from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
 from custody.domain.manifest import Manifest
@@ -93,7 +95,8 @@ def register(ws: Workspace, token: str | None, name: str, path: Path, opts: Regi
     storage = ws.zone_storage(zone)
     try:
         with data_step(ws, started):
-            report = ingest.seal_into_zone(sources, storage, replica_id, key_id, dek, progress)
+            report = ingest.seal_into_zone(sources, storage, replica_id, key_id, dek, progress,
+                                           sketch_key=ws.custodian().secret(sketch.SECRET))
     except BaseException:
         _abandon(ws, replica_id, storage)
         raise
@@ -180,6 +183,7 @@ def _record_version(ws, a, name, attrs, report, replica_id, path, sources, previ
         {"path": f.path, "kind": f.kind, "parameters": f.parameters, "unsafe": f.unsafe} for f in report.formats
     ])
     same = content.record(a, version.id, digests, found)
+    lineage_repo.add_sketches(a.uow, version.id, report.sketches)
     raised = [] if excepted else content.tighten(a, found, attrs)  # an excepted relabel raises nothing
     replica = repo.replica_by_id(a.uow, replica_id)
     repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, version_id=version.id,

@@ -27,7 +27,7 @@ from custody.control.workspace import Workspace
 from custody.data import copier, replica_files
 from custody.domain.errors import CustodyError, Denied, InvalidState
 from custody.domain.manifest import Manifest
-from custody.domain.model import Replica, ReplicaKind, ReplicaState, new_id
+from custody.domain.model import AssetVersion, Replica, ReplicaKind, ReplicaState, Zone, new_id
 from custody.domain.requests import NO_EXPIRY, Request, RequestKind, RequestState
 from custody.control.grants import UNWRAP_SOURCE
 from custody.keys import bundle
@@ -143,10 +143,25 @@ def _prepare(ws: Workspace, a: Act, request: Request, grant_token: str, claims: 
         from custody.control.services.restores import prepare_restore
 
         return prepare_restore(ws, a, request, grant_token, claims)
+    from custody.control.services import derivatives
+
+    if derivatives.transforms(ws, a.uow, request):  # a derivative, or a copy the catalog marks for its recipient
+        return derivatives.prepare(ws, a, request, grant_token, claims)
     return _prepare_copy(ws, a, request, grant_token, claims)
 
 
-def _prepare_copy(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected) -> Job:
+@dataclass(frozen=True)
+class Source:
+    """A copy's source replica, checked, with its data key released by the custodian."""
+
+    replica: Replica
+    zone: Zone
+    version: AssetVersion
+    manifest: Manifest
+    dek: bytes
+
+
+def open_source(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected) -> Source:
     source = repo.replica_by_id(a.uow, request.source_replica)
     src_zone = repo.zone_by_name(a.uow, source.zone)
     version = repo.version_by_id(a.uow, request.version_id)
@@ -158,7 +173,12 @@ def _prepare_copy(ws: Workspace, a: Act, request: Request, grant_token: str, cla
         raise InvalidState(f"source replica {source.id}: its data key was shredded")
     manifest = Manifest.from_json(version.manifest_json)
     check_signed(ws, repo.replica_bundle(a.uow, source.id) or version.bundle_json, manifest, f"replica {source.id}")
-    src_dek = ws.release().source(grant_token, claims, src_wrapped)
+    return Source(source, src_zone, version, manifest, ws.release().source(grant_token, claims, src_wrapped))
+
+
+def _prepare_copy(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected) -> Job:
+    src = open_source(ws, a, request, grant_token, claims)
+    source, src_zone, version, manifest, src_dek = src.replica, src.zone, src.version, src.manifest, src.dek
     dst = destination(ws, a, request, grant_token, claims, ReplicaKind(request.kind.value), src_zone.name,
                       version.total_size)
     dst_zone = repo.zone_by_name(a.uow, request.destination_zone)
@@ -209,8 +229,12 @@ def destination(ws: Workspace, a: Act, request: Request, grant_token: str, claim
     return Destination(dst_id, dst_key_id, dek, False)
 
 
-def activate(ws: Workspace, a: Act, request: Request, replica_id: str, manifest: Manifest, bytes_sealed: int) -> dict:
-    """A written and checked replica becomes active, with its own signed manifest and its expiry."""
+def activate(ws: Workspace, a: Act, request: Request, replica_id: str, manifest: Manifest, bytes_sealed: int,
+             subject: str | None = None, own_manifest: bool = False) -> dict:
+    """A written and checked replica becomes active, with its own signed manifest and its expiry.
+
+    `own_manifest`: the replica holds other bytes than its version's (a marked copy), and keeps the
+    manifest of what it holds; `subject`: the name its manifest is signed for (a derivative's asset)."""
     replica = repo.replica_by_id(a.uow, replica_id)
     key = repo.data_key(a.uow, replica.key_id)
     if key is not None and key.binding is not None:  # the expiry the custodian bound into the key
@@ -219,9 +243,10 @@ def activate(ws: Workspace, a: Act, request: Request, replica_id: str, manifest:
         expires = None if request.kind in NO_EXPIRY else _now() + timedelta(seconds=request.ttl_seconds or 0)
     if request.source_replica:  # the copy took time: it must still not outlive its source
         lifetimes.check_expiry(repo.replica_by_id(a.uow, request.source_replica), expires)
-    signed = bundle.sign_manifest(manifest, request.asset, CustodianSigner(ws.custodian()))
+    signed = bundle.sign_manifest(manifest, subject or request.asset, CustodianSigner(ws.custodian()))
+    extra = {"manifest_json": manifest.canonical_bytes().decode()} if own_manifest else {}
     repo.set_replica_state(a.uow, replica, ReplicaState.ACTIVE, bytes_sealed=bytes_sealed,
-                           bundle_json=signed.decode(), writer=None, expires_at=expires)
+                           bundle_json=signed.decode(), writer=None, expires_at=expires, **extra)
     return {"replica": replica_id, "expires_at": expires.isoformat() if expires else None}
 
 

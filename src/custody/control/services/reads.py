@@ -64,7 +64,7 @@ def attestation_nonce(ws: Workspace, token: str | None) -> dict:
 
 
 def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: str | None,
-           evidence: bytes | None = None) -> Ticket:
+           evidence: bytes | None = None, way: str = "direct") -> Ticket:
     """Decide this read and, when it goes under a read request, spend that request; the decision and
     the request are recorded in the act's event. Raises Denied when the read may not happen.
 
@@ -77,7 +77,7 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
     if claims is not None:
         a.fields.setdefault("details", {})["attestation"] = {"measurement": claims.measurement,
                                                              "platform": claims.platform}
-    decision = catalog.decide_read(facts(a.uow, a.principal, replica, "direct", purpose, **seen))
+    decision = catalog.decide_read(facts(a.uow, a.principal, replica, way, purpose, **seen))
     request = None
     if request_id is not None or not decision.allowed:
         request = _read_request(a, replica, request_id)
@@ -108,6 +108,10 @@ def decide(ws: Workspace, a: Act, replica: Replica, purpose: str, request_id: st
 
 
 def _digest(a: Act, replica: Replica) -> str:
+    """The digest the replica's data key is bound to: what the request that made it copied (a
+    derivative's key names its parent's bytes), else its own version's."""
+    if replica.request_id is not None:
+        return rq.request_by_id(a.uow, replica.request_id).version_digest
     return repo.version_by_id(a.uow, replica.version_id).digest
 
 

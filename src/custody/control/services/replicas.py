@@ -74,7 +74,7 @@ def _sealed(ws: Workspace, a: Act, replica: Replica) -> tuple[Manifest, WrappedK
     if wrapped is None:
         raise InvalidState(f"replica {replica.id}: its data key was shredded")
     version = repo.version_by_id(a.uow, replica.version_id)
-    manifest = Manifest.from_json(version.manifest_json)
+    manifest = Manifest.from_json(repo.replica_manifest(a.uow, replica.id) or version.manifest_json)
     check_signed(ws, repo.replica_bundle(a.uow, replica.id) or version.bundle_json, manifest, replica.id)
     return manifest, wrapped
 
@@ -122,7 +122,8 @@ def shred(ws: Workspace, a: Act, replica: Replica) -> None:
 
 
 def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpose: str,
-                     names: list[str] | None = None, request: str | None = None, evidence: str | None = None) -> dict:
+                     names: list[str] | None = None, request: str | None = None, evidence: str | None = None,
+                     way: str = "direct") -> dict:
     """Tensors of an active replica, decrypted in memory, when the catalog allows this read (directly,
     or under the caller's approved read request, which the read spends); ledgered with its decision
     and purpose. `evidence`: attestation evidence over a nonce from `reads.attestation_nonce`, where
@@ -132,7 +133,8 @@ def open_safetensors(ws: Workspace, token: str | None, replica_id: str, *, purpo
         if not purpose or not purpose.strip():
             raise InvalidInput("reading tensors needs a purpose")
         replica = _active(a, replica_id)
-        ticket = reads.decide(ws, a, replica, purpose, request, evidence.encode() if evidence is not None else None)
+        ticket = reads.decide(ws, a, replica, purpose, request, evidence.encode() if evidence is not None else None,
+                              way)
         _, wrapped = _sealed(ws, a, replica)
         dek = ws.release().read(ticket.token, ticket.expected, wrapped, kind=replica.kind.value, reader=ticket.reader,
                                 attested=ticket.attested)

@@ -25,6 +25,8 @@ from custody.control.workspace import Workspace
 from custody.keys.custodian import grant_root_key
 from custody.domain.errors import Denied, InvalidInput, InvalidState, NotFound
 from custody.domain.model import Asset, AssetVersion, Principal, Replica, ReplicaKind, ReplicaState, Zone, ZoneKind, new_id
+from custody.domain import recipes
+from custody.domain.recipes import Recipe
 from custody.domain.requests import NO_EXPIRY, Approval, Decision, Request, RequestKind, RequestState
 
 GRANT_WINDOW = timedelta(hours=24)
@@ -38,11 +40,13 @@ def _now() -> datetime:
 
 
 def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: Asset, version: AssetVersion,
-            source_zone: Zone, dest: Zone, kind: str, ttl: int | None, purpose: str, break_glass: bool) -> Decision:
+            source_zone: Zone, dest: Zone, kind: str, ttl: int | None, purpose: str, break_glass: bool,
+            recipe: Recipe | None = None) -> Decision:
     facts = CopyFacts(
         principal=principal_facts(principal), asset=asset_facts(asset, version), source=zone_facts(source_zone),
         destination=zone_facts(dest), kind=kind, ttl_seconds=ttl, purpose=purpose, break_glass=break_glass,
         exceptions=rq.active_exceptions(uow, asset.name, dest.name, _now()),
+        transform=recipe.kinds if recipe else (), transform_bits=recipe.bits if recipe else 0,
     )
     return active_catalog(ws, uow).decide_copy(facts)
 
@@ -52,12 +56,14 @@ def _decide(ws: Workspace, uow: UnitOfWork, principal: Principal, asset: Asset, 
 
 def create(ws: Workspace, token: str | None, ref: str | None, *, to: str | None = None, kind: str, purpose: str,
            ttl: str | None = None, source: str | None = None, break_glass: bool = False,
-           snapshot: str | None = None, method: str = "replica", drill: bool = False) -> dict:
-    """Ask for a copy of ASSET[@VERSION] (from a replica), a restore of a snapshot (`snapshot`), or a
-    read of a replica in place (kind "read": no destination)."""
+           snapshot: str | None = None, method: str = "replica", drill: bool = False,
+           transform: str | None = None) -> dict:
+    """Ask for a copy of ASSET[@VERSION] (from a replica), a restore of a snapshot (`snapshot`), a
+    read of a replica in place (kind "read": no destination), or a derivative made by a recipe
+    (kind "derivative", `transform`)."""
     with act(ws, token, "request.create", subject=ref or snapshot, destination=to, rationale=purpose) as a:
         plan = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source, break_glass=break_glass,
-                     snapshot=snapshot, drill=drill)
+                     snapshot=snapshot, drill=drill, transform=transform)
         decision = plan.decision
         request = Request(
             id=new_id(), requester=a.principal.name, asset=plan.asset.name, version_id=plan.version.id,
@@ -65,6 +71,7 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str | None 
             destination_zone=plan.destination.name, kind=plan.kind, purpose=purpose.strip(),
             state=RequestState.PENDING, ttl_seconds=plan.ttl_seconds, break_glass=break_glass, decision=decision,
             created_at=_now(), source_snapshot=snapshot, method=method,
+            transform=plan.recipe.text if plan.recipe else None,
         )
         rq.add_request(a.uow, request)
         a.subject = request.id
@@ -78,6 +85,7 @@ def create(ws: Workspace, token: str | None, ref: str | None, *, to: str | None 
             if break_glass:
                 _open_break_glass_review(a, request)
             outcome, details = "ok", {"state": current.state.value, "asset": ref, "kind": kind,
+                                      **({"transform": plan.recipe.text} if plan.recipe else {}),
                                       "catalog_hash": decision.catalog_hash,
                                       "requirement": decision.requirement.to_dict() if decision.requirement else None}
         created = view(ws, a.uow, current)  # a new request: no sign-offs yet, nothing to read back
@@ -96,10 +104,12 @@ class _Plan:
     destination: Zone
     decision: Decision
     ttl_seconds: int | None
+    recipe: Recipe | None = None
 
 
 def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str | None, kind: str, purpose: str, ttl: str | None,
-          source: str | None, break_glass: bool, snapshot: str | None = None, drill: bool = False) -> _Plan:
+          source: str | None, break_glass: bool, snapshot: str | None = None, drill: bool = False,
+          transform: str | None = None) -> _Plan:
     """Check a request's arguments and decide it: what `create` stores and `preview` shows."""
     try:
         request_kind = RequestKind(kind)
@@ -119,10 +129,11 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str | None, kind: str, 
         src_zone, src_replica_id = repo.zone_by_name(a.uow, src.zone), src.id
     if request_kind is RequestKind.READ:
         return _plan_read(ws, a, asset, version, src, to, purpose, ttl_seconds)
-    if request_kind is RequestKind.DERIVATIVE:
-        # custody has no transforms yet: a "derivative" would hold its source's bytes, i.e. be a full clone
-        raise Denied(f"a derivative of {asset.name} would hold exactly its bytes (digest {version.digest[:16]}…): "
-                     "a byte-identical copy is never a derivative; ask for a research copy (--kind research)")
+    recipe = None
+    if request_kind is RequestKind.DERIVATIVE:  # validated before the decision, which sees its steps and bits
+        recipe = recipes.parse(transform or "")
+    elif transform:
+        raise InvalidInput("--transform is for derivatives (--kind derivative)")
     if (request_kind is RequestKind.DRILL) != drill:
         raise InvalidInput("drill requests are made by `custody drill dr` only")
     if request_kind in SNAPSHOT_KINDS and snapshot is None:
@@ -133,14 +144,14 @@ def _plan(ws: Workspace, a: Act, ref: str | None, *, to: str | None, kind: str, 
         raise InvalidInput("a copy needs a destination zone (--to)")
     dest = repo.zone_by_name(a.uow, to)
     decision = _decide(ws, a.uow, a.principal, asset, version, src_zone, dest, request_kind.value,
-                       ttl_seconds, purpose, break_glass)
+                       ttl_seconds, purpose, break_glass, recipe)
     if src is not None:  # a copy is not made from an expired replica, nor outlives it (T12); checked again at run
         lifetimes.check_source(src, ttl_seconds, request_kind)
     if decision.allowed and ttl_seconds is None and request_kind not in NO_EXPIRY:
         ttl_seconds = decision.requirement.max_ttl_seconds if decision.requirement else None
         if ttl_seconds is None:
             raise InvalidInput(f"{request_kind.value} copies need an expiry: pass --ttl")
-    return _Plan(request_kind, asset, version, src_replica_id, dest, decision, ttl_seconds)
+    return _Plan(request_kind, asset, version, src_replica_id, dest, decision, ttl_seconds, recipe)
 
 
 def _plan_read(ws: Workspace, a: Act, asset: Asset, version: AssetVersion, replica: Replica, to: str | None,
@@ -160,13 +171,15 @@ def _plan_read(ws: Workspace, a: Act, asset: Asset, version: AssetVersion, repli
 
 
 def preview(ws: Workspace, token: str | None, ref: str, *, to: str | None = None, kind: str, purpose: str,
-            ttl: str | None = None, source: str | None = None) -> dict:
+            ttl: str | None = None, source: str | None = None, transform: str | None = None) -> dict:
     """The decision a request would get and the approvals it would need; nothing is stored but the event."""
     with act(ws, token, "request.preview", subject=ref, destination=to, rationale=purpose) as a:
-        plan = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source, break_glass=False)
+        plan = _plan(ws, a, ref, to=to, kind=kind, purpose=purpose, ttl=ttl, source=source, break_glass=False,
+                     transform=transform)
         a.record(outcome="allow" if plan.decision.allowed else "deny", details={"policy_ids": plan.decision.policy_ids})
     return {"asset": plan.asset.name, "version": plan.version.number, "destination": plan.destination.name,
-            "kind": kind, "ttl_seconds": plan.ttl_seconds, "decision": plan.decision.to_dict()}
+            "kind": kind, "ttl_seconds": plan.ttl_seconds, "decision": plan.decision.to_dict(),
+            **({"transform": plan.recipe.text} if plan.recipe else {})}
 
 
 def choices(ws: Workspace, token: str | None, asset: str) -> list[dict]:
@@ -194,7 +207,7 @@ def choices(ws: Workspace, token: str | None, asset: str) -> list[dict]:
         return out
 
 
-# derivatives join once custody transforms weights (a byte-identical "derivative" is refused)
+# derivatives are asked for with a recipe (`request create --kind derivative --transform ...`)
 ASKABLE_KINDS = (RequestKind.RESEARCH, RequestKind.BACKUP, RequestKind.DR, RequestKind.MIGRATION)
 
 
@@ -330,9 +343,12 @@ def _open_break_glass_review(a: Act, request: Request) -> None:
 def approval_statement(request: Request) -> dict:
     """What an approver of this request signs: these bytes, from this source, to this place, of this
     kind, for this long, for this requester (what the grant will carry into the key)."""
-    return {"request": request.id, "digest": request.version_digest, "destination": request.destination_zone,
-            "source": request.source, "kind": request.kind.value, "ttl_seconds": request.ttl_seconds,
-            "requester": request.requester}
+    statement = {"request": request.id, "digest": request.version_digest, "destination": request.destination_zone,
+                 "source": request.source, "kind": request.kind.value, "ttl_seconds": request.ttl_seconds,
+                 "requester": request.requester}
+    if request.transform is not None:  # and, for a derivative, exactly this recipe
+        statement["transform"] = request.transform
+    return statement
 
 
 def counting_approvals(ws: Workspace, uow: UnitOfWork, request: Request, req=None) -> list[Approval]:  # noqa: ANN001
@@ -438,7 +454,7 @@ def view(ws: Workspace, uow: UnitOfWork, r: Request) -> dict:
         "purpose": r.purpose, "state": r.state.value, "ttl_seconds": r.ttl_seconds, "break_glass": r.break_glass,
         "decision": r.decision.to_dict() if r.decision else None, "created_at": views.ts(r.created_at),
         "window_expires_at": views.ts(r.window_expires_at), "grant_expires_at": views.ts(r.grant_expires_at),
-        "result_replica": r.result_replica,
+        "result_replica": r.result_replica, "transform": r.transform,
         "approvals": [{"approver": ap.approver, "team": ap.team, "at": views.ts(ap.at), "mfa": ap.mfa_verified,
                        "comment": ap.comment} for ap in r.approvals],
         "still_needed": missing(ws, uow, r) if r.state is RequestState.AWAITING_APPROVAL else None,
@@ -521,9 +537,12 @@ def decide_for(ws: Workspace, uow: UnitOfWork, r: Request, requester: Principal)
         src = _source_snapshot(uow, r.source_snapshot)[2]
     else:
         src = repo.zone_by_name(uow, repo.replica_by_id(uow, r.source_replica).zone)
+    recipe = recipes.parse(r.transform) if r.kind is RequestKind.DERIVATIVE else None
+    if r.transform is not None and r.kind is not RequestKind.DERIVATIVE:
+        raise InvalidInput(f"request {r.id} carries a recipe but is not a derivative")
     return _decide(ws, uow, requester, repo.asset_by_name(uow, r.asset), version, src,
                    repo.zone_by_name(uow, r.destination_zone),
-                   r.kind.value, r.ttl_seconds, r.purpose, r.break_glass)
+                   r.kind.value, r.ttl_seconds, r.purpose, r.break_glass, recipe)
 
 
 def explain(ws: Workspace, token: str | None, request_id: str) -> dict:

@@ -26,7 +26,7 @@ from custody.domain.errors import CustodyError
 MIGRATIONS = Path(__file__).with_name("migrations")
 # The newest migration. Kept here so opening a workspace need not import Alembic (a tenth of a
 # second on every command); tests/test_store.py checks it against the migration scripts.
-HEAD_REVISION = "0007"
+HEAD_REVISION = "0008"
 
 
 def make_engine(url: str) -> Engine:

@@ -408,11 +408,22 @@ def replica_bundle(uow: UnitOfWork, replica_id: str) -> str | None:
     return uow.conn.execute(select(t.replicas.c.bundle_json).where(t.replicas.c.id == replica_id)).scalar_one()
 
 
+def replica_manifest(uow: UnitOfWork, replica_id: str) -> str | None:
+    """A marked copy's own manifest (None: the replica holds its version's files)."""
+    return uow.conn.execute(select(t.replicas.c.manifest_json).where(t.replicas.c.id == replica_id)).scalar_one_or_none()
+
+
 def set_replica_state(uow: UnitOfWork, replica: Replica, state: ReplicaState, **values) -> None:  # noqa: ANN003
     replica.check_move(state)
     uow.conn.execute(
         update(t.replicas).where(t.replicas.c.id == replica.id).values(state=state.value, updated_at=now(), **values)
     )
+
+
+def set_replica_asset(uow: UnitOfWork, replica_id: str, version_id: str, asset_name: str) -> None:
+    """A derivative's replica, written under its parent's request, belongs to the derivative's version."""
+    uow.conn.execute(update(t.replicas).where(t.replicas.c.id == replica_id).values(
+        version_id=version_id, asset_name=asset_name, updated_at=now()))
 
 
 def set_replica_writer(uow: UnitOfWork, replica_id: str, writer: str) -> None:

@@ -42,7 +42,7 @@ def _request(uow: UnitOfWork, row) -> Request:  # noqa: ANN001
         break_glass=bool(row.break_glass), decision=_decision(row.decision), created_at=as_utc(row.created_at),
         window_expires_at=as_utc(row.window_expires_at), grant_expires_at=as_utc(row.grant_expires_at),
         result_replica=row.result_replica, approvals=tuple(approvals(uow, "request", row.id)),
-        source_snapshot=row.source_snapshot, method=row.method,
+        source_snapshot=row.source_snapshot, method=row.method, transform=row.transform,
     )
 
 
@@ -67,7 +67,7 @@ def add_request(uow: UnitOfWork, r: Request) -> None:
         destination_zone=r.destination_zone, kind=r.kind.value, purpose=r.purpose,
         state=r.state.value, ttl_seconds=r.ttl_seconds, break_glass=r.break_glass,
         decision=r.decision.to_dict() if r.decision else None, created_at=now(), updated_at=now(),
-        window_expires_at=r.window_expires_at,
+        window_expires_at=r.window_expires_at, transform=r.transform,
     ))
 
 

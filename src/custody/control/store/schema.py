@@ -12,6 +12,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -127,6 +128,7 @@ replicas = Table(
     Column("bytes_sealed", BigInteger),
     Column("writer", String(128)),
     Column("bundle_json", Text),
+    Column("manifest_json", Text),  # a marked copy's own files (NULL: the version's)
     Index("ix_replicas_state", "state"),
 )
 
@@ -190,6 +192,7 @@ requests = Table(
     Column("result_replica", String(36)),
     Column("error", Text),
     Column("writer", String(128)),  # "host:pid" of the process running it
+    Column("transform", Text),  # a derivative's recipe (domain/recipes.py), canonical text
     Index("ix_requests_state", "state"),
 )
 
@@ -405,4 +408,61 @@ content_links = Table(
     Column("matched_by", String(8), nullable=False),  # file | tensor
     Column("matched_bytes", BigInteger, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# A derivative's version and where it came from: parent version, recipe, request (signed).
+lineage = Table(
+    "lineage",
+    metadata,
+    Column("version_id", String(36), ForeignKey("asset_versions.id"), primary_key=True),
+    Column("parent_version_id", String(36), ForeignKey("asset_versions.id"), nullable=False),
+    Column("parent_digest", String(64), nullable=False),
+    Column("recipe", Text, nullable=False),
+    Column("request_id", String(36), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("record_signature", Text),
+)
+
+# Every per-recipient mark put on a copy: who it was made for, on which reference weights (signed).
+marks = Table(
+    "marks",
+    metadata,
+    Column("replica_id", String(36), primary_key=True),
+    Column("reference_version_id", String(36), ForeignKey("asset_versions.id"), nullable=False),
+    Column("recipient", String(64), nullable=False),
+    Column("key_id", String(64), nullable=False),
+    Column("alpha", Float, nullable=False),
+    Column("tensors", JSON, nullable=False),
+    Column("request_id", String(36)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("record_signature", Text),
+    Index("ix_marks_reference", "reference_version_id"),
+)
+
+# The keyed identity sketch of each weight matrix of a version (data/derive/sketch.py).
+tensor_sketches = Table(
+    "tensor_sketches",
+    metadata,
+    Column("version_id", String(36), ForeignKey("asset_versions.id"), primary_key=True),
+    Column("path", Text, primary_key=True),
+    Column("tensor", Text, primary_key=True),
+    Column("rows", BigInteger, nullable=False),
+    Column("cols", BigInteger, nullable=False),
+    Column("sketch", LargeBinary, nullable=False),
+)
+
+# Every trace run: the verdict and the archived evidence's digest.
+traces = Table(
+    "traces",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("asset_name", String(64)),
+    Column("suspect_digest", String(64), nullable=False),
+    Column("verdict", String(16), nullable=False),
+    Column("recipient", String(64)),
+    Column("z", Float),
+    Column("tau", Float, nullable=False),
+    Column("evidence_sha256", String(64), nullable=False),
 )

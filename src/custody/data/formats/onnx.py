@@ -274,3 +274,47 @@ def _collect_dims(
 def _short_string(source: ByteSource, start: int, length: int) -> str:
     raw = source.read_buffered(start, min(length, MAX_KEPT_STRING_BYTES), "string")
     return raw.decode("utf-8", errors="replace")
+
+
+_TENSOR_FLOAT_DATA, _TENSOR_NAME, _TENSOR_RAW_DATA = 4, 8, 9
+FLOAT_TYPES = {1: "<f4", 10: "<f2", 11: "<f8", 16: "bfloat16"}
+
+
+@dataclass(frozen=True)
+class Initializer:
+    """Where one dense initializer's values lie in the file (raw_data, or packed float_data)."""
+
+    name: str
+    dims: tuple[int, ...]
+    data_type: int
+    start: int
+    length: int
+
+
+def initializers(source: ByteSource) -> list[Initializer]:
+    """The dense float initializers whose values the file holds (external data is not followed)."""
+    budget = FieldBudget(MAX_FIELDS)
+    try:
+        top = _walk_top_level(source, budget)
+        if top is None:
+            raise source.fail("not an ONNX model")
+        out = []
+        for item in iter_fields(source, top.graph_start, top.graph_start + top.graph_length, budget):
+            if item.number != _GRAPH_INITIALIZER:
+                continue
+            _require_message(item.wire_type, "initializer")
+            name, dims, data_type, where = "", [], 0, None
+            for f in iter_fields(source, item.value, item.value + item.length, budget):
+                if f.number == _TENSOR_DIMS:
+                    _collect_dims(source, f.wire_type, f.value, f.length, dims)
+                elif f.number == _TENSOR_DATA_TYPE and f.wire_type == VARINT:
+                    data_type = as_int64(f.value)
+                elif f.number == _TENSOR_NAME and f.wire_type == LENGTH_DELIMITED:
+                    name = _short_string(source, f.value, f.length)
+                elif f.number in (_TENSOR_RAW_DATA, _TENSOR_FLOAT_DATA) and f.wire_type == LENGTH_DELIMITED:
+                    where = (f.value, f.length)
+            if data_type in FLOAT_TYPES and where is not None and dims:
+                out.append(Initializer(name, tuple(dims), data_type, *where))
+        return out
+    except WireError as exc:
+        raise source.fail(f"malformed ONNX graph: {exc}") from None
