@@ -42,6 +42,7 @@ class RecordKeys:
     sign_with: Callable[[bytes], bytes]
     public_pem: Callable[[], bytes]
     newest: Callable[[str, str], str | None] = lambda kind, ident: None  # the journal's digest of a row's newest state
+    noted: Callable[[str], set[str]] = lambda kind: set()  # the ids of every row of a kind the journal noted
     _key: ec.EllipticCurvePublicKey | None = None
     _good: dict[bytes, bool] = field(default_factory=dict)
 

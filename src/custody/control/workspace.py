@@ -109,7 +109,7 @@ class Workspace:
         if self._records is None:
             reader = Journal(self.home / JOURNAL, None)  # what the custodian noted; read without its secret
             self._records = RecordKeys(lambda data: self.custodian().sign("signing", data),
-                                       lambda: self.public_key_pem("signing"), reader.newest_record)
+                                       lambda: self.public_key_pem("signing"), reader.newest_record, reader.recorded)
         return self._records
 
     def passphrase(self) -> str:

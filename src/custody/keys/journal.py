@@ -216,6 +216,13 @@ class Journal:
                 out.append((entry["seq"], entry["at"], entry["op"], entry["request"]))
         return out
 
+    def recorded(self, kind: str) -> set[str]:
+        """The ids of every row of this kind whose signed state was noted (a deleted row stays here)."""
+        if not self.path.exists():
+            return set()
+        with self._locked():
+            return {ident for (k, ident) in self._records if k == kind}
+
     def newest_record(self, kind: str, ident: str) -> str | None:
         """The digest of the newest signed state of a row, where one was noted."""
         if not self.path.exists():

@@ -220,7 +220,7 @@ def trace(ws: Workspace, token: str | None, path: str, *, asset: str | None = No
                                           names=wanted, way="trace")
     mark_key = ws.custodian().secret(marks.SECRET)
     with data_step(ws, started):
-        result = _weigh(found, originals, recorded, mark_key, reference.id, scans, eps)
+        result = weigh(found, originals, recorded, mark_key, reference.id, scans, eps)
     result.update({"trace": trace_id, "asset": label, "reference": f"{ref_name}@{reference.number}",
                    "suspect": {"path": str(found.path), "sha256": found.sha256, "tensors": len(found.tensors)}})
     raw = json.dumps(result, indent=2, sort_keys=True).encode()
@@ -274,8 +274,9 @@ def _pairs(found: Suspect, originals: dict[str, np.ndarray]) -> list[tuple[str, 
     return pairs
 
 
-def _weigh(found: Suspect, originals: dict[str, np.ndarray], recorded: list[lr.Mark], mark_key: bytes,
-           reference_id: str, scans: int, eps: float) -> dict:
+def weigh(found: Suspect, originals: dict[str, np.ndarray], recorded: list[lr.Mark], mark_key: bytes,
+          reference_id: str, scans: int, eps: float) -> dict:
+    """The verdict from the suspect's tensors, the original's and the recorded marks (no I/O)."""
     recipients = sorted({m.recipient for m in recorded})
     tensors_of: dict[str, set[str]] = {}
     alpha_of: dict[str, float] = {}

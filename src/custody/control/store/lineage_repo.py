@@ -78,6 +78,8 @@ def _lineage(uow: UnitOfWork, row) -> Lineage:  # noqa: ANN001
 
 def parent_of(uow: UnitOfWork, version_id: str) -> Lineage | None:
     row = uow.conn.execute(select(t.lineage).where(t.lineage.c.version_id == version_id)).first()
+    if row is None and uow.records is not None and version_id in uow.records.noted("lineage"):
+        raise IntegrityError(f"the lineage of version {version_id} was deleted outside custody: the custodian noted it")
     return _lineage(uow, row) if row else None
 
 
@@ -95,6 +97,13 @@ def add_mark(uow: UnitOfWork, m: Mark) -> None:
 
 
 def marks_on(uow: UnitOfWork, reference_version_id: str) -> list[Mark]:
+    """Every mark on copies of this version; IntegrityError when a mark the custodian noted is gone
+    from the store (a deleted row would otherwise take its recipient out of every trace)."""
+    if uow.records is not None:
+        present = {r.replica_id for r in uow.conn.execute(select(t.marks.c.replica_id))}
+        gone = sorted(uow.records.noted("mark") - present)
+        if gone:
+            raise IntegrityError(f"the mark on replica {gone[0]} was deleted outside custody: the custodian noted it")
     rows = uow.conn.execute(select(t.marks).where(t.marks.c.reference_version_id == reference_version_id)
                             .order_by(t.marks.c.created_at))
     out = []
