@@ -429,7 +429,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, to check the harness")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", choices=["register", "ledger", "policy", "copy", "revocation", "custodians", "backup",
-                                       "load"],
+                                       "load", "trace"],
                     default=None)
     args = ap.parse_args()
     work = HERE / "work"
@@ -451,6 +451,10 @@ def main() -> None:
             from custodians import main_rows
 
             results["custodians"] = main_rows(work, args.quick, 3)
+        if args.only in (None, "trace"):
+            from tracing_bench import main_rows as trace_rows
+
+            results["trace"] = trace_rows(work, args.quick)
         if args.only in (None, "backup"):
             results["backup_vs_restic_2GiB"] = bench_backup(work, 2048 * MiB // scale, args.rounds)
         if args.only in (None, "load"):
@@ -469,6 +473,10 @@ def main() -> None:
 
 
 def print_table(r: dict) -> None:
+    if "trace" in r:
+        from tracing_bench import print_rows
+
+        print_rows(r["trace"])
     print(f"\n{'benchmark':<34} {'custody':>14} {'baseline':>16} {'ratio':>8}")
     for key in ("register_2GiB_single", "register_8x256MiB"):
         if key in r:

@@ -3,7 +3,6 @@ container or another file layout is caught by their digests (threat T3), on real
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -107,13 +106,12 @@ def test_an_approved_exception_lets_known_weights_take_a_looser_label(crew: Peop
     assert r.code == 3 and "forbid-relabel" in r.json["error"]
 
 
-def test_a_byte_identical_derivative_is_refused(crew: People) -> None:
+def test_a_derivative_without_a_recipe_is_refused(crew: People) -> None:
     r = cli("request", "create", "tiny", "--to", "research", "--kind", "derivative", "--purpose", "quantize",
             "--ttl", "1d", "--json", token=crew.t("alice"))
-    assert r.code == 3 and "never a derivative" in r.json["error"]
-    assert events(crew.env)[-1]["outcome"] == "denied"
-    offered = cli("request", "choices", "tiny", "--json", token=crew.t("alice"))
-    assert offered.code != 0 or all(c["kind"] != "derivative" for c in json.loads(offered.stdout))
+    assert r.code == 2 and "needs a recipe" in r.json["error"]
+    assert events(crew.env)[-1]["outcome"] == "invalid"
+    # a recipe that keeps every weight as it is is refused when it runs: see test_derivatives.py
 
 
 def test_one_tensor_dumped_raw_or_as_npy_is_the_same_weights(crew: People, model_dir: Path, tmp_path: Path) -> None:

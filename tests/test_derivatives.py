@@ -234,3 +234,13 @@ def test_deleted_lineage_fails_the_trace(crew: People, tmp_path: Path) -> None:
     sql(crew.env, "DELETE FROM lineage WHERE version_id = :v", v=done["version_id"])
     r = trace(crew, leaked)
     assert r.code == 5 and "outside custody" in r.json["error"], r.stdout
+
+
+def test_a_derivative_that_changes_no_weight_is_refused(crew: People) -> None:
+    # the norms are never marked and already fp32: this "derivative" would be a plain copy of them
+    rid = approved(crew, "alice", "--kind", "derivative", "--transform", "subset:include=*norm*,fp32")
+    r = cli("request", "run", rid, "--json", token=crew.t("alice"))
+    assert r.code == 2 and "changes none of the weights" in r.json["error"], r.stdout
+    assert cli("request", "show", rid, "--json", token=crew.t("alice")).json["state"] == "failed"
+    replicas = cli("replica", "list", "--json", token=crew.t("admin")).json
+    assert not [x for x in replicas if x["kind"] == "derivative" and x["state"] == "active"]

@@ -31,7 +31,7 @@ def digits() -> Digits:
     y = data.target.astype(np.int64)
     order = np.random.default_rng(7).permutation(len(x))
     x, y = x[order], y[order]
-    cut = len(x) // 2  # half held out: accuracy moves in steps of about 0.11 points
+    cut = len(x) // 3  # two thirds held out (1,198 digits): accuracy moves in steps of 0.08 points
     return Digits(x[:cut], y[:cut], x[cut:], y[cut:])
 
 
@@ -88,5 +88,5 @@ def train(w: dict[str, np.ndarray], data: Digits, epochs: int, seed: int, lr: fl
     return w
 
 
-def trained(seed: int, data: Digits, epochs: int = 30) -> dict[str, np.ndarray]:
+def trained(seed: int, data: Digits, epochs: int = 40) -> dict[str, np.ndarray]:
     return train(init(seed), data, epochs, seed)

@@ -402,9 +402,14 @@ def asset_show(ctx: Ctx, ref: Annotated[str, typer.Argument(metavar="NAME[@VERSI
     v = ctx.call(assets.show_asset, ref)
 
     def human() -> None:
-        output.fields(v)
+        output.fields({k: x for k, x in v.items() if k != "derived_from"})
+        if v.get("derived_from"):
+            d = v["derived_from"]
+            output.out.print(f"{'derived from':>20}  {d['asset']}@{d['version']} by {d['recipe']}", markup=False)
         output.table(v["manifest"], ["path", "size", "sha256"], "files")
         output.table(v["replicas"], ["id", "zone", "kind", "state"], "replicas")
+        if v.get("derivatives"):
+            output.table(v["derivatives"], ["asset", "version", "recipe"], "derivatives")
 
     emit(ctx, v, human)
 

@@ -199,7 +199,8 @@ def portal_router(ws: Workspace, backoff: Backoff) -> APIRouter:
             return got
         session, form = got
         args = {"to": form.get("to", ""), "kind": form.get("kind", ""), "purpose": form.get("purpose", ""),
-                "ttl": form.get("ttl") or None}
+                "ttl": form.get("ttl") or None,
+                "transform": (form.get("transform") or None) if form.get("kind") == "derivative" else None}
         try:
             data = await run_in_threadpool(new_request_data, session, form.get("asset"), form)
         except CustodyError as exc:

@@ -273,6 +273,11 @@ def _described(uow, asset: Asset, version: AssetVersion) -> dict:  # noqa: ANN00
     out["replicas"] = [views.replica(r, n) for r, n in repo.list_replicas(uow, asset=asset.name)
                        if r.version_id == version.id]
     out["same_content_as"] = [_linked(uow, *link) for link in content_repo.links_of(uow, version.id)]
+    parent = lineage_repo.parent_of(uow, version.id)
+    out["derived_from"] = dict(_linked(uow, parent.parent_version_id, "lineage", 0), recipe=parent.recipe,
+                               request=parent.request_id) if parent else None
+    out["derivatives"] = [dict(_linked(uow, e.version_id, "lineage", 0), recipe=e.recipe, request=e.request_id)
+                          for e in lineage_repo.children_of(uow, version.id)]
     return out
 
 

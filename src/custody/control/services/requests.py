@@ -197,7 +197,8 @@ def choices(ws: Workspace, token: str | None, asset: str) -> list[dict]:
         for dest in repo.list_zones(a.uow):
             for kind in ASKABLE_KINDS:
                 d = _decide(ws, a.uow, a.principal, found, version, src_zone, dest, kind.value,
-                            None if kind in NO_EXPIRY else 3600, "(choosing)", False)
+                            None if kind in NO_EXPIRY else 3600, "(choosing)", False,
+                            SAMPLE_RECIPE if kind is RequestKind.DERIVATIVE else None)
                 if d.allowed:
                     req = d.requirement
                     out.append({"asset": found.name, "version": version.number, "zone": dest.name,
@@ -207,8 +208,8 @@ def choices(ws: Workspace, token: str | None, asset: str) -> list[dict]:
         return out
 
 
-# derivatives are asked for with a recipe (`request create --kind derivative --transform ...`)
-ASKABLE_KINDS = (RequestKind.RESEARCH, RequestKind.BACKUP, RequestKind.DR, RequestKind.MIGRATION)
+ASKABLE_KINDS = (RequestKind.RESEARCH, RequestKind.DERIVATIVE, RequestKind.BACKUP, RequestKind.DR, RequestKind.MIGRATION)
+SAMPLE_RECIPE = recipes.parse("int4:group=64")  # a derivative is offered as its usual recipe decides; preview shows the exact one
 
 
 class RequestDenied(Denied):
@@ -537,9 +538,10 @@ def decide_for(ws: Workspace, uow: UnitOfWork, r: Request, requester: Principal)
         src = _source_snapshot(uow, r.source_snapshot)[2]
     else:
         src = repo.zone_by_name(uow, repo.replica_by_id(uow, r.source_replica).zone)
-    recipe = recipes.parse(r.transform) if r.kind is RequestKind.DERIVATIVE else None
-    if r.transform is not None and r.kind is not RequestKind.DERIVATIVE:
-        raise InvalidInput(f"request {r.id} carries a recipe but is not a derivative")
+    if (r.kind is RequestKind.DERIVATIVE) != (r.transform is not None):  # only an edit of the store does this
+        raise Denied(f"request {r.id} is a {r.kind.value} request {'without' if r.transform is None else 'with'} "
+                     "a recipe: it was changed outside custody")
+    recipe = recipes.parse(r.transform) if r.transform is not None else None
     return _decide(ws, uow, requester, repo.asset_by_name(uow, r.asset), version, src,
                    repo.zone_by_name(uow, r.destination_zone),
                    r.kind.value, r.ttl_seconds, r.purpose, r.break_glass, recipe)

@@ -294,7 +294,6 @@ def weigh(found: Suspect, originals: dict[str, np.ndarray], recorded: list[lr.Ma
     residuals = {name: evidence.regress(name, s, w, max(alpha_of.values(), default=marks.DEFAULT_ALPHA))
                  for name, s, w in pairs if s.size >= marks.MIN_ENTRIES}
     copy_z = evidence.copy_z(list(residuals.values()))
-    shapes = {name: tuple(w.shape) for name, _, w in pairs}
     scores = []
     for recipient in recipients:
         per = []
@@ -302,7 +301,7 @@ def weigh(found: Suspect, originals: dict[str, np.ndarray], recorded: list[lr.Ma
             r = residuals.get(name)
             if r is None:
                 continue
-            total, energy = evidence.tensor_score(r, mark_key, reference_id, recipient, shapes[name])
+            total, energy = evidence.tensor_score(r, mark_key, reference_id, recipient)
             per.append((name, r.weight, total, energy))
         z = evidence.combine([(w, t, e) for _, w, t, e in per])
         scores.append({"recipient": recipient, "z": round(z, 2), "replicas": replicas_of.get(recipient, []),

@@ -83,6 +83,12 @@ def parent_of(uow: UnitOfWork, version_id: str) -> Lineage | None:
     return _lineage(uow, row) if row else None
 
 
+def children_of(uow: UnitOfWork, version_id: str) -> list[Lineage]:
+    rows = uow.conn.execute(select(t.lineage).where(t.lineage.c.parent_version_id == version_id)
+                            .order_by(t.lineage.c.created_at))
+    return [_lineage(uow, r) for r in rows]
+
+
 def all_lineage(uow: UnitOfWork) -> list[Lineage]:
     return [_lineage(uow, r) for r in uow.conn.execute(select(t.lineage).order_by(t.lineage.c.created_at))]
 

@@ -96,7 +96,7 @@ def derive_replica(src: ZoneStorage, dst: ZoneStorage, keys: Keys, manifest: Man
         else:
             files = [(path, [p for p in plans if p.source.file == path]) for path in headers]
             files = [(path, ps) for path, ps in files if ps]
-        entries, sealed_total, written = [], 0, 0
+        entries, sealed_total, written, changed = [], 0, 0, 0
         for rel, file_plans in files:
             if recipe.output == "gguf":
                 lay = layouts.gguf_layout(file_plans, metadata, metadata.get("name", "derivative"))
@@ -114,6 +114,7 @@ def derive_replica(src: ZoneStorage, dst: ZoneStorage, keys: Keys, manifest: Man
                 chunks.cancel()
                 chunks.join()
             spot_check(dst, out_rel, keys.dst_dek, header, size)
+            changed += chunks.changed
             entries.append(FileEntry(rel, lay.size, chunks.digest()))
             sealed_total += size
             written += lay.size
@@ -127,9 +128,9 @@ def derive_replica(src: ZoneStorage, dst: ZoneStorage, keys: Keys, manifest: Man
         sealed_total += copied.bytes_sealed
         written += copied.bytes
     out = Manifest.of(entries)
-    parent = {f.sha256 for f in manifest.files if f.path.endswith(".safetensors")}
-    if derivative and any(e.sha256 in parent for e in entries):
-        raise IntegrityError("the derivative holds a weights file byte for byte like its parent's: refused")
+    if derivative and not changed:
+        raise InvalidInput(f"recipe {recipe.text} changes none of the weights it keeps: a derivative holding its "
+                           "parent's weights unchanged is a copy (ask for a research copy)")
     return DeriveReport(out, written, sealed_total, time.perf_counter() - started,
                         sum(f.size for f in weights), tuple(p.source.name for p in plans if p.marked),
                         tuple(sketches), left_out if derivative else tuple(f.path for f in describing),
@@ -211,6 +212,7 @@ class _DerivedChunks(_Filling):
         super().__init__(name, lay.size, sealed.DEFAULT_CHUNK_SIZE)
         self._layout, self._plans, self._readers, self._headers = lay, plans, readers, headers
         self._transformer, self._sketch_key, self._sketches = transformer, sketch_key, sketches
+        self.changed = 0  # tensors whose values the recipe or the mark changed
 
     def _pieces(self):  # noqa: ANN202
         yield self._layout.preamble
@@ -218,13 +220,15 @@ class _DerivedChunks(_Filling):
         for p in self._plans:
             source = self._read(p)
             arrays = self._transformer.apply(p, source)
-            del source
             if p.source.dtype in ("F16", "BF16", "F32", "F64"):
                 values = _dequantized(p, arrays)
                 found = sketch.of(self._sketch_key, values)
                 if found is not None:
                     rows, cols = sketch.matrix_shape(tuple(values.shape))
                     self._sketches.append((self.name, p.source.name, rows, cols, sketch.to_bytes(found)))
+            if not (len(arrays) == 1 and arrays[0].dtype == source.dtype and np.array_equal(arrays[0], source)):
+                self.changed += 1
+            del source
             for array, output in zip(arrays, p.outputs):
                 if array.nbytes != output.nbytes:
                     raise IntegrityError(f"{p.source.name}: {array.nbytes} bytes where the layout planned {output.nbytes}")

@@ -5,7 +5,8 @@ it row by row (S ≈ a·W + b); the residual R keeps what is not the original, a
 included. For a recipient k with pattern (mask, signs) the per-tensor statistic is
 Z_t = Σ_mask R·sign / sqrt(Σ_mask R²). Given R, an innocent's signs are independent fair ±1
 (they come from a key and a name that never touched the suspect), so by Hoeffding's inequality
-P(Z_t ≥ x) ≤ exp(-x²/2) whatever R is. Tensors are combined with weights fixed before any pattern
+P(Z_t ≥ x) ≤ exp(-x²/2) whatever R is (on a large tensor, on whole blocks of rows chosen from its
+shape alone: see MAX_ENTRIES). Tensors are combined with weights fixed before any pattern
 is looked at (w_t ∝ the mark's expected strength, a·alpha·std(W)·sqrt(n)/std(R)), which keeps the
 bound: P(z_k ≥ tau) ≤ exp(-tau²/2). With tau = sqrt(2·ln(R·M/eps)) over R recipients and M scans,
 the chance that any innocent is ever accused is at most eps.
@@ -52,21 +53,42 @@ def align(suspect: np.ndarray, original: np.ndarray) -> np.ndarray | None:
     return None
 
 
+MAX_ENTRIES = 1 << 21
+"""Entries of one tensor that trace reads: whole blocks of rows, evenly spaced, chosen from the
+shape alone (before any pattern is drawn), so the bound holds on them as on the whole tensor. Two
+million entries put a marked copy tens of standard deviations above tau; more only costs time."""
+
+
+def sampled_blocks(shape: tuple[int, ...]) -> list[int]:
+    every = list(marks.blocks(shape))
+    per_block = marks.ROWS_PER_BLOCK * (math.prod(shape[1:]) if len(shape) > 1 else 1)
+    k = max(1, min(len(every), MAX_ENTRIES // max(1, per_block)))
+    return every if k >= len(every) else [every[int(i * len(every) / k)] for i in range(k)]
+
+
+def _rows(matrix: np.ndarray, blocks: list[int]) -> np.ndarray:
+    size = marks.ROWS_PER_BLOCK
+    return np.concatenate([matrix[b * size:(b + 1) * size] for b in blocks]).astype(np.float64)
+
+
 @dataclass
 class Residual:
-    """One matched tensor's regression on the original."""
+    """One matched tensor's regression on the original, over its sampled blocks of rows."""
 
     name: str
-    residual: np.ndarray  # rows × cols, float64
+    shape: tuple[int, ...]  # the original's
+    blocks: list[int]
+    residual: np.ndarray  # the sampled rows × cols, float64
     slope: float  # the median of the per-row slopes a
-    correlation: float  # of the suspect with the original, over every entry
+    correlation: float  # of the suspect with the original, over the sampled entries
     entries: int
     weight: float  # the mark's expected strength in this tensor, fixed before any pattern is read
 
 
 def regress(name: str, suspect: np.ndarray, original: np.ndarray, alpha: float) -> Residual:
-    s = as_matrix(np.asarray(suspect, dtype=np.float64))
-    w = as_matrix(np.asarray(original, dtype=np.float64))
+    blocks = sampled_blocks(tuple(original.shape))
+    s = _rows(as_matrix(np.asarray(suspect)), blocks)
+    w = _rows(as_matrix(np.asarray(original)), blocks)
     wc = w - w.mean(axis=1, keepdims=True)
     sc = s - s.mean(axis=1, keepdims=True)
     ww = (wc * wc).sum(axis=1)
@@ -78,19 +100,18 @@ def regress(name: str, suspect: np.ndarray, original: np.ndarray, alpha: float) 
     noise = float(residual.std())
     slope = float(np.median(a))
     weight = (abs(slope) * alpha * float(w.std()) * math.sqrt(w.size) / noise) if noise > 0 else 0.0
-    return Residual(name, residual, slope, corr, int(w.size), weight)
+    return Residual(name, tuple(original.shape), blocks, residual, slope, corr, int(w.size), weight)
 
 
-def tensor_score(r: Residual, key: bytes, version: str, recipient: str, shape: tuple[int, ...]) -> tuple[float, float]:
-    """(Σ_mask R·sign, Σ_mask R²) of one recipient's pattern in one tensor."""
-    total, energy = 0.0, 0.0
-    flat = r.residual
-    for b in marks.blocks(shape):
-        mask, signs = marks.pattern(key, version, recipient, r.name, shape, b)
-        rows = flat[b * marks.ROWS_PER_BLOCK: b * marks.ROWS_PER_BLOCK + mask.shape[0]]
-        picked = rows[mask.reshape(rows.shape)]
-        total += float(picked @ signs.reshape(rows.shape)[mask.reshape(rows.shape)])
-        energy += float(picked @ picked)
+def tensor_score(r: Residual, key: bytes, version: str, recipient: str) -> tuple[float, float]:
+    """(Σ R·chip, Σ_mask R²) of one recipient's pattern over the tensor's sampled blocks."""
+    total, energy, at = 0.0, 0.0, 0
+    for b in r.blocks:
+        chips = marks.pattern(key, version, recipient, r.name, r.shape, b).astype(np.float64)
+        rows = r.residual[at:at + chips.shape[0]]
+        at += chips.shape[0]
+        total += float(np.einsum("ij,ij->", rows, chips))
+        energy += float(np.einsum("ij,ij->", rows * rows, np.abs(chips)))
     return total, energy
 
 

@@ -1,7 +1,7 @@
 """The per-recipient mark: an independent, keyed ±1 spread-spectrum pattern per (recipient, tensor).
 
-For each marked tensor W, a keyed half of its entries (the mask) moves by ±alpha·std(W) (the
-signs). Mask and signs come from HMAC-SHA256(mark key, version, recipient, tensor, shape), so
+For each marked tensor W, a keyed half of its entries moves by ±alpha·std(W) (the chips: +1, -1,
+or 0 outside that half). Mask and signs come from HMAC-SHA256(mark key, version, recipient, tensor, shape), so
 every recipient's pattern is independent of every other's: averaging copies weakens each mark
 but never points at someone who was not averaged in (shared-chip codes with per-bit payloads
 would). Only 2-D float weight matrices are marked; norms, biases, embeddings and the output
@@ -53,18 +53,30 @@ def markable(name: str, shape: tuple[int, ...], float_dtype: bool, include: tupl
 ROWS_PER_BLOCK = 1024  # patterns are drawn per block of rows, so no tensor's pattern is held whole
 
 
-def pattern(key: bytes, version: str, recipient: str, name: str, shape: tuple[int, ...],
-            block: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mask, signs) over rows [block·1024, (block+1)·1024) of one recipient's pattern for one tensor:
-    a boolean half of the entries and ±1 float32 signs."""
+def _chip_table() -> np.ndarray:
+    """Two random bits per entry, eight entries per 16-bit word: bit 0 puts the entry in the mask,
+    bit 1 gives its sign; chips are +1, -1, or 0 outside the mask."""
+    words = np.arange(1 << 16, dtype=np.uint32)[:, None]
+    shifts = 2 * np.arange(8, dtype=np.uint32)[None, :]
+    inside = (words >> shifts) & 1
+    sign = ((words >> (shifts + 1)) & 1).astype(np.int8) * 2 - 1
+    return (inside.astype(np.int8) * sign).astype(np.int8)
+
+
+_CHIPS = _chip_table()
+
+
+def pattern(key: bytes, version: str, recipient: str, name: str, shape: tuple[int, ...], block: int) -> np.ndarray:
+    """One recipient's chips (+1, -1, 0) over rows [block·1024, (block+1)·1024) of one tensor, as int8
+    (rows in the block × the tensor's other dimensions flattened): a keyed half of the entries
+    carries a keyed sign, independently for every recipient, tensor and block."""
     rows, cols = shape[0], int(np.prod(shape[1:]))
     label = b"\0".join([DOMAIN, version.encode(), recipient.encode(), name.encode(),
                         "x".join(map(str, shape)).encode(), str(block).encode()])
     seed = hmac.new(key, label, hashlib.sha256).digest()
-    rng = np.random.default_rng(int.from_bytes(seed, "big"))
-    n = min(ROWS_PER_BLOCK, rows - block * ROWS_PER_BLOCK)
-    bits = rng.integers(0, 4, size=(n, cols), dtype=np.uint8)
-    return (bits & 1).astype(bool), (bits >> 1).astype(np.float32) * 2.0 - 1.0
+    n = min(ROWS_PER_BLOCK, rows - block * ROWS_PER_BLOCK) * cols
+    words = np.frombuffer(np.random.default_rng(int.from_bytes(seed, "big")).bytes(2 * -(-n // 8)), dtype="<u2")
+    return np.take(_CHIPS, words, axis=0).reshape(-1)[:n].reshape(-1, cols)
 
 
 def blocks(shape: tuple[int, ...]) -> range:
@@ -76,7 +88,7 @@ def apply(spec: MarkSpec, name: str, values: np.ndarray) -> np.ndarray:
     amplitude = np.float32(spec.alpha * float(values.std()))
     flat = values.reshape(values.shape[0], -1)
     for b in blocks(values.shape):
-        mask, signs = pattern(spec.key, spec.version, spec.recipient, name, values.shape, b)
-        rows = flat[b * ROWS_PER_BLOCK: b * ROWS_PER_BLOCK + mask.shape[0]]
-        rows += np.where(mask, signs * amplitude, np.float32(0))
+        chips = pattern(spec.key, spec.version, spec.recipient, name, values.shape, b)
+        rows = flat[b * ROWS_PER_BLOCK: b * ROWS_PER_BLOCK + chips.shape[0]]
+        rows += chips.astype(np.float32) * amplitude
     return values
