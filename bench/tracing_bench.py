@@ -5,7 +5,9 @@ On a real trained model (an MLP on scikit-learn's digits, tests/trained_mlp.py),
 the attribution rate under each attack, the highest z any innocent recipient reached (over every
 attack and over 500 unrelated models and variants), tau, and the accuracy change a mark costs.
 Then a 1 GiB bf16 model (64 matrices of 4096 x 2048): seconds to mark it, and seconds to trace a
-Q8_0-quantized leak of it against 20 recipients, from the suspect's file to the verdict.
+Q8_0-quantized leak of it against 20 recipients, from the suspect's file to the verdict. Last, a
+2 GiB bf16 model derived (int4, Q4_0 GGUF) from a sealed replica into a sealed one through the real
+data plane, in a fresh process: seconds and peak RSS (goal: 1 GiB).
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def bench_large(work: Path, quick: bool) -> dict:
 
 
 def main_rows(work: Path, quick: bool) -> dict:
-    return {"small_model": bench_small(quick), "one_gib": bench_large(work, quick)}
+    return {"small_model": bench_small(quick), "one_gib": bench_large(work, quick), "derive": bench_derive(work, quick)}
 
 
 def print_rows(r: dict) -> None:
@@ -173,3 +175,79 @@ def print_rows(r: dict) -> None:
     print(f"  {'derive it as Q8_0 GGUF (mark included)':<40} {g['derive_q8_0_seconds']:>8.2f} s")
     print(f"  {'trace the Q8_0 leak, %d recipients' % g['recipients']:<40} {g['trace_seconds']:>8.2f} s   goal < 30 s"
           f"  (-> {g['attributed_to']}, z {g['z']})")
+    for d in r.get("derive", []):
+        label = f"derive {d['model_bytes'] / 2**30:.2f} GiB sealed -> {d['recipe']}"
+        print(f"  {label:<40} {d['seconds']:>8.2f} s   {d['mb_per_s']:>6.1f} MB/s   peak RSS {d['peak_rss_mib']} MiB"
+              f" (goal <= {d['goal_peak_rss_mib']})")
+
+
+def _derive_child(work: str, gib: float, recipe_text: str) -> None:
+    """In a child process: seal a bf16 model of `gib` GiB into a zone, derive it with the recipe
+    through the real data plane, print the peak RSS of the derive step alone."""
+    import json
+    import os
+    import resource
+    import uuid
+
+    import ml_dtypes
+
+    from custody.data.derive import derive, marks
+    from custody.data.ingest import collect_sources, seal_into_zone
+    from custody.data.zones import ZoneStorage
+    from custody.domain import recipes
+
+    root = Path(work)
+    folder = root / "model"
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    count = max(1, int(gib * 2**30 / (4096 * 4096 * 2)))
+    header, offset = {}, 0
+    for i in range(count):
+        header[f"model.layers.{i}.mlp.weight"] = {"dtype": "BF16", "shape": [4096, 4096],
+                                                   "data_offsets": [offset, offset + 4096 * 4096 * 2]}
+        offset += 4096 * 4096 * 2
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with open(folder / "model.safetensors", "wb") as out:
+        out.write(len(raw).to_bytes(8, "little") + raw)
+        for _ in range(count):
+            out.write((rng.standard_normal((4096, 4096), dtype=np.float32) * 0.02).astype(ml_dtypes.bfloat16).tobytes())
+    prod, research = ZoneStorage((root / "prod").as_uri()), ZoneStorage((root / "research").as_uri())
+    src, src_key, src_dek = str(uuid.uuid4()), str(uuid.uuid4()), os.urandom(32)
+    report = seal_into_zone(collect_sources(folder), prod, src, src_key, src_dek)
+    (folder / "model.safetensors").unlink()
+    import gc
+
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    keys = derive.Keys(src, src_key, src_dek, str(uuid.uuid4()), str(uuid.uuid4()), os.urandom(32))
+    spec = marks.MarkSpec(KEY, marks.key_id(KEY), REFERENCE, "researcher-00")
+    t = time.perf_counter()
+    out = derive.derive_replica(prod, research, keys, report.manifest, recipes.parse(recipe_text), spec, KEY,
+                                {"name": "bench"})
+    seconds = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"model_bytes": report.manifest.total_size, "out_bytes": out.bytes, "seconds": round(seconds, 2),
+                      "peak_rss_mib": round(peak / 1024), "rss_before_mib": round(before / 1024)}))
+
+
+def bench_derive(work: Path, quick: bool) -> list[dict]:
+    """Derive a 2 GiB bf16 model (int4, and Q4_0 GGUF) through the sealed data plane, in a fresh
+    process each: seconds and peak RSS (goal: within 1 GiB)."""
+    import json
+    import subprocess
+
+    rows = []
+    for recipe_text in ("int4:group=64", "q4_0"):
+        target = work / f"derive-{recipe_text.split(':')[0]}"
+        code = (f"import sys; sys.path.insert(0, {str(HERE)!r}); import tracing_bench; "
+                f"tracing_bench._derive_child({str(target)!r}, {0.25 if quick else 2.0}, {recipe_text!r})")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        row = json.loads(done.stdout.strip().splitlines()[-1])
+        row.update({"recipe": recipe_text, "mb_per_s": round(row["model_bytes"] / 1e6 / row["seconds"], 1),
+                    "goal_peak_rss_mib": 1024})
+        rows.append(row)
+        import shutil
+
+        shutil.rmtree(target, ignore_errors=True)
+    return rows
