@@ -236,11 +236,33 @@ def test_deleted_lineage_fails_the_trace(crew: People, tmp_path: Path) -> None:
     assert r.code == 5 and "outside custody" in r.json["error"], r.stdout
 
 
-def test_a_derivative_that_changes_no_weight_is_refused(crew: People) -> None:
-    # the norms are never marked and already fp32: this "derivative" would be a plain copy of them
-    rid = approved(crew, "alice", "--kind", "derivative", "--transform", "subset:include=*norm*,fp32")
+@pytest.mark.parametrize("recipe, words", [
+    ("subset:include=*norm*,fp32", "carry its recipient's mark"),  # norms: never marked, already fp32
+    ("subset:include=*embed*|lm_head*,fp16", "carry its recipient's mark"),  # a clone of what marks skip
+    ("int4:group=96", "not a multiple of group"),  # 128 columns: it would keep them at full precision
+])
+def test_a_derivative_that_is_unmarked_or_not_reduced_is_refused(crew: People, recipe: str, words: str) -> None:
+    rid = approved(crew, "alice", "--kind", "derivative", "--transform", recipe)
     r = cli("request", "run", rid, "--json", token=crew.t("alice"))
-    assert r.code == 2 and "changes none of the weights" in r.json["error"], r.stdout
+    assert r.code == 2 and words in r.json["error"], r.stdout
     assert cli("request", "show", rid, "--json", token=crew.t("alice")).json["state"] == "failed"
     replicas = cli("replica", "list", "--json", token=crew.t("admin")).json
     assert not [x for x in replicas if x["kind"] == "derivative" and x["state"] == "active"]
+
+
+def test_a_research_copy_of_weights_custody_cannot_mark_is_not_made(crew: People, tmp_path: Path) -> None:
+    from custody.data.derive import layout
+    from custody.data.derive.transforms import SourceTensor, Transformer, plan
+    from custody.domain.recipes import parse
+
+    w = np.random.default_rng(3).standard_normal((64, 64)).astype(np.float32)
+    plans = plan(parse("q8_0"), [SourceTensor("blk.0.w", "F32", w.shape, "m")], None)
+    lay = layout.gguf_layout(plans, {}, "g")
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "model.gguf").write_bytes(lay.preamble + Transformer(parse("q8_0"), None).apply(plans[0], w)[0].tobytes())
+    register(crew.env, tmp_path / "g", "gg", "--jurisdiction", "US")
+    rid = cli("request", "create", "gg", "--to", "research", "--ttl", "1d", "--purpose", "p", "--kind", "research",
+              "--json", token=crew.t("alice")).json["id"]
+    assert cli("request", "approve", rid, "--otp", crew.otp("lena"), "--json", token=crew.t("lena")).code == 0
+    r = cli("request", "run", rid, "--json", token=crew.t("alice"))
+    assert r.code == 6 and "cannot mark" in r.json["error"], r.stdout

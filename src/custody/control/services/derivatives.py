@@ -27,6 +27,7 @@ from custody.control.store.db import UnitOfWork
 from custody.control.workspace import Workspace
 from custody.data.derive import derive, marks, sketch
 from custody.domain import recipes
+from custody.domain.errors import InvalidState
 from custody.domain.model import Asset, AssetVersion, ReplicaKind, new_id
 from custody.domain.requests import Request, RequestKind
 from custody.keys import bundle
@@ -45,6 +46,11 @@ def derived_name(parent: str, request_id: str) -> str:
 def prepare(ws: Workspace, a: Act, request: Request, grant_token: str, claims: Expected) -> copies.Job:
     src = copies.open_source(ws, a, request, grant_token, claims)
     is_derivative = request.kind is RequestKind.DERIVATIVE
+    unmarkable = sorted(f["path"] for f in repo.version_formats(a.uow, src.version.id)
+                        if f["kind"] not in ("safetensors", "opaque"))
+    if unmarkable and not is_derivative:  # it would leave production with weights nobody can trace
+        raise InvalidState(f"{unmarkable[0]} holds weights custody cannot mark (only safetensors weights carry a "
+                           f"recipient's mark): a {request.kind.value} copy of it is not made; ask for a derivative")
     recipe = recipes.parse(request.transform or "") if is_derivative else recipes.Recipe()
     marking = active_catalog(ws, a.uow).marking
     custodian = ws.custodian()

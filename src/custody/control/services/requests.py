@@ -257,7 +257,7 @@ def _source_replica(uow: UnitOfWork, asset: str, version: AssetVersion, source: 
                                f"{', '.join(SOURCE_KINDS)} replicas")
         return replica
     active = [r for r, _ in repo.list_replicas(uow, asset=asset, state=ReplicaState.ACTIVE.value)
-              if r.version_id == version.id]
+              if r.version_id == version.id and (kind is RequestKind.READ or r.kind.value in SOURCE_KINDS)]
     if not active:
         raise NotFound(f"{asset}@{version.number} has no active replica to copy from")
     primary = [r for r in active if r.kind.value == "primary"]

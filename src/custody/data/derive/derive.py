@@ -87,7 +87,10 @@ def derive_replica(src: ZoneStorage, dst: ZoneStorage, keys: Keys, manifest: Man
                    for path, r in readers.items()}
         sources = [SourceTensor(info.name, info.dtype, info.shape, path)
                    for path, header in headers.items() for info in header.tensors.values()]
-        plans = plan(recipe, sources, mark)
+        plans = plan(recipe, sources, mark) if sources else []
+        if mark is not None and not any(p.marked for p in plans) and (derivative or weights):
+            raise InvalidInput("no weight matrix of this copy can carry its recipient's mark (2-D float matrices "
+                               "other than embeddings, norms and the output head): it would leave untraceable")
         transformer = Transformer(recipe, mark)
         sketches: list[tuple[str, str, int, int, bytes]] = []
         files: list[tuple[str, list[TensorPlan]]]

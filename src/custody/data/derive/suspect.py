@@ -290,8 +290,8 @@ def _torch_zip(path: Path) -> Iterator[tuple[str, np.ndarray]]:
             np_dtype = np.dtype(dtype) if dtype != "bfloat16" else np.dtype(__import__("ml_dtypes").bfloat16)
             storage = np.frombuffer(archive.read(member), dtype=np_dtype)
             count = math.prod(ref.size) if ref.size else 1
-            if ref.offset < 0 or any(s < 0 for s in ref.stride) or not ref.size:
-                continue
+            if ref.offset < 0 or any(s <= 0 for s in ref.stride) or not ref.size or len(ref.stride) != len(ref.size):
+                continue  # zero strides would repeat a small storage into a huge array
             last = ref.offset + sum((d - 1) * s for d, s in zip(ref.size, ref.stride))
             if last >= storage.size or count == 0:
                 continue

@@ -9,6 +9,7 @@ worked on in float32; only float tensors change, other tensors are kept as they 
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ def kept(recipe: Recipe, tensors: list[SourceTensor]) -> list[SourceTensor]:
 def plan(recipe: Recipe, tensors: list[SourceTensor], mark: marks.MarkSpec | None) -> list[TensorPlan]:
     """Every kept tensor's outputs, from headers alone."""
     names = {t.name for t in tensors}
-    plans = []
+    plans: list[TensorPlan] = []
     for t in kept(recipe, tensors):
         is_marked = mark is not None and marks.markable(t.name, t.shape, _is_float(t), mark.include)
         outputs = _outputs(recipe, t)
@@ -92,7 +93,24 @@ def plan(recipe: Recipe, tensors: list[SourceTensor], mark: marks.MarkSpec | Non
             if extra.name in names:
                 raise InvalidInput(f"the model already has a tensor named {extra.name!r}: its scales cannot be stored")
         plans.append(TensorPlan(t, outputs, is_marked))
+    _check_reduced(recipe, plans)
     return plans
+
+
+KEPT_WHOLE = 0.05  # share of a quantized derivative's float elements that may keep full precision (norms, biases)
+
+
+def _check_reduced(recipe: Recipe, plans: list[TensorPlan]) -> None:
+    """A recipe that says 8 or 4 bits must keep (almost) every float element at that precision: the
+    decision and the approvals were made on those bits."""
+    if recipe.bits not in (4, 8) or recipe.step("cast") is not None:
+        return
+    floats = [p for p in plans if _is_float(p.source)]
+    total = sum(math.prod(p.source.shape) for p in floats)
+    whole = sum(math.prod(p.source.shape) for p in floats if p.outputs[0].kind in FLOATS)
+    if total and whole > KEPT_WHOLE * total:
+        raise InvalidInput(f"recipe {recipe.text} would keep {whole / total:.0%} of the weights at full precision "
+                           f"(one-dimensional tensors are not quantized): it is not a {recipe.bits}-bit derivative")
 
 
 def _outputs(recipe: Recipe, t: SourceTensor) -> tuple[OutputTensor, ...]:
@@ -109,11 +127,16 @@ def _outputs(recipe: Recipe, t: SourceTensor) -> tuple[OutputTensor, ...]:
         return (OutputTensor(t.name, "I8", t.shape, n), OutputTensor(t.name + SCALE_SUFFIX, "F32", (rows,), rows * 4))
     if (int4 := recipe.step("int4")) is not None and rows:
         group = int(int4.get("group") or 64)
-        if cols % group == 0:
-            return (OutputTensor(t.name, "U8", (rows, cols // 2), n // 2),
-                    OutputTensor(t.name + SCALE_SUFFIX, "F16", (rows, cols // group), rows * (cols // group) * 2))
+        if cols % group:
+            raise InvalidInput(f"int4: tensor {t.name!r} has {cols} columns, not a multiple of group {group}: "
+                               "pick a group that divides them, or leave the tensor out (subset:exclude=)")
+        return (OutputTensor(t.name, "U8", (rows, cols // 2), n // 2),
+                OutputTensor(t.name + SCALE_SUFFIX, "F16", (rows, cols // group), rows * (cols // group) * 2))
     if (gguf := recipe.step("gguf")) is not None:
-        if rows and t.shape[-1] % GGUF_BLOCK == 0:
+        if rows and t.shape[-1] % GGUF_BLOCK:
+            raise InvalidInput(f"gguf: tensor {t.name!r} is {t.shape[-1]} wide, not a multiple of {GGUF_BLOCK}: "
+                               "it cannot be quantized; leave it out (subset:exclude=)")
+        if rows:
             kind = (gguf.get("type") or "").upper()
             per_block = 34 if kind == "Q8_0" else 18  # fp16 scale + 32 int8, or + 16 bytes of nibbles
             return (OutputTensor(t.name, kind, t.shape, n // GGUF_BLOCK * per_block),)
