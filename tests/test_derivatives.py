@@ -106,6 +106,9 @@ def test_a_derivative_is_a_smaller_marked_signed_lineage_linked_replica(crew: Pe
     assert done["mark"]["recipient"] == "alice" and done["marked_tensors"] == 4  # 2 blocks x (attn, mlp)
     derived = done["asset"]
     assert derived.startswith("decoder.d-")
+    ran = [e for e in events(crew.env) if e["action"] == "request.run" and e["outcome"] == "ok"][-1]
+    assert ran["details"]["mark"] == {"recipient": "alice", "replica": done["replica"],
+                                      "key_id": done["mark_key"], "alpha": 0.03}  # the mark, in the ledger
     shown = cli("asset", "show", derived, "--json", token=crew.t("alice")).json
     assert shown["format"] == "gguf" and shown["classification"] == "internal"
     assert [f["path"] for f in shown["manifest"]] == ["config.json", "model.gguf"]
