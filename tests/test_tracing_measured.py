@@ -20,7 +20,7 @@ from conftest import CUSTODIAN
 from custody.control.services import tracing
 from custody.control.store.lineage_repo import Mark
 from custody.data.derive import evidence, marks
-from custody.data.derive.transforms import SourceTensor, Transformer, dequantize_int8, plan, quantize_int8
+from custody.data.derive.transforms import SourceTensor, Transformer, plan
 from custody.domain.recipes import Recipe
 
 pytestmark = pytest.mark.skipif(CUSTODIAN != "local", reason="custodian-independent: runs once")
@@ -53,36 +53,7 @@ def _trace(world: dict, tensors: dict[str, np.ndarray]) -> dict:
     return tracing.weigh(found, world["parent"], world["recorded"], KEY, REFERENCE, 1, 1e-6)
 
 
-def _q(kind: str):  # noqa: ANN202
-    from gguf import GGMLQuantizationType, quants
-
-    t = GGMLQuantizationType[kind]
-    return lambda a: quants.dequantize(quants.quantize(a, t), t) if a.ndim == 2 and a.shape[1] % 32 == 0 else a
-
-
-def _prune(a: np.ndarray) -> np.ndarray:
-    if a.ndim < 2:
-        return a
-    out = a.copy()
-    out[np.abs(out) <= np.quantile(np.abs(out), 0.3)] = 0
-    return out
-
-
-ATTACKS = {
-    "fp16": lambda a: a.astype(np.float16).astype(np.float32),
-    "bf16": lambda a: _bf16(a),
-    "int8": lambda a: dequantize_int8(*quantize_int8(a)) if a.ndim == 2 else a,
-    "q8_0": _q("Q8_0"),
-    "q4_0": _q("Q4_0"),
-    "prune-30%": _prune,
-    "noise": lambda a: a + np.random.default_rng(3).normal(0, 0.05 * a.std(), a.shape).astype(np.float32),
-}
-
-
-def _bf16(a: np.ndarray) -> np.ndarray:
-    import ml_dtypes
-
-    return a.astype(ml_dtypes.bfloat16).astype(np.float32)
+ATTACKS = mlp.attacks()
 
 
 def test_a_marked_copy_keeps_the_parents_accuracy(world: dict) -> None:

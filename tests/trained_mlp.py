@@ -90,3 +90,28 @@ def train(w: dict[str, np.ndarray], data: Digits, epochs: int, seed: int, lr: fl
 
 def trained(seed: int, data: Digits, epochs: int = 40) -> dict[str, np.ndarray]:
     return train(init(seed), data, epochs, seed)
+
+
+def attacks() -> dict:
+    """What a leaker does to a copy, tensor by tensor: casts, quantizations, pruning, noise."""
+    import ml_dtypes
+    from gguf import GGMLQuantizationType, quants
+
+    from custody.data.derive.transforms import dequantize_int8, quantize_int8
+
+    def q(kind: str):  # noqa: ANN202
+        t = GGMLQuantizationType[kind]
+        return lambda a: quants.dequantize(quants.quantize(a, t), t) if a.ndim == 2 and a.shape[1] % 32 == 0 else a
+
+    def prune(a: np.ndarray) -> np.ndarray:
+        if a.ndim < 2:
+            return a
+        out = a.copy()
+        out[np.abs(out) <= np.quantile(np.abs(out), 0.3)] = 0
+        return out
+
+    return {"fp16": lambda a: a.astype(np.float16).astype(np.float32),
+            "bf16": lambda a: a.astype(ml_dtypes.bfloat16).astype(np.float32),
+            "int8": lambda a: dequantize_int8(*quantize_int8(a)) if a.ndim == 2 else a,
+            "q8_0": q("Q8_0"), "q4_0": q("Q4_0"), "prune-30%": prune,
+            "noise-5%": lambda a: a + np.random.default_rng(3).normal(0, 0.05 * a.std(), a.shape).astype(np.float32)}
